@@ -1,0 +1,149 @@
+"""The embedding stage: verified faces on cached photos -> one L2-normalised vector per face.
+
+Each photo is decoded once and the detector runs on the *photo* around the verified box (never on
+a tight crop: SCRFD misses faces that fill its input). The detection that matches the verified box
+is aligned on its five landmarks, and aligned crops are embedded in batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import groupby
+
+import numpy as np
+
+from facepipeline.errors import FacePipelineError
+from facepipeline.geometry import BBox
+from facepipeline.images import decode_image
+from facepipeline.model.face_model import Detection, FaceModel
+
+# A detection belongs to the verified box when they overlap this much (boxes from another
+# detector are looser or tighter than SCRFD's), or when its centre lies inside the box.
+MIN_BOX_IOU = 0.3
+
+
+@dataclass(frozen=True)
+class FaceJob:
+    face_id: str
+    photo_sha256: str
+    bbox: BBox | None
+    """The verified box; None means "the face nearest the photo's centre"."""
+
+
+@dataclass(frozen=True)
+class FaceEmbedding:
+    face_id: str
+    embedding: np.ndarray | None
+    detection: Detection | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Progress:
+    total: int
+    done: int = 0
+    failed: int = 0
+    started: float = 0.0
+
+    @property
+    def faces_per_second(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        return f"embedded {self.done - self.failed}/{self.total}, {self.failed} failed, {self.faces_per_second:.0f} faces/s"
+
+
+def pick_detection(detections: list[Detection], bbox: BBox) -> Detection | None:
+    """The detection that is the verified face: the best overlap with its box, if good enough."""
+    scored = [(d.bbox.iou(bbox), d) for d in detections]
+    matching = [(iou, d) for iou, d in scored if iou >= MIN_BOX_IOU or bbox.contains_point(*d.bbox.center)]
+    return max(matching, key=lambda pair: pair[0])[1] if matching else None
+
+
+def embed_faces(
+    model: FaceModel,
+    jobs: Iterable[FaceJob],
+    read_photo: Callable[[str], bytes],
+    *,
+    workers: int | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    progress_every: int = 200,
+) -> Iterator[FaceEmbedding]:
+    """Embed faces; yields one result per job (failures carry their reason), chunk by chunk.
+
+    Jobs are grouped by photo and cut into chunks of about ``model.batch_size`` faces. Each chunk
+    is decoded, detected, aligned and embedded as one batch by one of ``workers`` threads
+    (onnxruntime releases the GIL): on CPU, several single-threaded sessions running side by side
+    use the cores better than one session spreading a small batch over them.
+    """
+    jobs = sorted(jobs, key=lambda job: job.photo_sha256)
+    state = Progress(total=len(jobs), started=time.perf_counter())
+    photos = [list(group) for _, group in groupby(jobs, key=lambda job: job.photo_sha256)]
+    chunks: list[list[list[FaceJob]]] = []
+    for photo_jobs in photos:
+        if not chunks or sum(len(p) for p in chunks[-1]) >= model.batch_size:
+            chunks.append([])
+        chunks[-1].append(photo_jobs)
+    workers = workers or model.workers
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embed") as pool:
+        for results in _bounded_map(pool, lambda chunk: _embed_chunk(model, chunk, read_photo), chunks, 2 * workers):
+            for result in results:
+                state.done += 1
+                state.failed += not result.ok
+                if progress and (state.done % progress_every == 0 or state.done == state.total):
+                    progress(state)
+                yield result
+
+
+def _embed_chunk(model: FaceModel, chunk: list[list[FaceJob]], read_photo: Callable[[str], bytes]) -> list[FaceEmbedding]:
+    results: list[FaceEmbedding] = []
+    aligned: list[tuple[FaceJob, Detection, np.ndarray]] = []
+    for photo_jobs in chunk:
+        try:
+            image = decode_image(read_photo(photo_jobs[0].photo_sha256))
+        except (FacePipelineError, OSError) as exc:
+            results.extend(FaceEmbedding(job.face_id, None, None, f"photo unreadable: {exc}") for job in photo_jobs)
+            continue
+        height, width = image.shape[:2]
+        central: Detection | None = None
+        for job in photo_jobs:
+            if job.bbox is None:
+                central = central or model.detect_central(image)
+                detection, reason = central, "no face found on the photo"
+            elif job.bbox.clipped(width, height) is None:
+                detection, reason = None, f"box {job.bbox.to_json()} lies outside the {width}x{height} photo"
+            else:
+                detection = pick_detection(model.detect_near(image, job.bbox), job.bbox)
+                reason = "no face found in the verified box"
+            if detection is None:
+                results.append(FaceEmbedding(job.face_id, None, None, reason))
+            else:
+                aligned.append((job, detection, model.align(image, detection)))
+    if aligned:
+        vectors = model.embed(np.stack([crop for _, _, crop in aligned]))
+        for (job, detection, _), vector in zip(aligned, vectors, strict=True):
+            if np.all(np.isfinite(vector)):
+                results.append(FaceEmbedding(job.face_id, vector, detection))
+            else:
+                results.append(FaceEmbedding(job.face_id, None, detection, "model returned a non-finite embedding"))
+    return results
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: list, lookahead: int) -> Iterator:
+    """Like ``pool.map`` but keeps at most ``lookahead`` results in flight (bounded memory)."""
+    futures = [pool.submit(fn, item) for item in items[:lookahead]]
+    for index in range(len(items)):
+        result = futures[index].result()
+        futures[index] = None  # let the finished chunk be freed once handed out
+        if index + lookahead < len(items):
+            futures.append(pool.submit(fn, items[index + lookahead]))
+        yield result

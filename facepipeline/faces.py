@@ -1,0 +1,78 @@
+"""The verified face: one labelled face on one photo, the unit of training data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from facepipeline.geometry import BBox
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedFace:
+    face_id: str
+    person_id: str
+    person_name: str
+    photo_ref: str
+    """Where the photo's bytes live: an ``http(s)://`` URL or a ``file://`` URI."""
+    bbox: BBox | None
+    """The confirmed box, or None: then the detected face nearest the photo's centre is the one."""
+    event_id: str | None = None
+    event_name: str | None = None
+
+
+VERIFIED_FACES_SCHEMA = pa.schema(
+    [
+        pa.field("face_id", pa.string(), nullable=False),
+        pa.field("person_id", pa.string(), nullable=False),
+        pa.field("person_name", pa.string()),
+        pa.field("photo_ref", pa.string(), nullable=False),
+        pa.field("bbox_x", pa.float64()),
+        pa.field("bbox_y", pa.float64()),
+        pa.field("bbox_width", pa.float64()),
+        pa.field("bbox_height", pa.float64()),
+        pa.field("event_id", pa.string()),
+        pa.field("event_name", pa.string()),
+    ]
+)
+
+
+def faces_to_table(faces: Iterable[VerifiedFace]) -> pa.Table:
+    rows = [
+        {
+            "face_id": f.face_id,
+            "person_id": f.person_id,
+            "person_name": f.person_name,
+            "photo_ref": f.photo_ref,
+            "bbox_x": f.bbox.x if f.bbox else None,
+            "bbox_y": f.bbox.y if f.bbox else None,
+            "bbox_width": f.bbox.width if f.bbox else None,
+            "bbox_height": f.bbox.height if f.bbox else None,
+            "event_id": f.event_id,
+            "event_name": f.event_name,
+        }
+        for f in faces
+    ]
+    return pa.Table.from_pylist(rows, schema=VERIFIED_FACES_SCHEMA)
+
+
+def table_to_faces(table: pa.Table) -> list[VerifiedFace]:
+    faces = []
+    for row in table.to_pylist():
+        bbox = None
+        if row["bbox_width"] is not None:
+            bbox = BBox(row["bbox_x"], row["bbox_y"], row["bbox_width"], row["bbox_height"])
+        faces.append(
+            VerifiedFace(
+                face_id=row["face_id"],
+                person_id=row["person_id"],
+                person_name=row["person_name"],
+                photo_ref=row["photo_ref"],
+                bbox=bbox,
+                event_id=row["event_id"],
+                event_name=row["event_name"],
+            )
+        )
+    return faces

@@ -1,0 +1,166 @@
+"""The face index: hnswlib (cosine) over embeddings, stored as immutable versions.
+
+    index/
+      v1/ index.bin  entries.parquet  manifest.json  metrics.json
+      v2/ ...
+
+A version is written to a temporary folder and renamed into place, so a reader never sees half a
+version and an existing version is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from facepipeline.errors import FacePipelineError
+
+ENTRY_COLUMNS = ("face_id", "person_id", "person_name")
+_VERSION_DIR = re.compile(r"^v(\d+)$")
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    M: int = 16
+    ef_construction: int = 200
+    ef_search: int = 64
+
+
+class FaceIndex:
+    """Nearest neighbours by cosine similarity; label ``i`` is row ``i`` of :attr:`entries`."""
+
+    def __init__(self, index: hnswlib.Index, entries: pa.Table, params: IndexParams) -> None:
+        self._index = index
+        self.entries = entries
+        self.params = params
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, entries: pa.Table, params: IndexParams = IndexParams(), threads: int = -1) -> FaceIndex:
+        if len(vectors) != entries.num_rows:
+            raise ValueError(f"{len(vectors)} vectors but {entries.num_rows} entries")
+        dim = vectors.shape[1] if vectors.ndim == 2 else 0
+        index = hnswlib.Index(space="cosine", dim=dim)
+        index.init_index(max_elements=max(1, len(vectors)), ef_construction=params.ef_construction, M=params.M, random_seed=100)
+        if len(vectors):
+            index.add_items(vectors, np.arange(len(vectors)), num_threads=threads)
+        index.set_ef(params.ef_search)
+        return cls(index, entries.select(list(ENTRY_COLUMNS)), params)
+
+    def __len__(self) -> int:
+        return self._index.get_current_count()
+
+    @property
+    def dim(self) -> int:
+        return self._index.dim
+
+    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and cosine similarities of the ``k`` nearest entries, best first."""
+        k = min(k, len(self))
+        if k == 0:
+            return np.empty((len(queries), 0), dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
+        self._index.set_ef(max(self.params.ef_search, k))
+        labels, distances = self._index.knn_query(queries, k=k)
+        return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
+
+    def save(self, directory: Path) -> None:
+        self._index.save_index(str(directory / "index.bin"))
+        pq.write_table(self.entries, directory / "entries.parquet")
+
+    @classmethod
+    def load(cls, directory: Path, dim: int, params: IndexParams) -> FaceIndex:
+        entries = pq.read_table(directory / "entries.parquet")
+        index = hnswlib.Index(space="cosine", dim=dim)
+        index.load_index(str(directory / "index.bin"), max_elements=max(1, entries.num_rows))
+        index.set_ef(params.ef_search)
+        return cls(index, entries, params)
+
+
+@dataclass(frozen=True)
+class IndexVersion:
+    version: int
+    path: Path
+    manifest: dict
+
+    @property
+    def name(self) -> str:
+        return f"v{self.version}"
+
+    def load(self) -> FaceIndex:
+        params = IndexParams(**self.manifest["params"])
+        return FaceIndex.load(self.path, self.manifest["dim"], params)
+
+    def write_json(self, name: str, data: dict) -> Path:
+        """Add a document beside the index (e.g. its metrics). Never replaces an existing one."""
+        target = self.path / name
+        with open(target, "x") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+        return target
+
+
+class IndexStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def versions(self) -> list[IndexVersion]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for child in self.root.iterdir():
+            match = _VERSION_DIR.match(child.name)
+            if match and (child / "manifest.json").is_file():
+                found.append(self.get(int(match.group(1))))
+        return sorted(found, key=lambda v: v.version)
+
+    def _taken_numbers(self) -> list[int]:
+        """Every ``vN`` folder, complete or not: a number once used is never reused."""
+        return [int(m.group(1)) for child in self.root.iterdir() if (m := _VERSION_DIR.match(child.name))]
+
+    def get(self, version: int) -> IndexVersion:
+        path = self.root / f"v{version}"
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+        except FileNotFoundError as exc:
+            raise FacePipelineError(f"index version v{version} not found in {self.root}") from exc
+        return IndexVersion(version, path, manifest)
+
+    def latest(self) -> IndexVersion | None:
+        versions = self.versions()
+        return versions[-1] if versions else None
+
+    def publish(self, index: FaceIndex, manifest: dict) -> IndexVersion:
+        """Write ``index`` as the next version ``vN``; returns it. Safe against concurrent writers."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        try:
+            index.save(staging)
+            while True:
+                number = max(self._taken_numbers(), default=0) + 1
+                full_manifest = {
+                    **manifest,
+                    "version": number,
+                    "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "count": len(index),
+                    "dim": index.dim,
+                    "params": index.params.__dict__,
+                }
+                (staging / "manifest.json").write_text(json.dumps(full_manifest, indent=2, sort_keys=True))
+                try:
+                    os.rename(staging, self.root / f"v{number}")  # fails if vN exists: never overwrite
+                except OSError:
+                    if (self.root / f"v{number}").exists():
+                        continue  # another writer took vN first
+                    raise
+                return self.get(number)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,178 @@
+"""How good an index is: a held-out evaluation with a fixed seed, stratified per person.
+
+For every person with at least two usable faces, a share of their faces (at least one, never all)
+is held out as probes; the rest form the gallery, which is indexed exactly as in production. Then:
+
+* rank-1 accuracy: is the nearest gallery face the probe's person? Micro (over probes) and macro
+  (mean over people, so that a person with 500 photos does not drown the others).
+* precision / recall / F1 at a threshold: a probe whose best similarity is under the threshold
+  is "unknown" (no suggestion). precision = correct suggestions / suggestions;
+  recall = correct suggestions / probes.
+* false-accept rate: each probe is also asked as a stranger, by searching the gallery *without*
+  its own person (leave-identity-out). FAR(t) = share of those searches whose best similarity
+  still reaches t: the rate at which an unknown face would be given somebody's name.
+* the recommended threshold: the lowest threshold whose FAR is at most the target.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from facepipeline.index import FaceIndex, IndexParams
+
+MIN_SAMPLES = 10
+SWEEP = np.round(np.arange(0.0, 1.0001, 0.01), 2)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    test_fraction: float = 0.2
+    seed: int = 42
+    target_far: float = 0.001
+
+
+@dataclass
+class SweepPoint:
+    threshold: float
+    far: float
+    precision: float
+    recall: float
+    f1: float
+
+
+@dataclass
+class Evaluation:
+    status: str  # "ok" | "too_few_samples"
+    message: str
+    faces: int
+    people: int
+    gallery_faces: int = 0
+    probe_faces: int = 0
+    probe_people: int = 0
+    rank1_accuracy: float | None = None
+    rank1_accuracy_macro: float | None = None
+    recommended_threshold: float | None = None
+    target_far: float | None = None
+    far: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    genuine_similarity_mean: float | None = None
+    impostor_similarity_p99: float | None = None
+    sweep: list[SweepPoint] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def markdown(self) -> str:
+        if self.status != "ok":
+            return f"**{self.message}**"
+        lines = [
+            "| threshold | FAR | precision | recall | F1 |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+        ]
+        shown = {round(t, 2) for t in np.arange(0.2, 0.81, 0.05)} | {self.recommended_threshold}
+        for point in self.sweep:
+            if point.threshold in shown:
+                mark = " **(recommended)**" if point.threshold == self.recommended_threshold else ""
+                lines.append(
+                    f"| {point.threshold:.2f}{mark} | {point.far:.4f} | {point.precision:.4f} | {point.recall:.4f} | {point.f1:.4f} |"
+                )
+        return "\n".join(lines)
+
+
+def split_gallery_probes(person_ids: Sequence[str], config: EvaluationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers of gallery and probe faces: per person, a fixed-seed share held out."""
+    rng = np.random.default_rng(config.seed)
+    rows_by_person: dict[str, list[int]] = defaultdict(list)
+    for row, person in enumerate(person_ids):
+        rows_by_person[person].append(row)
+    gallery, probes = [], []
+    for person in sorted(rows_by_person):
+        rows = np.array(rows_by_person[person])
+        if len(rows) < 2:
+            gallery.extend(rows.tolist())
+            continue
+        rows = rows[rng.permutation(len(rows))]
+        n_probe = min(len(rows) - 1, max(1, round(len(rows) * config.test_fraction)))
+        probes.extend(rows[:n_probe].tolist())
+        gallery.extend(rows[n_probe:].tolist())
+    return np.array(sorted(gallery), dtype=np.int64), np.array(sorted(probes), dtype=np.int64)
+
+
+def evaluate(
+    vectors: np.ndarray,
+    person_ids: Sequence[str],
+    config: EvaluationConfig = EvaluationConfig(),
+    params: IndexParams = IndexParams(),
+) -> Evaluation:
+    people = len(set(person_ids))
+    base = {"faces": len(person_ids), "people": people, "config": asdict(config)}
+    if len(person_ids) < MIN_SAMPLES:
+        return Evaluation(status="too_few_samples", message=f"too few samples: {len(person_ids)} faces (need at least {MIN_SAMPLES})", **base)
+    gallery, probes = split_gallery_probes(person_ids, config)
+    if len(probes) == 0 or people < 2:
+        return Evaluation(status="too_few_samples", message="too few samples: no person has two faces to hold one out", **base)
+
+    persons = np.asarray(person_ids, dtype=object)
+    gallery_people = persons[gallery]
+    entries = pa.table({"face_id": [str(i) for i in gallery], "person_id": gallery_people.tolist(), "person_name": gallery_people.tolist()})
+    index = FaceIndex.build(vectors[gallery], entries, params)
+    # Deep enough to find, for nearly every probe, the nearest face of *another* person.
+    k = min(len(gallery), max(50, int(gallery_people.size and np.max(np.unique(gallery_people, return_counts=True)[1])) + 1))
+    labels, sims = index.search(vectors[probes], k=k)
+    neighbour_people = gallery_people[labels]
+    truth = persons[probes]
+
+    predicted = neighbour_people[:, 0]
+    best = sims[:, 0]
+    correct = predicted == truth
+    # The best match outside the probe's own person: how a stranger's face would score.
+    other = neighbour_people != truth[:, None]
+    has_other = other.any(axis=1)
+    impostor = np.where(has_other, sims[np.arange(len(probes)), other.argmax(axis=1)], sims[:, -1])
+    genuine = np.where(neighbour_people == truth[:, None], sims, -np.inf).max(axis=1)
+
+    sweep = [_sweep_point(t, best, correct, impostor) for t in SWEEP]
+    passing = [p for p in sweep if p.far <= config.target_far]
+    chosen = min(passing, key=lambda p: p.threshold) if passing else sweep[-1]
+
+    per_person = defaultdict(list)
+    for person, ok in zip(truth, correct, strict=True):
+        per_person[person].append(ok)
+    return Evaluation(
+        status="ok",
+        message=f"held out {len(probes)} of {len(person_ids)} faces from {len(per_person)} people",
+        gallery_faces=len(gallery),
+        probe_faces=len(probes),
+        probe_people=len(per_person),
+        rank1_accuracy=round(float(correct.mean()), 4),
+        rank1_accuracy_macro=round(float(np.mean([np.mean(v) for v in per_person.values()])), 4),
+        recommended_threshold=chosen.threshold,
+        target_far=config.target_far,
+        far=chosen.far,
+        precision=chosen.precision,
+        recall=chosen.recall,
+        f1=chosen.f1,
+        genuine_similarity_mean=round(float(np.mean(genuine[np.isfinite(genuine)])), 4) if np.isfinite(genuine).any() else None,
+        impostor_similarity_p99=round(float(np.quantile(impostor, 0.99)), 4),
+        sweep=sweep,
+        **base,
+    )
+
+
+def _sweep_point(threshold: float, best: np.ndarray, correct: np.ndarray, impostor: np.ndarray) -> SweepPoint:
+    accepted = best >= threshold
+    hits = int(np.sum(accepted & correct))
+    suggestions = int(np.sum(accepted))
+    precision = hits / suggestions if suggestions else 1.0
+    recall = hits / len(best)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    far = float(np.mean(impostor >= threshold))
+    return SweepPoint(float(threshold), round(far, 6), round(precision, 4), round(recall, 4), round(f1, 4))

@@ -1,0 +1,237 @@
+"""A content-addressed photo cache: every photo is fetched once, ever.
+
+Layout under the cache root::
+
+    objects/ab/abcdef....   the bytes, named by their sha256
+    manifest.sqlite3        reference -> sha256, size, status, error, fetched_at
+
+A reference is an ``http(s)://`` URL or a ``file://`` URI. Fetching is concurrent (bounded),
+with timeouts and retries; a photo that cannot be fetched is recorded as failed with its reason
+and is tried again on the next run. Successful entries are never fetched again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import urllib3
+
+from facepipeline.errors import ImageError, PhotoFetchError
+from facepipeline.images import image_size
+
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PhotoRecord:
+    ref: str
+    status: str  # "ok" | "failed"
+    sha256: str | None = None
+    size: int | None = None
+    error: str | None = None
+    fetched: bool = False
+    """True when the bytes were fetched by this call, False when they came from the cache."""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class FetchSummary:
+    total: int
+    ok: int
+    failed: int
+    fetched: int
+    fetched_bytes: int
+    from_cache: int
+
+    def line(self) -> str:
+        return f"processed {self.ok}/{self.total} photos ({self.failed} failed; {self.fetched} fetched, {self.from_cache} from cache)"
+
+
+def summarize(records: Iterable[PhotoRecord]) -> FetchSummary:
+    records = list(records)
+    fetched = [r for r in records if r.fetched and r.ok]
+    return FetchSummary(
+        total=len(records),
+        ok=sum(r.ok for r in records),
+        failed=sum(not r.ok for r in records),
+        fetched=len(fetched),
+        fetched_bytes=sum(r.size or 0 for r in fetched),
+        from_cache=sum(r.ok and not r.fetched for r in records),
+    )
+
+
+class PhotoCache:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        timeout_s: float = 10.0,
+        retries: int = 2,
+        concurrency: int = 8,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.concurrency = max(1, concurrency)
+        self.max_bytes = max_bytes
+        self._http = urllib3.PoolManager(
+            maxsize=self.concurrency,
+            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
+            retries=urllib3.Retry(
+                total=retries,
+                backoff_factor=0.2,
+                status_forcelist=(429, 500, 502, 503, 504),
+                allowed_methods=frozenset({"GET"}),
+                raise_on_status=False,
+            ),
+        )
+        self._db_lock = threading.Lock()
+        self._db = sqlite3.connect(self.root / "manifest.sqlite3", check_same_thread=False)
+        with self._db:
+            self._db.execute(
+                "create table if not exists photos ("
+                " reference text primary key, sha256 text, size integer,"
+                " status text not null, error text, fetched_at real not null)"
+            )
+
+    def close(self) -> None:
+        self._db.close()
+        self._http.clear()
+
+    def __enter__(self) -> PhotoCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def path_for(self, sha256: str) -> Path:
+        return self.objects / sha256[:2] / sha256
+
+    def read(self, sha256: str) -> bytes:
+        return self.path_for(sha256).read_bytes()
+
+    def lookup(self, ref: str) -> PhotoRecord | None:
+        with self._db_lock:
+            row = self._db.execute(
+                "select status, sha256, size, error from photos where reference = ?", (ref,)
+            ).fetchone()
+        if row is None:
+            return None
+        status, sha, size, error = row
+        return PhotoRecord(ref=ref, status=status, sha256=sha, size=size, error=error)
+
+    def fetch_all(
+        self, refs: Iterable[str], progress: Callable[[int, int, int], None] | None = None
+    ) -> list[PhotoRecord]:
+        """Make every reference available in the cache; returns one record per distinct reference.
+
+        ``progress(done, total, failed)`` is called as photos complete.
+        """
+        unique = list(dict.fromkeys(refs))
+        records: dict[str, PhotoRecord] = {}
+        missing = []
+        for ref in unique:
+            cached = self.lookup(ref)
+            if cached and cached.ok and self.path_for(cached.sha256).is_file():
+                records[ref] = cached
+            else:
+                missing.append(ref)
+        failed = 0
+        done = len(records)
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="photo-fetch") as pool:
+            for record in pool.map(self._fetch_one, missing):
+                records[record.ref] = record
+                self._remember(record)
+                done += 1
+                failed += not record.ok
+                if progress:
+                    progress(done, len(unique), failed)
+        return [records[ref] for ref in unique]
+
+    def _fetch_one(self, ref: str) -> PhotoRecord:
+        try:
+            data = self._download(ref)
+            image_size(data)  # header check only: refuse HTML pages and empty bodies early
+        except (PhotoFetchError, ImageError) as exc:
+            return PhotoRecord(ref=ref, status="failed", error=str(exc), fetched=True)
+        sha = hashlib.sha256(data).hexdigest()
+        self._store(sha, data)
+        return PhotoRecord(ref=ref, status="ok", sha256=sha, size=len(data), fetched=True)
+
+    def _download(self, ref: str) -> bytes:
+        scheme = urlparse(ref).scheme.lower()
+        if scheme == "file":
+            return self._read_file(Path(unquote(urlparse(ref).path)))
+        if scheme in ("http", "https"):
+            return self._read_http(ref)
+        raise PhotoFetchError(f"unsupported photo reference scheme {scheme!r}")
+
+    def _read_file(self, path: Path) -> bytes:
+        try:
+            size = path.stat().st_size
+            if size > self.max_bytes:
+                raise PhotoFetchError(f"file too large: {size:,} bytes (limit {self.max_bytes:,})")
+            return path.read_bytes()
+        except OSError as exc:
+            raise PhotoFetchError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+    def _read_http(self, url: str) -> bytes:
+        try:
+            response = self._http.request("GET", url, preload_content=False)
+        except urllib3.exceptions.HTTPError as exc:
+            raise PhotoFetchError(f"request failed: {type(exc).__name__}") from exc
+        try:
+            if response.status != 200:
+                raise PhotoFetchError(f"HTTP {response.status}")
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                raise PhotoFetchError(f"response too large: {int(declared):,} bytes (limit {self.max_bytes:,})")
+            chunks, size = [], 0
+            for chunk in response.stream(64 * 1024):
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise PhotoFetchError(f"response too large: over {self.max_bytes:,} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except urllib3.exceptions.HTTPError as exc:
+            raise PhotoFetchError(f"download interrupted: {type(exc).__name__}") from exc
+        finally:
+            response.release_conn()
+
+    def _store(self, sha: str, data: bytes) -> None:
+        target = self.path_for(sha)
+        if target.is_file():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _remember(self, record: PhotoRecord) -> None:
+        with self._db_lock, self._db:
+            self._db.execute(
+                "insert into photos (reference, sha256, size, status, error, fetched_at)"
+                " values (?, ?, ?, ?, ?, ?)"
+                " on conflict(reference) do update set sha256 = excluded.sha256, size = excluded.size,"
+                " status = excluded.status, error = excluded.error, fetched_at = excluded.fetched_at",
+                (record.ref, record.sha256, record.size, record.status, record.error, time.time()),
+            )

@@ -1,0 +1,42 @@
+"""Process-wide settings read from the environment, in one place, with defaults that work here.
+
+Only this module reads ``FACEPIPELINE_*`` variables; everything else receives values.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = ".facepipeline"
+DEFAULT_MODEL_PACK = "buffalo_l"
+DEFAULT_MODEL_ROOT = "~/.insightface/models"
+DEFAULT_SOURCE = "folder:../shared/data/faces"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    """Where facepipeline keeps its own state: photo cache, tables, index versions."""
+    model_root: Path
+    """Folder that holds model packs, one sub-folder per pack (``<root>/<pack>/*.onnx``)."""
+    model_pack: str
+    """Name of the pack to load (``buffalo_l`` in production, ``buffalo_sc`` in tests here)."""
+    source: str
+    """Where verified faces come from, e.g. ``folder:/photos/people``."""
+    providers: tuple[str, ...]
+    """onnxruntime execution providers, most preferred first."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        providers = env.get("FACEPIPELINE_PROVIDERS", "CPUExecutionProvider")
+        return cls(
+            home=Path(env.get("FACEPIPELINE_HOME", DEFAULT_HOME)).expanduser().resolve(),
+            model_root=Path(env.get("FACEPIPELINE_MODEL_ROOT", DEFAULT_MODEL_ROOT)).expanduser().resolve(),
+            model_pack=env.get("FACEPIPELINE_MODEL", DEFAULT_MODEL_PACK),
+            source=env.get("FACEPIPELINE_SOURCE", DEFAULT_SOURCE),
+            providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
+        )

@@ -1,0 +1,95 @@
+"""A local folder of photos as the source of verified faces, for users without Supabase.
+
+Two layouts:
+
+* one sub-folder per person (``people/Ada_Lovelace/1.jpg``): each photo is one verified face of
+  that person, the detected face nearest the photo's centre;
+* a ``face_boxes.csv`` at the top (columns ``path,x,y,w,h,identity``): each row with an identity
+  is one verified face in that box. Rows without an identity are faces nobody named.
+"""
+
+from __future__ import annotations
+
+import csv
+import uuid
+from pathlib import Path
+
+from facepipeline.errors import SourceError
+from facepipeline.faces import VerifiedFace
+from facepipeline.geometry import BBox, BBoxError
+
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+BOXES_FILE = "face_boxes.csv"
+
+# Ids are derived from names, so the same folder always gives the same ids: reruns are incremental.
+_NAMESPACE = uuid.UUID("6f1c1a52-8d0e-4f38-9f0e-2b7c0f4a9e11")
+
+
+def stable_id(kind: str, name: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"{kind}:{name}"))
+
+
+class FolderSource:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    @property
+    def description(self) -> str:
+        return f"folder:{self.root}"
+
+    def verified_faces(self) -> list[VerifiedFace]:
+        if not self.root.is_dir():
+            raise SourceError(f"folder source: directory not found: {self.root}")
+        boxes = self.root / BOXES_FILE
+        faces = self._faces_from_boxes(boxes) if boxes.is_file() else self._faces_from_person_folders()
+        if not faces:
+            raise SourceError(f"folder source: no photos ({', '.join(sorted(PHOTO_SUFFIXES))}) found under {self.root}")
+        return faces
+
+    def _faces_from_person_folders(self) -> list[VerifiedFace]:
+        faces = []
+        for person_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for photo in sorted(person_dir.iterdir()):
+                if photo.suffix.lower() not in PHOTO_SUFFIXES or photo.name.startswith("."):
+                    continue
+                relative = photo.relative_to(self.root).as_posix()
+                faces.append(
+                    VerifiedFace(
+                        face_id=stable_id("face", relative),
+                        person_id=stable_id("person", person_dir.name),
+                        person_name=person_dir.name,
+                        photo_ref=photo.as_uri(),
+                        bbox=None,
+                    )
+                )
+        return faces
+
+    def _faces_from_boxes(self, boxes_csv: Path) -> list[VerifiedFace]:
+        faces = []
+        with boxes_csv.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            required = {"path", "x", "y", "w", "h", "identity"}
+            if not reader.fieldnames or not required <= set(reader.fieldnames):
+                raise SourceError(f"{boxes_csv}: needs the columns {', '.join(sorted(required))}")
+            for line, row in enumerate(reader, start=2):
+                identity = (row["identity"] or "").strip()
+                if not identity:
+                    continue
+                try:
+                    bbox = BBox(float(row["x"]), float(row["y"]), float(row["w"]), float(row["h"]))
+                except (ValueError, BBoxError) as exc:
+                    raise SourceError(f"{boxes_csv}, line {line}: bad box: {exc}") from exc
+                photo = (self.root / row["path"]).resolve()
+                if not photo.is_relative_to(self.root):
+                    raise SourceError(f"{boxes_csv}, line {line}: path leaves the folder: {row['path']!r}")
+                key = f"{row['path']}#{bbox.x:g},{bbox.y:g},{bbox.width:g},{bbox.height:g}"
+                faces.append(
+                    VerifiedFace(
+                        face_id=stable_id("face", key),
+                        person_id=stable_id("person", identity),
+                        person_name=identity,
+                        photo_ref=photo.as_uri(),
+                        bbox=bbox,
+                    )
+                )
+        return faces
