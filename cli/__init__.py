@@ -1,0 +1,1 @@
+"""The ``facepipeline`` command: the pipeline for people and scripts, on the persistent Dagster instance."""

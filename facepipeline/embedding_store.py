@@ -47,7 +47,7 @@ def embeddings_schema(dim: int) -> pa.Schema:
             pa.field("model_pack", pa.string(), nullable=False),
             pa.field("model_sha256", pa.string(), nullable=False),
             pa.field("embed_key", pa.string(), nullable=False),
-            pa.field("embedded_at", pa.timestamp("s", tz="UTC")),
+            pa.field("embedded_at", pa.timestamp("ms", tz="UTC")),
         ]
     )
 
@@ -109,8 +109,7 @@ def update_embeddings(
     started = time.perf_counter()
     fingerprint = model.pack.fingerprint
     report = EmbeddingReport(faces_total=len(faces))
-    if previous is not None and (mode == "full" or not previous.schema.equals(embeddings_schema(model.embedding_dim))):
-        previous = None  # a forced rebuild, or a table from another model/layout: embed everything
+    previous = None if mode == "full" else _conformed(previous, embeddings_schema(model.embedding_dim))
     earlier = _keys_by_face(previous) if previous is not None else {}
     now = datetime.now(UTC).replace(microsecond=0)
 
@@ -170,6 +169,16 @@ def update_embeddings(
             report.failure_reasons[reason] = report.failure_reasons.get(reason, 0) + 1
     report.seconds = time.perf_counter() - started
     return table, report
+
+
+def _conformed(table: pa.Table | None, schema: pa.Schema) -> pa.Table | None:
+    """The earlier table in today's schema, or None when it cannot be (another model or layout)."""
+    if table is None or table.schema.names != schema.names:
+        return None
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+        return None
 
 
 def _keys_by_face(table: pa.Table) -> dict[str, tuple[int, str, str]]:

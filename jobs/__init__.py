@@ -1,0 +1,13 @@
+"""Jobs: named selections of assets that a person, a schedule or a sensor launches."""
+
+from dagster import AssetSelection, define_asset_job
+
+RETRAIN_GROUP = "retrain"
+
+retrain_job = define_asset_job(
+    name="retrain",
+    selection=AssetSelection.groups(RETRAIN_GROUP),
+    description="Read verified faces, cache photos, embed, build a new index version and evaluate it.",
+)
+
+__all__ = ["retrain_job"]

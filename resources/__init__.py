@@ -1,0 +1,8 @@
+"""Every external system the pipeline touches, as a configurable Dagster resource."""
+
+from resources.artifacts import ArtifactStoreResource
+from resources.face_model import FaceModelResource
+from resources.face_source import FaceSourceResource
+from resources.io_managers import ParquetTableIOManager
+
+__all__ = ["ArtifactStoreResource", "FaceModelResource", "FaceSourceResource", "ParquetTableIOManager"]

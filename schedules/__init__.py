@@ -1,0 +1,23 @@
+"""Schedules. The nightly full retrain ships stopped: turn it on in the UI (Automation) when wanted.
+
+A full retrain re-embeds every face, which repairs anything an incremental run may have missed
+(for example a photo replaced under the same URL), at the price of a full embedding pass.
+"""
+
+from dagster import DefaultScheduleStatus, ScheduleDefinition
+
+from jobs import retrain_job
+
+nightly_full_retrain = ScheduleDefinition(
+    name="nightly_full_retrain",
+    job=retrain_job,
+    cron_schedule="0 3 * * *",
+    execution_timezone="UTC",
+    run_config={"ops": {"face_embeddings": {"config": {"mode": "full"}}}},
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Full retrain every night at 03:00 UTC (stopped by default).",
+)
+
+schedules = [nightly_full_retrain]
+
+__all__ = ["nightly_full_retrain", "schedules"]

@@ -1,0 +1,50 @@
+# facepipeline: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+SHARED ?= $(abspath ../shared)
+export FACEPIPELINE_MODEL_ROOT ?= $(SHARED)/models
+export FACEPIPELINE_MODEL ?= buffalo_sc
+export FACEPIPELINE_HOME ?= $(abspath .facepipeline)
+export DAGSTER_HOME ?= $(FACEPIPELINE_HOME)/dagster
+# hnswlib compiles from source; without this it targets the build machine's CPU only.
+export HNSWLIB_NO_NATIVE := 1
+DEMO_SOURCE ?= folder:$(SHARED)/data/faces
+
+# uv from PATH, or the copy pip installs below when the machine has none.
+UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+
+.PHONY: help env demo ui test check bench clean
+help:
+	@echo "make demo   - create the environment and run the whole retrain on $(DEMO_SOURCE)"
+	@echo "make test   - run the test suite"
+	@echo "make ui     - start the Dagster UI (dagster dev) on the same instance"
+	@echo "make check  - dg check defs + dagster definitions validate"
+	@echo "make bench  - embedding benchmark (bench/embed.py)"
+
+env: .venv/.synced
+.venv/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.8"
+	$(UV) sync --frozen --python 3.11
+	@touch $@
+
+demo: env
+	$(UV) run --frozen facepipeline retrain --source $(DEMO_SOURCE)
+	@echo "runs and assets: make ui, then open http://127.0.0.1:3000"
+
+ui: env
+	mkdir -p "$(DAGSTER_HOME)"
+	$(UV) run --frozen dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+test: env
+	$(UV) run --frozen pytest
+
+check: env
+	$(UV) run --frozen dg check defs
+	$(UV) run --frozen dagster definitions validate -w workspace.yaml
+
+bench: env
+	$(UV) run --frozen python bench/embed.py
+
+clean:
+	rm -rf .venv .pytest_cache

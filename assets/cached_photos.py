@@ -1,0 +1,49 @@
+"""The cached photos: each photo of the training set, fetched once and kept by content."""
+
+import pyarrow as pa
+from dagster import AssetExecutionContext, MetadataValue, Output, asset
+
+from assets.metadata import markdown_table
+from facepipeline.photos import summarize
+from resources import ArtifactStoreResource
+
+PHOTOS_SCHEMA = pa.schema(
+    [("photo_ref", pa.string()), ("status", pa.string()), ("sha256", pa.string()), ("size", pa.int64()), ("error", pa.string())]
+)
+
+
+@asset(group_name="retrain", io_manager_key="table_io_manager", code_version="1", kinds={"python", "parquet"})
+def cached_photos(context: AssetExecutionContext, verified_faces: pa.Table, artifacts: ArtifactStoreResource) -> Output[pa.Table]:
+    """Every photo of the verified faces, in the content-addressed cache; failures counted, never fatal."""
+    refs = verified_faces.column("photo_ref").to_pylist()
+
+    def progress(done: int, total: int, failed: int) -> None:
+        if done % 500 == 0 or done == total:
+            context.log.info(f"photos {done}/{total}, {failed} failed")
+
+    with artifacts.photo_cache() as cache:
+        records = cache.fetch_all(refs, progress=progress)
+        cache_dir = str(cache.root)
+    summary = summarize(records)
+    failures = [r for r in records if not r.ok]
+    for record in failures[:20]:
+        context.log.warning(f"photo skipped: {record.ref}: {record.error}")
+    context.log.info(summary.line())
+    table = pa.Table.from_pylist(
+        [{"photo_ref": r.ref, "status": r.status, "sha256": r.sha256, "size": r.size, "error": r.error} for r in records],
+        schema=PHOTOS_SCHEMA,
+    )
+    return Output(
+        table,
+        metadata={
+            "summary": summary.line(),
+            "photos": summary.total,
+            "photos_ok": summary.ok,
+            "photos_failed": summary.failed,
+            "fetched": summary.fetched,
+            "fetched_bytes": summary.fetched_bytes,
+            "from_cache": summary.from_cache,
+            "cache_dir": MetadataValue.path(cache_dir),
+            "failures": markdown_table(["photo", "reason"], [(r.ref, r.error) for r in failures[:50]]),
+        },
+    )

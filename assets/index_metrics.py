@@ -1,0 +1,50 @@
+"""The index metrics: how well the new index names held-out faces, and at which threshold."""
+
+import pyarrow as pa
+from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
+from pydantic import Field
+
+from facepipeline.embedding_store import embedding_matrix, usable
+from facepipeline.index import IndexParams, IndexVersion
+from facepipeline.metrics import EvaluationConfig, evaluate
+
+
+class IndexMetricsConfig(Config):
+    test_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of each person's faces held out as probes.")
+    seed: int = Field(default=42, description="Seed of the held-out split (fixed: runs are comparable).")
+    target_far: float = Field(default=0.001, gt=0, lt=1, description="False-accept rate the recommended threshold must meet.")
+
+
+@asset(group_name="retrain", code_version="1", kinds={"python"})
+def index_metrics(
+    context: AssetExecutionContext, config: IndexMetricsConfig, face_index: IndexVersion, face_embeddings: pa.Table
+) -> Output[dict]:
+    """Held-out evaluation of this index version, written as metrics.json beside it."""
+    rows = usable(face_embeddings)
+    result = evaluate(
+        embedding_matrix(rows),
+        rows.column("person_id").to_pylist(),
+        EvaluationConfig(test_fraction=config.test_fraction, seed=config.seed, target_far=config.target_far),
+        IndexParams(**face_index.manifest["params"]),
+    )
+    metrics = {**result.as_dict(), "index_version": face_index.name}
+    path = face_index.write_json("metrics.json", metrics)
+    (context.log.info if result.status == "ok" else context.log.warning)(f"{face_index.name}: {result.message}")
+    numbers = {
+        key: getattr(result, key)
+        for key in ("rank1_accuracy", "rank1_accuracy_macro", "precision", "recall", "f1", "recommended_threshold", "far")
+        if getattr(result, key) is not None
+    }
+    return Output(
+        metrics,
+        metadata={
+            "status": result.status,
+            "message": result.message,
+            "index_version": face_index.name,
+            **numbers,
+            "probe_faces": result.probe_faces,
+            "gallery_faces": result.gallery_faces,
+            "threshold_sweep": MetadataValue.md(result.markdown()),
+            "metrics_path": MetadataValue.path(str(path)),
+        },
+    )

@@ -1,0 +1,39 @@
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import Field, PrivateAttr
+
+from facepipeline.model import FaceModel
+
+
+class FaceModelResource(ConfigurableResource):
+    """An InsightFace pack (SCRFD detector + ArcFace recognizer) on onnxruntime, loaded once per process."""
+
+    pack: str = Field(description="Pack folder name under model_root, e.g. buffalo_l or buffalo_sc.")
+    model_root: str = Field(description="Folder holding the packs (<root>/<pack>/*.onnx).")
+    providers: list[str] = Field(
+        default=["CPUExecutionProvider"],
+        description="onnxruntime providers, most preferred first, e.g. ['CUDAExecutionProvider', 'CPUExecutionProvider'].",
+    )
+    det_size: int = Field(default=640, ge=32, le=2048, description="Largest detector input for whole photos.")
+    region_det_size: int = Field(default=160, ge=32, le=1024, description="Detector input around a known face box.")
+    det_thresh: float = Field(default=0.5, gt=0, lt=1, description="Minimum detector score.")
+    batch_size: int = Field(default=32, ge=1, le=4096, description="Faces per recognizer call.")
+    workers: int = Field(default=0, ge=0, le=64, description="Parallel embedding workers; 0 = one per CPU core (1 on GPU).")
+
+    _model: FaceModel | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._model = None  # loaded on first use: runs that never embed never pay for it
+
+    def load(self) -> FaceModel:
+        if self._model is None:
+            self._model = FaceModel.load(
+                self.model_root,
+                self.pack,
+                providers=tuple(self.providers),
+                workers=self.workers or None,
+                det_size=self.det_size,
+                region_det_size=self.region_det_size,
+                det_thresh=self.det_thresh,
+                batch_size=self.batch_size,
+            )
+        return self._model
