@@ -36,7 +36,7 @@ def face_index(
             "faces": rows.num_rows,
             "people": len(set(rows.column("person_id").to_pylist())),
             "faces_failed": face_embeddings.num_rows - rows.num_rows,
-            "run_id": context.run_id,
+            "run_id": context.run.run_id,
         },
     )
     context.log.info(f"published index {version.name} with {len(index)} faces at {version.path}")

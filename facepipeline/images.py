@@ -23,6 +23,8 @@ def image_size(data: bytes) -> tuple[int, int]:
             return img.size
     except UnidentifiedImageError as exc:
         raise ImageError(f"not an image ({_sniff(data)})") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image too large: {exc}") from exc
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

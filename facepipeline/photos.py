@@ -193,7 +193,7 @@ class PhotoCache:
         try:
             response = self._http.request("GET", url, preload_content=False)
         except urllib3.exceptions.HTTPError as exc:
-            raise PhotoFetchError(f"request failed: {type(exc).__name__}") from exc
+            raise PhotoFetchError(f"request failed: {_reason(exc)}") from exc
         try:
             if response.status != 200:
                 raise PhotoFetchError(f"HTTP {response.status}")
@@ -208,7 +208,7 @@ class PhotoCache:
                 chunks.append(chunk)
             return b"".join(chunks)
         except urllib3.exceptions.HTTPError as exc:
-            raise PhotoFetchError(f"download interrupted: {type(exc).__name__}") from exc
+            raise PhotoFetchError(f"download interrupted: {_reason(exc)}") from exc
         finally:
             response.release_conn()
 
@@ -235,3 +235,18 @@ class PhotoCache:
                 " status = excluded.status, error = excluded.error, fetched_at = excluded.fetched_at",
                 (record.ref, record.sha256, record.size, record.status, record.error, time.time()),
             )
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong, without the URL (signed URLs carry tokens that must not reach logs)."""
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        return "ReadTimeoutError (the server did not answer in time)"
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        return "ConnectTimeoutError (no connection in time)"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return "NewConnectionError (connection refused or host unreachable)"
+    if isinstance(exc, urllib3.exceptions.ProtocolError):
+        return "ProtocolError (connection broken mid-response)"
+    return type(exc).__name__

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.model_zoo.scrfd import SCRFD
@@ -61,6 +62,10 @@ class FaceModel:
         self.recognizer = ArcFaceONNX(model_file=str(pack.recognizer.path), session=sessions[RECOGNITION])
         self._rec_input = self.recognizer.input_name
         self.embedding_dim = int(sessions[RECOGNITION].get_outputs()[0].shape[-1])
+        # A dynamically quantised recognizer picks its int8 scales per call, from the whole batch:
+        # a face's embedding would then depend on its batch-mates (cosine down to 0.975 measured).
+        # Such a model runs one face per call, so an embedding depends on its face alone.
+        self.faces_per_call = 1 if is_dynamically_quantized(pack.recognizer.path) else batch_size
 
     @classmethod
     def load(
@@ -150,10 +155,18 @@ class FaceModel:
         if len(crops) == 0:
             return np.empty((0, self.embedding_dim), dtype=np.float32)
         blob = crops[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)
-        blob = (blob - self.recognizer.input_mean) / self.recognizer.input_std
-        raw = self.recognizer.session.run(None, {self._rec_input: np.ascontiguousarray(blob)})[0]
+        blob = np.ascontiguousarray((blob - self.recognizer.input_mean) / self.recognizer.input_std)
+        step = self.faces_per_call
+        raw = np.concatenate(
+            [self.recognizer.session.run(None, {self._rec_input: blob[i : i + step]})[0] for i in range(0, len(blob), step)]
+        )
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         return (raw / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def is_dynamically_quantized(path: Path) -> bool:
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(node.op_type == "DynamicQuantizeLinear" for node in graph.node)
 
 
 def _nearest_centre(detections: list[Detection], width: int, height: int) -> Detection | None:

@@ -1,0 +1,125 @@
+"""Shared fixtures: the real model pack, real LFW photos, a real HTTP server on 127.0.0.1.
+
+Nothing here is mocked. Photos are copied from ../shared/data into temporary folders (never into
+the repository); the model is the real buffalo_sc pack from ../shared/models.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = (REPO / ".." / "shared").resolve()
+MODEL_ROOT = SHARED / "models"
+PACK = "buffalo_sc"
+FACES = SHARED / "data" / "faces"
+GROUP_PHOTOS = SHARED / "data" / "group_photos"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    missing = [p for p in (MODEL_ROOT / PACK, FACES) if not p.is_dir()]
+    if missing:
+        raise pytest.UsageError(f"the tests need ../shared beside the checkout; missing: {', '.join(map(str, missing))}")
+
+
+def people_with_most_photos(count: int, *, skip: int = 0) -> list[Path]:
+    folders = sorted((p for p in FACES.iterdir() if p.is_dir()), key=lambda p: (-len(list(p.glob("*.jpg"))), p.name))
+    return folders[skip : skip + count]
+
+
+def copy_people(target: Path, people: list[Path], photos_per_person: int) -> Path:
+    """A folder-per-person source with the first photos of each person."""
+    for person in people:
+        (target / person.name).mkdir(parents=True, exist_ok=True)
+        for photo in sorted(person.glob("*.jpg"))[:photos_per_person]:
+            shutil.copy(photo, target / person.name / photo.name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def face_model():
+    from facepipeline.model import FaceModel
+
+    return FaceModel.load(MODEL_ROOT, PACK)
+
+
+@pytest.fixture()
+def small_faces(tmp_path: Path) -> Path:
+    """6 people x 8 real photos."""
+    return copy_people(tmp_path / "faces", people_with_most_photos(6), 8)
+
+
+@pytest.fixture()
+def settings(tmp_path: Path, small_faces: Path):
+    from facepipeline.settings import Settings
+
+    return Settings(
+        home=tmp_path / "home",
+        model_root=MODEL_ROOT,
+        model_pack=PACK,
+        source=f"folder:{small_faces}",
+        providers=("CPUExecutionProvider",),
+    )
+
+
+@dataclass
+class Route:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "image/jpeg"
+    delay_s: float = 0.0
+
+
+@dataclass
+class PhotoServer:
+    """A real HTTP server on 127.0.0.1 whose answers each test chooses."""
+
+    routes: dict[str, Route] = field(default_factory=dict)
+    hits: dict[str, int] = field(default_factory=dict)
+    base_url: str = ""
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def add(self, path: str, body: bytes = b"", **kwargs) -> str:
+        self.routes["/" + path.lstrip("/")] = Route(body=body, **kwargs)
+        return self.url(path)
+
+
+@pytest.fixture()
+def photo_server() -> Iterator[PhotoServer]:
+    server_state = PhotoServer()
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            with lock:
+                server_state.hits[self.path] = server_state.hits.get(self.path, 0) + 1
+            route = server_state.routes.get(self.path, Route(status=404, body=b"not found", content_type="text/plain"))
+            if route.delay_s:
+                threading.Event().wait(route.delay_s)
+            self.send_response(route.status)
+            self.send_header("Content-Type", route.content_type)
+            self.send_header("Content-Length", str(len(route.body)))
+            self.end_headers()
+            self.wfile.write(route.body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server_state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server_state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -1,0 +1,96 @@
+"""The five retrain assets through Dagster's materialize() on a real instance, real model, real photos."""
+
+import json
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, materialize
+
+from assets import retrain_assets
+from definitions import build_definitions
+from tests.conftest import FACES
+
+
+def run(settings, instance, **op_config):
+    resources = build_definitions(settings).resources
+    run_config = {"ops": {name: {"config": config} for name, config in op_config.items()}}
+    return materialize(retrain_assets, resources=resources, instance=instance, run_config=run_config, raise_on_error=False)
+
+
+def metadata(result, asset: str) -> dict:
+    [event] = result.asset_materializations_for_node(asset)
+    return {key: value.value for key, value in event.metadata.items()}
+
+
+@pytest.fixture()
+def instance(tmp_path):
+    (tmp_path / "dagster").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "dagster"), overrides={"telemetry": {"enabled": False}}) as instance:
+        yield instance
+
+
+def test_retrain_end_to_end_then_nothing_to_redo_then_full(settings, instance, small_faces: Path):
+    person = sorted(small_faces.iterdir())[0]
+    (person / "broken.jpg").write_bytes((FACES / "Tony_Blair" / "Tony_Blair_0001.jpg").read_bytes()[:3000])
+    (person / "not_an_image.jpg").write_bytes(b"GIF89a this is no image")
+    (person / "empty.jpg").write_bytes(b"")
+
+    first = run(settings, instance)
+    assert first.success
+    faces = metadata(first, "verified_faces")
+    assert (faces["people"], faces["faces"]) == (6, 51)
+    assert "| 5-9 | 5 |" in faces["people_by_face_count"] and "| 10-14 | 1 |" in faces["people_by_face_count"]
+    photos = metadata(first, "cached_photos")
+    assert photos["summary"] == "processed 49/51 photos (2 failed; 49 fetched, 0 from cache)"
+    embeddings = metadata(first, "face_embeddings")
+    assert (embeddings["faces_embedded"], embeddings["faces_failed"]) == (48, 3)
+    assert embeddings["summary"] == "processed 48/51 faces (3 failed); embedded 48, reused 0"
+    assert embeddings["model_pack"] == "buffalo_sc" and embeddings["row_count"] == 51
+    index = metadata(first, "face_index")
+    assert index["index_version"] == "v1" and index["faces"] == 48 and index["people"] == 6
+    metrics = metadata(first, "index_metrics")
+    assert metrics["status"] == "ok" and metrics["rank1_accuracy"] >= 0.9
+    written = json.loads((settings.home / "index" / "v1" / "metrics.json").read_text())
+    assert written["rank1_accuracy"] == metrics["rank1_accuracy"] and written["index_version"] == "v1"
+
+    second = run(settings, instance)
+    assert second.success
+    assert metadata(second, "cached_photos")["fetched"] == 0
+    again = metadata(second, "face_embeddings")
+    assert (again["faces_embedded"], again["faces_reused"], again["faces_failed_before"]) == (0, 48, 1)
+    assert metadata(second, "face_index")["index_version"] == "v2"
+    assert (settings.home / "index" / "v1" / "index.bin").is_file()  # the old version is untouched
+
+    full = run(settings, instance, face_embeddings={"mode": "full"})
+    assert metadata(full, "face_embeddings")["faces_embedded"] == 48
+    assert metadata(full, "face_index")["index_version"] == "v3"
+
+
+def test_a_single_person_is_refused_before_any_photo_is_fetched(settings, instance, small_faces: Path):
+    for person in sorted(small_faces.iterdir())[1:]:
+        for photo in person.iterdir():
+            photo.unlink()
+        person.rmdir()
+    result = run(settings, instance)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "verified_faces"
+    assert failure.step_failure_data.user_failure_data.description == "need at least 2 people with verified faces, found 1"
+    assert not (settings.home / "photos").exists()
+
+
+def test_an_unknown_mode_is_rejected_at_launch(settings, instance):
+    from dagster import DagsterInvalidConfigError
+
+    with pytest.raises(DagsterInvalidConfigError, match="sometimes"):
+        run(settings, instance, face_embeddings={"mode": "sometimes"})
+    assert not settings.home.exists()
+
+
+def test_an_out_of_range_minimum_fails_naming_the_field_before_any_photo_is_fetched(settings, instance):
+    result = run(settings, instance, verified_faces={"min_faces_per_person": 0})
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "verified_faces"
+    assert "min_faces_per_person" in str(failure.step_failure_data.error.cause)
+    assert not (settings.home / "photos").exists()

@@ -1,0 +1,47 @@
+"""The code location as Dagster tools see it, and the rule that the core stays Dagster-free."""
+
+import os
+import subprocess
+import sys
+
+from definitions import defs
+from tests.conftest import REPO
+
+BIN = os.path.dirname(sys.executable)
+
+
+def test_the_code_location_has_the_pipeline_we_expect():
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == {"verified_faces", "cached_photos", "face_embeddings", "face_index", "index_metrics"}
+    upstream = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys} for key in graph.get_all_asset_keys()}
+    assert upstream == {
+        "verified_faces": set(),
+        "cached_photos": {"verified_faces"},
+        "face_embeddings": {"verified_faces", "cached_photos"},
+        "face_index": {"verified_faces", "face_embeddings"},
+        "index_metrics": {"face_index", "face_embeddings"},
+    }
+    assert defs.resolve_job_def("retrain") is not None
+    schedule = defs.resolve_schedule_def("nightly_full_retrain")
+    assert schedule.cron_schedule == "0 3 * * *" and schedule.default_status.value == "STOPPED"
+
+
+def test_dagster_definitions_validate_and_dg_check_defs_pass():
+    env = {**os.environ, "DAGSTER_HOME": ""}
+    env.pop("DAGSTER_HOME")
+    for command in ([f"{BIN}/dagster", "definitions", "validate", "-w", "workspace.yaml"], [f"{BIN}/dg", "check", "defs"]):
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-2000:])
+
+
+def test_the_domain_core_imports_no_dagster():
+    code = (
+        "import importlib, pkgutil, sys, facepipeline\n"
+        "for m in pkgutil.walk_packages(facepipeline.__path__, 'facepipeline.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in ('dagster', 'dagster_shared')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,133 @@
+"""The embedding stage and its incremental table, on real photos with the real model."""
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from facepipeline.embedding import FaceJob, embed_faces
+from facepipeline.embedding_store import embedding_matrix, update_embeddings, usable
+from facepipeline.geometry import BBox
+from facepipeline.photos import PhotoCache
+from facepipeline.sources import FolderSource, open_source
+from tests.conftest import FACES, GROUP_PHOTOS
+
+T1_BOXES = {  # hand-labelled boxes of the Friends still (data/group_photos/face_boxes.csv)
+    "Jennifer_Aniston": BBox(55, 258, 118, 130),
+    "Courteney_Cox": BBox(262, 132, 110, 128),
+    "David_Schwimmer": BBox(448, 271, 139, 139),
+    "Matthew_Perry": BBox(729, 356, 114, 114),
+    "Matt_LeBlanc": BBox(877, 74, 110, 110),
+    "Lisa_Kudrow": BBox(1114, 277, 118, 118),
+}
+
+
+def _blank_jpeg() -> bytes:
+    """A real JPEG with no face at all: a smooth grey gradient."""
+    gradient = np.tile(np.linspace(60, 200, 320, dtype=np.uint8), (240, 1))
+    buffer = io.BytesIO()
+    Image.fromarray(gradient).convert("RGB").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+BLANK = _blank_jpeg()
+
+
+def test_each_verified_box_of_a_group_photo_gets_its_own_face(face_model):
+    data = (GROUP_PHOTOS / "insightface_t1.jpg").read_bytes()
+    jobs = [FaceJob(name, "t1", box) for name, box in T1_BOXES.items()]
+    results = {r.face_id: r for r in embed_faces(face_model, jobs, lambda _: data)}
+    assert all(r.ok for r in results.values())
+    for name, result in results.items():
+        assert result.detection.bbox.iou(T1_BOXES[name]) > 0.3, name
+    vectors = np.stack([r.embedding for r in results.values()])
+    similarity = vectors @ vectors.T
+    assert np.max(similarity[~np.eye(6, dtype=bool)]) < 0.4  # six different people
+
+
+def test_matches_whole_photo_detection_without_a_tight_crop(face_model):
+    """Detection around the box and on the whole photo find the same face, same embedding."""
+    data = (FACES / "Tony_Blair" / "Tony_Blair_0001.jpg").read_bytes()
+    [boxed] = embed_faces(face_model, [FaceJob("a", "p", BBox(68, 68, 115, 115))], lambda _: data)
+    [central] = embed_faces(face_model, [FaceJob("b", "p", None)], lambda _: data)
+    assert boxed.ok and central.ok
+    assert float(boxed.embedding @ central.embedding) > 0.95
+
+
+def test_failures_carry_their_reason_and_do_not_stop_the_rest(face_model):
+    good = (FACES / "Tony_Blair" / "Tony_Blair_0002.jpg").read_bytes()
+    photos = {"good": good, "truncated": good[:2000], "html": b"<html></html>", "blank": BLANK}
+    jobs = [
+        FaceJob("ok", "good", BBox(68, 68, 115, 115)),
+        FaceJob("outside", "good", BBox(400, 400, 50, 50)),
+        FaceJob("empty-corner", "good", BBox(0, 0, 30, 30)),
+        FaceJob("truncated", "truncated", None),
+        FaceJob("html", "html", None),
+        FaceJob("blank", "blank", None),
+    ]
+    results = {r.face_id: r for r in embed_faces(face_model, jobs, photos.__getitem__)}
+    assert results["ok"].ok
+    assert results["outside"].error == "box {'x': 400, 'y': 400, 'width': 50, 'height': 50} lies outside the 250x250 photo"
+    assert results["empty-corner"].error == "no face found in the verified box"
+    assert results["truncated"].error.startswith("photo unreadable: corrupt image")
+    assert results["html"].error.startswith("photo unreadable: not an image")
+    assert results["blank"].error == "no face found on the photo"
+
+
+def build(face_model, tmp_path, faces, previous=None, mode="incremental"):
+    with PhotoCache(tmp_path / "cache") as cache:
+        records = {r.ref: r for r in cache.fetch_all(f.photo_ref for f in faces)}
+        return update_embeddings(face_model, faces, records, cache.read, previous, mode=mode)
+
+
+def test_second_run_reuses_everything_and_relabels_without_re_embedding(face_model, tmp_path, small_faces):
+    faces = open_source(f"folder:{small_faces}").verified_faces()[:20]
+    first, report = build(face_model, tmp_path, faces)
+    assert (report.embedded, report.reused, report.failed) == (20, 0, 0)
+    assert first.schema.field("embedding").type == pa.list_(pa.float32(), 512)
+    vectors = embedding_matrix(usable(first))
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+    renamed = [replace(f, person_name="Renamed") if i < 3 else f for i, f in enumerate(faces)]
+    second, report = build(face_model, tmp_path, renamed, previous=first)
+    assert (report.embedded, report.reused) == (0, 20)
+    assert second.column("person_name").to_pylist()[:3] == ["Renamed"] * 3
+    assert np.array_equal(embedding_matrix(usable(second)), vectors)
+
+    forced, report = build(face_model, tmp_path, faces, previous=second, mode="full")
+    assert (report.embedded, report.reused) == (20, 0)
+
+
+def test_only_faces_whose_box_or_photo_changed_are_embedded_again(face_model, tmp_path, small_faces):
+    faces = FolderSource(small_faces).verified_faces()[:10]
+    first, _ = build(face_model, tmp_path, faces)
+    moved = [replace(faces[0], bbox=BBox(60, 60, 130, 130))] + faces[1:]
+    photo = small_faces / faces[1].photo_ref.split(str(small_faces))[1].lstrip("/")
+    photo.write_bytes((FACES / "Tony_Blair" / "Tony_Blair_0003.jpg").read_bytes())  # new bytes, same path
+    added = FolderSource(small_faces).verified_faces()[10:12]
+    with PhotoCache(tmp_path / "cache2") as cache:  # a fresh cache sees the new bytes of faces[1]
+        records = {r.ref: r for r in cache.fetch_all(f.photo_ref for f in moved + added)}
+        table, report = update_embeddings(face_model, moved + added, records, cache.read, first)
+    assert (report.embedded, report.reused) == (4, 8)
+    assert table.column("face_id").to_pylist() == [f.face_id for f in moved + added]
+
+
+def test_failed_faces_are_kept_with_reasons_and_not_retried_until_something_changes(face_model, tmp_path, small_faces):
+    person = next(p for p in sorted(small_faces.iterdir()) if p.is_dir())
+    (person / "zero.jpg").write_bytes(b"")
+    (person / "truncated.jpg").write_bytes((FACES / "Tony_Blair" / "Tony_Blair_0001.jpg").read_bytes()[:2500])
+    (person / "blank.jpg").write_bytes(BLANK)
+    faces = FolderSource(small_faces).verified_faces()
+    table, report = build(face_model, tmp_path, faces)
+    assert (report.faces_total, report.failed, report.embedded) == (51, 3, 48)
+    errors = dict(zip(table.column("face_id").to_pylist(), table.column("error").to_pylist(), strict=True))
+    by_name = {f.photo_ref.rsplit("/", 1)[1]: errors[f.face_id] for f in faces}
+    assert by_name["zero.jpg"] == "photo unavailable: empty file (0 bytes)"
+    assert by_name["truncated.jpg"].startswith("photo unreadable: corrupt image")
+    assert by_name["blank.jpg"] == "no face found on the photo"
+    assert usable(table).num_rows == 48
+
+    _, again = build(face_model, tmp_path, faces, previous=table)
+    assert (again.embedded, again.reused, again.failed_before, again.failed) == (0, 48, 2, 3)

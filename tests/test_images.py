@@ -1,0 +1,69 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facepipeline.errors import ImageError
+from facepipeline.images import decode_image, image_size
+from tests.conftest import FACES
+
+PHOTO = FACES / "George_W_Bush" / "George_W_Bush_0001.jpg"
+
+
+def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_real_jpeg_decodes_to_bgr_uint8():
+    pixels = decode_image(PHOTO.read_bytes())
+    assert pixels.shape == (250, 250, 3) and pixels.dtype == np.uint8
+    rgb = np.asarray(Image.open(PHOTO).convert("RGB"))
+    assert np.array_equal(pixels[:, :, ::-1], rgb)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty file"),
+        (b"<!DOCTYPE html><html><body>Not found</body></html>", "HTML page"),
+        (b"\x00\x01garbage" * 10, "not an image"),
+        (PHOTO.read_bytes()[:3000], "corrupt image"),
+    ],
+    ids=["zero-bytes", "html", "garbage", "truncated-jpeg"],
+)
+def test_bad_bytes_raise_an_image_error_with_the_reason(data, message):
+    with pytest.raises(ImageError, match=message):
+        decode_image(data)
+
+
+def test_decompression_bomb_is_refused_from_the_header_before_decoding():
+    bomb = encode(Image.new("1", (20_000, 20_000)), "PNG")
+    assert len(bomb) < 200_000  # tiny on disk, 400 megapixels once decoded
+    with pytest.raises(ImageError, match="too large"):
+        image_size(bomb)
+    with pytest.raises(ImageError, match="too large"):
+        decode_image(bomb)
+
+
+def test_images_over_our_own_pixel_limit_are_refused_before_decoding():
+    with pytest.raises(ImageError, match="too large: 250x250 pixels"):
+        decode_image(PHOTO.read_bytes(), max_pixels=250 * 249)
+
+
+def test_exif_rotation_is_applied():
+    upright = Image.open(PHOTO).convert("RGB").crop((0, 0, 250, 120))  # wider than tall
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    pixels = decode_image(encode(upright, "JPEG", exif=exif.tobytes()))
+    assert pixels.shape[:2] == (250, 120)
+
+
+@pytest.mark.parametrize("mode_fmt", [("CMYK", "JPEG"), ("L", "JPEG"), ("RGBA", "PNG"), ("RGB", "WEBP")])
+def test_other_colour_modes_and_formats_become_three_channel_bgr(mode_fmt):
+    mode, fmt = mode_fmt
+    img = Image.open(PHOTO).convert(mode)
+    pixels = decode_image(encode(img, fmt))
+    assert pixels.shape == (250, 250, 3)

@@ -1,0 +1,73 @@
+"""The photo cache against a real HTTP server on 127.0.0.1 and real files."""
+
+from facepipeline.photos import PhotoCache, summarize
+from tests.conftest import FACES, Route
+
+JPEG = (FACES / "Colin_Powell" / "Colin_Powell_0001.jpg").read_bytes()
+OTHER_JPEG = (FACES / "Colin_Powell" / "Colin_Powell_0002.jpg").read_bytes()
+
+
+def test_photos_are_fetched_once_ever_and_failures_are_counted_not_fatal(tmp_path, photo_server):
+    good = photo_server.add("a.jpg", JPEG)
+    also_good = photo_server.add("b.jpg", OTHER_JPEG)
+    html = photo_server.add("page.jpg", b"<html><body>login</body></html>", content_type="text/html")
+    empty = photo_server.add("empty.jpg", b"")
+    missing = photo_server.url("missing.jpg")
+    refs = [good, also_good, html, empty, missing, good]
+
+    with PhotoCache(tmp_path / "cache", retries=0) as cache:
+        records = cache.fetch_all(refs)
+        summary = summarize(records)
+        assert summary.line() == "processed 2/5 photos (3 failed; 2 fetched, 0 from cache)"
+        errors = {r.ref: r.error for r in records if not r.ok}
+        assert errors == {
+            html: "not an image (looks like an HTML page)",
+            empty: "empty file (0 bytes)",
+            missing: "HTTP 404",
+        }
+        assert cache.read(records[0].sha256) == JPEG
+        assert summary.fetched_bytes == len(JPEG) + len(OTHER_JPEG)
+
+    # A new process, the same cache: nothing good is fetched again, failures are retried.
+    photo_server.routes["/missing.jpg"] = Route(body=JPEG)
+    with PhotoCache(tmp_path / "cache", retries=0) as cache:
+        again = summarize(cache.fetch_all(refs))
+    assert again.line() == "processed 3/5 photos (2 failed; 1 fetched, 2 from cache)"
+    assert photo_server.hits["/a.jpg"] == 1 and photo_server.hits["/b.jpg"] == 1
+    assert photo_server.hits["/missing.jpg"] == 2
+
+
+def test_server_errors_are_retried_then_reported(tmp_path, photo_server):
+    broken = photo_server.add("broken.jpg", b"oops", status=500, content_type="text/plain")
+    with PhotoCache(tmp_path / "cache", retries=2) as cache:
+        [record] = cache.fetch_all([broken])
+    assert not record.ok and "500" in record.error
+    assert photo_server.hits["/broken.jpg"] == 3  # the first try and two retries
+
+
+def test_timeouts_are_reported_and_the_rest_goes_on(tmp_path, photo_server):
+    slow = photo_server.add("slow.jpg", JPEG, delay_s=2.0)
+    fast = photo_server.add("fast.jpg", JPEG)
+    with PhotoCache(tmp_path / "cache", retries=0, timeout_s=0.3) as cache:
+        slow_record, fast_record = cache.fetch_all([slow, fast])
+    assert fast_record.ok
+    assert not slow_record.ok and "ReadTimeout" in slow_record.error
+
+
+def test_the_same_bytes_under_two_urls_are_stored_once(tmp_path, photo_server):
+    first, second = photo_server.add("x.jpg", JPEG), photo_server.add("renamed/x.jpg", JPEG)
+    with PhotoCache(tmp_path / "cache") as cache:
+        a, b = cache.fetch_all([first, second])
+        objects = [p for p in (tmp_path / "cache" / "objects").rglob("*") if p.is_file()]
+    assert a.sha256 == b.sha256 and len(objects) == 1
+
+
+def test_local_files_and_oversized_responses(tmp_path, photo_server):
+    big = photo_server.add("big.jpg", JPEG * 4)
+    with PhotoCache(tmp_path / "cache", max_bytes=len(JPEG) * 2) as cache:
+        local, missing, too_big = cache.fetch_all(
+            [(FACES / "Colin_Powell" / "Colin_Powell_0001.jpg").as_uri(), (tmp_path / "nope.jpg").as_uri(), big]
+        )
+    assert local.ok and local.size == len(JPEG)
+    assert not missing.ok and "No such file" in missing.error
+    assert not too_big.ok and "too large" in too_big.error
