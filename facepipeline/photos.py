@@ -101,6 +101,7 @@ class PhotoCache:
         )
         self._db_lock = threading.Lock()
         self._db = sqlite3.connect(self.root / "manifest.sqlite3", check_same_thread=False)
+        self._db.execute("pragma journal_mode = wal")
         with self._db:
             self._db.execute(
                 "create table if not exists photos ("
@@ -152,14 +153,20 @@ class PhotoCache:
                 missing.append(ref)
         failed = 0
         done = len(records)
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="photo-fetch") as pool:
-            for record in pool.map(self._fetch_one, missing):
-                records[record.ref] = record
-                self._remember(record)
-                done += 1
-                failed += not record.ok
-                if progress:
-                    progress(done, len(unique), failed)
+        unsaved: list[PhotoRecord] = []
+        try:
+            with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="photo-fetch") as pool:
+                for record in pool.map(self._fetch_one, missing):
+                    records[record.ref] = record
+                    unsaved.append(record)
+                    if len(unsaved) >= 500:  # one transaction per batch, not one fsync per photo
+                        self._remember(unsaved)
+                    done += 1
+                    failed += not record.ok
+                    if progress:
+                        progress(done, len(unique), failed)
+        finally:
+            self._remember(unsaved)  # what was fetched before an interruption stays known
         return [records[ref] for ref in unique]
 
     def _fetch_one(self, ref: str) -> PhotoRecord:
@@ -226,15 +233,20 @@ class PhotoCache:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def _remember(self, record: PhotoRecord) -> None:
+    def _remember(self, records: list[PhotoRecord]) -> None:
+        """Write records to the manifest in one transaction, and empty the list."""
+        if not records:
+            return
+        now = time.time()
         with self._db_lock, self._db:
-            self._db.execute(
+            self._db.executemany(
                 "insert into photos (reference, sha256, size, status, error, fetched_at)"
                 " values (?, ?, ?, ?, ?, ?)"
                 " on conflict(reference) do update set sha256 = excluded.sha256, size = excluded.size,"
                 " status = excluded.status, error = excluded.error, fetched_at = excluded.fetched_at",
-                (record.ref, record.sha256, record.size, record.status, record.error, time.time()),
+                [(r.ref, r.sha256, r.size, r.status, r.error, now) for r in records],
             )
+        records.clear()
 
 
 def _reason(exc: Exception) -> str:
