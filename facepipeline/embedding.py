@@ -79,6 +79,8 @@ def embed_faces(
 ) -> Iterator[FaceEmbedding]:
     """Embed faces; yields one result per job (failures carry their reason), chunk by chunk.
 
+    Results come grouped by photo, not in the order of ``jobs``: match them by ``face_id``.
+
     Jobs are grouped by photo and cut into chunks of about ``model.batch_size`` faces. Each chunk
     is decoded, detected, aligned and embedded as one batch by one of ``workers`` threads
     (onnxruntime releases the GIL): on CPU, several single-threaded sessions running side by side
