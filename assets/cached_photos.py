@@ -4,13 +4,8 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from assets.metadata import markdown_table
-from facepipeline.photos import summarize
+from facepipeline.photos import records_to_table, summarize
 from resources import ArtifactStoreResource
-
-PHOTOS_SCHEMA = pa.schema(
-    [("photo_ref", pa.string()), ("status", pa.string()), ("sha256", pa.string()), ("size", pa.int64()), ("error", pa.string())]
-)
-
 
 @asset(group_name="retrain", io_manager_key="table_io_manager", code_version="1", kinds={"python", "parquet"})
 def cached_photos(context: AssetExecutionContext, verified_faces: pa.Table, artifacts: ArtifactStoreResource) -> Output[pa.Table]:
@@ -29,12 +24,8 @@ def cached_photos(context: AssetExecutionContext, verified_faces: pa.Table, arti
     for record in failures[:20]:
         context.log.warning(f"photo skipped: {record.ref}: {record.error}")
     context.log.info(summary.line())
-    table = pa.Table.from_pylist(
-        [{"photo_ref": r.ref, "status": r.status, "sha256": r.sha256, "size": r.size, "error": r.error} for r in records],
-        schema=PHOTOS_SCHEMA,
-    )
     return Output(
-        table,
+        records_to_table(records),
         metadata={
             "summary": summary.line(),
             "photos": summary.total,

@@ -11,7 +11,7 @@ from assets.metadata import counts_table
 from facepipeline.embedding import Progress
 from facepipeline.embedding_store import update_embeddings
 from facepipeline.faces import table_to_faces
-from facepipeline.photos import PhotoRecord
+from facepipeline.photos import records_by_ref
 from resources import ArtifactStoreResource, FaceModelResource
 
 
@@ -34,7 +34,7 @@ def face_embeddings(
     """Detect each verified face on its photo, align it, embed it; reuse what is unchanged."""
     with failures_explained():
         model = face_model.load()
-    photos = {row["photo_ref"]: PhotoRecord(ref=row["photo_ref"], **{k: row[k] for k in ("status", "sha256", "size", "error")}) for row in cached_photos.to_pylist()}
+    photos = records_by_ref(cached_photos)
     previous = artifacts.tables().read(context.asset_key.path[-1])
 
     def progress(state: Progress) -> None:

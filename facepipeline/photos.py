@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import pyarrow as pa
 import urllib3
 
 from facepipeline.errors import ImageError, PhotoFetchError
@@ -45,6 +46,23 @@ class PhotoRecord:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+PHOTOS_SCHEMA = pa.schema(
+    [("photo_ref", pa.string()), ("status", pa.string()), ("sha256", pa.string()), ("size", pa.int64()), ("error", pa.string())]
+)
+
+
+def records_to_table(records: Iterable[PhotoRecord]) -> pa.Table:
+    rows = [{"photo_ref": r.ref, "status": r.status, "sha256": r.sha256, "size": r.size, "error": r.error} for r in records]
+    return pa.Table.from_pylist(rows, schema=PHOTOS_SCHEMA)
+
+
+def records_by_ref(table: pa.Table) -> dict[str, PhotoRecord]:
+    return {
+        row["photo_ref"]: PhotoRecord(ref=row["photo_ref"], status=row["status"], sha256=row["sha256"], size=row["size"], error=row["error"])
+        for row in table.to_pylist()
+    }
 
 
 @dataclass(frozen=True)
