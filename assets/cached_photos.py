@@ -4,7 +4,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from assets.metadata import markdown_table
-from facepipeline.photos import records_to_table, summarize
+from facepipeline.photos import records_to_table, redact_ref, summarize
 from resources import ArtifactStoreResource
 
 @asset(group_name="retrain", io_manager_key="table_io_manager", code_version="1", kinds={"python", "parquet"})
@@ -22,7 +22,7 @@ def cached_photos(context: AssetExecutionContext, verified_faces: pa.Table, arti
     summary = summarize(records)
     failures = [r for r in records if not r.ok]
     for record in failures[:20]:
-        context.log.warning(f"photo skipped: {record.ref}: {record.error}")
+        context.log.warning(f"photo skipped: {redact_ref(record.ref)}: {record.error}")
     context.log.info(summary.line())
     return Output(
         records_to_table(records),
@@ -35,6 +35,6 @@ def cached_photos(context: AssetExecutionContext, verified_faces: pa.Table, arti
             "fetched_bytes": summary.fetched_bytes,
             "from_cache": summary.from_cache,
             "cache_dir": MetadataValue.path(cache_dir),
-            "failures": markdown_table(["photo", "reason"], [(r.ref, r.error) for r in failures[:50]]),
+            "failures": markdown_table(["photo", "reason"], [(redact_ref(r.ref), r.error) for r in failures[:50]]),
         },
     )

@@ -8,11 +8,11 @@ from pydantic import Field
 
 from assets.errors import failures_explained
 from assets.metadata import counts_table
-from facepipeline.embedding import Progress
+from facepipeline.embedding import Progress, stage_fingerprint
 from facepipeline.embedding_store import update_embeddings
 from facepipeline.faces import table_to_faces
 from facepipeline.photos import records_by_ref
-from resources import ArtifactStoreResource, FaceModelResource
+from resources import ArtifactStoreResource, FaceModelResource, table_name
 
 
 class FaceEmbeddingsConfig(Config):
@@ -35,7 +35,7 @@ def face_embeddings(
     with failures_explained():
         model = face_model.load()
     photos = records_by_ref(cached_photos)
-    previous = artifacts.tables().read(context.asset_key.path[-1])
+    previous = artifacts.tables().read(table_name(context.asset_key))
 
     def progress(state: Progress) -> None:
         context.log.info(state.line())
@@ -60,6 +60,7 @@ def face_embeddings(
             "failure_reasons": counts_table("reason", report.failure_reasons, "faces"),
             "model_pack": model.pack.name,
             "model_fingerprint": MetadataValue.text(model.pack.fingerprint),
+            "stage_fingerprint": MetadataValue.text(stage_fingerprint(model)),
             "recognizer_sha256": MetadataValue.text(model.pack.recognizer.sha256),
             "detector_sha256": MetadataValue.text(model.pack.detector.sha256),
             "providers": ", ".join(model.providers),

@@ -7,31 +7,27 @@ from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from assets.errors import failures_explained
 from facepipeline.dataset import dataset_fingerprint
-from facepipeline.embedding_store import embedding_matrix, usable
+from facepipeline.embedding_store import embedding_matrix, model_of, usable
 from facepipeline.faces import table_to_faces
 from facepipeline.index import FaceIndex, IndexVersion
-from resources import ArtifactStoreResource, FaceModelResource
+from resources import ArtifactStoreResource
 
 
-@asset(group_name="retrain", code_version="1", kinds={"python", "hnswlib"})
+@asset(group_name="retrain", io_manager_key="index_io_manager", code_version="1", kinds={"python", "hnswlib"})
 def face_index(
-    context: AssetExecutionContext,
-    verified_faces: pa.Table,
-    face_embeddings: pa.Table,
-    face_model: FaceModelResource,
-    artifacts: ArtifactStoreResource,
+    context: AssetExecutionContext, verified_faces: pa.Table, face_embeddings: pa.Table, artifacts: ArtifactStoreResource
 ) -> Output[IndexVersion]:
     """Index every usable embedding (cosine) and publish it as the next version, index/vN."""
     rows = usable(face_embeddings)
+    with failures_explained():
+        model = model_of(face_embeddings)  # the model that made these vectors, not today's setting
     started = time.perf_counter()
     index = FaceIndex.build(embedding_matrix(rows), rows)
     build_seconds = time.perf_counter() - started
-    with failures_explained():
-        pack = face_model.load().pack
     version = artifacts.index_store().publish(
         index,
         {
-            "model": pack.describe(),
+            "model": model,
             "dataset_fingerprint": dataset_fingerprint(table_to_faces(verified_faces)),
             "faces": rows.num_rows,
             "people": len(set(rows.column("person_id").to_pylist())),
@@ -50,7 +46,7 @@ def face_index(
             "faces_failed": version.manifest["faces_failed"],
             "index_bytes": (version.path / "index.bin").stat().st_size,
             "build_seconds": round(build_seconds, 3),
-            "model_fingerprint": MetadataValue.text(pack.fingerprint),
+            "model_fingerprint": MetadataValue.text(model["model_fingerprint"] if model else "none"),
             "dataset_fingerprint": MetadataValue.text(version.manifest["dataset_fingerprint"]),
             "manifest": MetadataValue.json(version.manifest),
         },

@@ -26,10 +26,12 @@ def index_metrics(
         rows.column("person_id").to_pylist(),
         EvaluationConfig(test_fraction=config.test_fraction, seed=config.seed, target_far=config.target_far),
         IndexParams(**face_index.manifest["params"]),
+        face_ids=rows.column("face_id").to_pylist(),
     )
-    metrics = {**result.as_dict(), "index_version": face_index.name}
-    path = face_index.write_json("metrics.json", metrics)
-    (context.log.info if result.status == "ok" else context.log.warning)(f"{face_index.name}: {result.message}")
+    metrics = {**result.as_dict(), "index_version": face_index.name, "run_id": context.run.run_id}
+    path = face_index.record_evaluation(context.run.run_id, metrics)
+    healthy = result.status == "ok" and result.target_met
+    (context.log.info if healthy else context.log.warning)(f"{face_index.name}: {result.message}")
     numbers = {
         key: getattr(result, key)
         for key in ("rank1_accuracy", "rank1_accuracy_macro", "precision", "recall", "f1", "recommended_threshold", "far")
@@ -39,6 +41,7 @@ def index_metrics(
         metrics,
         metadata={
             "status": result.status,
+            "target_met": bool(result.target_met),
             "message": result.message,
             "index_version": face_index.name,
             **numbers,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
+from facepipeline.settings import DEFAULT_HOME
+
 DAGSTER_YAML = """\
 # Written by facepipeline for its local Dagster instance (runs, events, schedules).
 telemetry:
@@ -21,7 +23,7 @@ def prepare_environment() -> Path:
     ``make ui`` share one instance, and every run shows up in the UI.
     """
     load_dotenv(Path.cwd() / ".env", override=False)
-    home = Path(os.environ.get("FACEPIPELINE_HOME", ".facepipeline")).expanduser().resolve()
+    home = Path(os.environ.get("FACEPIPELINE_HOME", DEFAULT_HOME)).expanduser().resolve()
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster").expanduser().resolve()
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"

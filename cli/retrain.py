@@ -53,7 +53,7 @@ def retrain(settings: Settings, *, mode: str, min_faces_per_person: int, target_
             key: metrics.get(key)
             for key in (
                 "status", "message", "rank1_accuracy", "rank1_accuracy_macro", "precision", "recall", "f1",
-                "recommended_threshold", "far", "target_far", "probe_faces", "gallery_faces",
+                "recommended_threshold", "far", "target_far", "target_met", "probe_faces", "gallery_faces",
             )
         },
     }

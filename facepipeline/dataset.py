@@ -81,6 +81,9 @@ def validate_dataset(faces: Sequence[VerifiedFace]) -> Validation:
     counts = faces_per_person(faces)
     names = {f.person_id: f.person_name for f in faces}
     errors: list[str] = []
+    repeated = [face_id for face_id, n in Counter(f.face_id for f in faces).items() if n > 1]
+    if repeated:
+        errors.append(f"{len(repeated)} face ids appear more than once (e.g. {repeated[0]}): a face has one label")
     if len(counts) < MIN_PEOPLE:
         errors.append(f"need at least {MIN_PEOPLE} people with verified faces, found {len(counts)}")
     warnings = [

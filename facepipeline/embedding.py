@@ -7,6 +7,7 @@ is aligned on its five landmarks, and aligned crops are embedded in batches.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,11 +19,36 @@ import numpy as np
 from facepipeline.errors import FacePipelineError
 from facepipeline.geometry import BBox
 from facepipeline.images import decode_image
-from facepipeline.model.face_model import Detection, FaceModel
+from facepipeline.model.face_model import REGION_SCALE, Detection, FaceModel
 
 # A detection belongs to the verified box when they overlap this much (boxes from another
 # detector are looser or tighter than SCRFD's), or when its centre lies inside the box.
 MIN_BOX_IOU = 0.3
+# Bump when a change to this stage can change an embedding or a failure: every face is redone.
+STAGE_VERSION = 1
+
+# Why a face has no embedding. The text beside each code in FaceEmbedding.error gives details.
+PHOTO_UNAVAILABLE = "photo_unavailable"
+PHOTO_UNREADABLE = "photo_unreadable"
+BOX_OUTSIDE_PHOTO = "box_outside_photo"
+NO_FACE_IN_BOX = "no_face_in_box"
+NO_FACE_ON_PHOTO = "no_face_on_photo"
+NON_FINITE_EMBEDDING = "non_finite_embedding"
+UNEXPECTED_ERROR = "unexpected_error"
+
+
+def stage_fingerprint(model: FaceModel) -> str:
+    """Everything that decides a face's embedding or failure: weights, detection settings, code."""
+    parts = (
+        model.pack.fingerprint,
+        model.det_size,
+        model.region_det_size,
+        model.det_thresh,
+        REGION_SCALE,
+        MIN_BOX_IOU,
+        STAGE_VERSION,
+    )
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -38,11 +64,16 @@ class FaceEmbedding:
     face_id: str
     embedding: np.ndarray | None
     detection: Detection | None
+    error_code: str | None = None
     error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.error_code is None
+
+    @classmethod
+    def failed(cls, face_id: str, code: str, message: str, detection: Detection | None = None) -> FaceEmbedding:
+        return cls(face_id, None, detection, code, message)
 
 
 @dataclass
@@ -111,33 +142,48 @@ def _embed_chunk(model: FaceModel, chunk: list[list[FaceJob]], read_photo: Calla
     aligned: list[tuple[FaceJob, Detection, np.ndarray]] = []
     for photo_jobs in chunk:
         try:
-            image = decode_image(read_photo(photo_jobs[0].photo_sha256))
-        except (FacePipelineError, OSError) as exc:
-            results.extend(FaceEmbedding(job.face_id, None, None, f"photo unreadable: {exc}") for job in photo_jobs)
-            continue
-        height, width = image.shape[:2]
-        central: Detection | None = None
-        for job in photo_jobs:
-            if job.bbox is None:
-                central = central or model.detect_central(image)
-                detection, reason = central, "no face found on the photo"
-            elif job.bbox.clipped(width, height) is None:
-                detection, reason = None, f"box {job.bbox.to_json()} lies outside the {width}x{height} photo"
-            else:
-                detection = pick_detection(model.detect_near(image, job.bbox), job.bbox)
-                reason = "no face found in the verified box"
-            if detection is None:
-                results.append(FaceEmbedding(job.face_id, None, None, reason))
-            else:
-                aligned.append((job, detection, model.align(image, detection)))
+            found = _find_faces(model, photo_jobs, read_photo)
+        except Exception as exc:  # one odd photo must never cost the rest of the run
+            message = f"{type(exc).__name__}: {exc}"
+            found = [FaceEmbedding.failed(job.face_id, UNEXPECTED_ERROR, message) for job in photo_jobs]
+        for item in found:
+            (results if isinstance(item, FaceEmbedding) else aligned).append(item)
     if aligned:
         vectors = model.embed(np.stack([crop for _, _, crop in aligned]))
         for (job, detection, _), vector in zip(aligned, vectors, strict=True):
             if np.all(np.isfinite(vector)):
                 results.append(FaceEmbedding(job.face_id, vector, detection))
             else:
-                results.append(FaceEmbedding(job.face_id, None, detection, "model returned a non-finite embedding"))
+                results.append(FaceEmbedding.failed(job.face_id, NON_FINITE_EMBEDDING, "model returned a non-finite embedding", detection))
     return results
+
+
+def _find_faces(
+    model: FaceModel, photo_jobs: list[FaceJob], read_photo: Callable[[str], bytes]
+) -> list[FaceEmbedding | tuple[FaceJob, Detection, np.ndarray]]:
+    """Each job of one photo: its aligned face, or why there is none."""
+    try:
+        image = decode_image(read_photo(photo_jobs[0].photo_sha256))
+    except (FacePipelineError, OSError) as exc:
+        return [FaceEmbedding.failed(job.face_id, PHOTO_UNREADABLE, f"photo unreadable: {exc}") for job in photo_jobs]
+    height, width = image.shape[:2]
+    central: Detection | None = None
+    found: list[FaceEmbedding | tuple[FaceJob, Detection, np.ndarray]] = []
+    for job in photo_jobs:
+        if job.bbox is None:
+            central = central or model.detect_central(image)
+            detection, code, message = central, NO_FACE_ON_PHOTO, "no face found on the photo"
+        elif job.bbox.clipped(width, height) is None:
+            detection, code = None, BOX_OUTSIDE_PHOTO
+            message = f"box {job.bbox.to_json()} lies outside the {width}x{height} photo"
+        else:
+            detection = pick_detection(model.detect_near(image, job.bbox), job.bbox)
+            code, message = NO_FACE_IN_BOX, "no face found in the verified box"
+        if detection is None:
+            found.append(FaceEmbedding.failed(job.face_id, code, message))
+        else:
+            found.append((job, detection, model.align(image, detection)))
+    return found
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: list, lookahead: int) -> Iterator:

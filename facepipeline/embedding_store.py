@@ -1,30 +1,36 @@
 """The face-embeddings table and the incremental rule that keeps it up to date.
 
-One row per verified face, embedded or failed (with the reason): nothing is dropped silently.
-A face is re-embedded only when its key changes: the photo's bytes (sha256), the verified box, or
-the model weights. A changed *label* (person) needs no new embedding; the row is relabelled.
+One row per verified face, embedded or failed (with a code and the reason): nothing is dropped
+silently. A face is embedded again only when its key changes: the photo's bytes (sha256), the
+verified box, or the stage's fingerprint (model weights, detection settings, stage version). A
+changed *label* needs no new embedding: the earlier row is relabelled, also when the face got a
+new id (a photo moved to another person's folder) but its photo and box are the same.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from datetime import UTC, datetime
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facepipeline.embedding import FaceJob, Progress, embed_faces
+from facepipeline.errors import FacePipelineError
+from facepipeline.embedding import PHOTO_UNAVAILABLE, FaceJob, Progress, embed_faces, stage_fingerprint
 from facepipeline.faces import VerifiedFace
 from facepipeline.model.face_model import FaceModel
 from facepipeline.photos import PhotoRecord
 
 Mode = Literal["full", "incremental"]
 OK, FAILED = "ok", "failed"
+# Columns that come from the verified face, not from embedding it: refreshed on every reuse.
+LABEL_COLUMNS = ("face_id", "person_id", "person_name", "photo_ref", "event_id")
 
 
 def embeddings_schema(dim: int) -> pa.Schema:
@@ -37,6 +43,7 @@ def embeddings_schema(dim: int) -> pa.Schema:
             pa.field("photo_sha256", pa.string()),
             pa.field("event_id", pa.string()),
             pa.field("status", pa.string(), nullable=False),
+            pa.field("error_code", pa.string()),
             pa.field("error", pa.string()),
             pa.field("bbox_x", pa.float32()),
             pa.field("bbox_y", pa.float32()),
@@ -45,16 +52,18 @@ def embeddings_schema(dim: int) -> pa.Schema:
             pa.field("det_score", pa.float32()),
             pa.field("embedding", pa.list_(pa.float32(), dim)),
             pa.field("model_pack", pa.string(), nullable=False),
+            pa.field("model_fingerprint", pa.string(), nullable=False),
             pa.field("model_sha256", pa.string(), nullable=False),
+            pa.field("detector_sha256", pa.string(), nullable=False),
             pa.field("embed_key", pa.string(), nullable=False),
             pa.field("embedded_at", pa.timestamp("ms", tz="UTC")),
         ]
     )
 
 
-def embed_key(photo_sha256: str | None, face: VerifiedFace, model_fingerprint: str) -> str:
+def embed_key(photo_sha256: str | None, face: VerifiedFace, fingerprint: str) -> str:
     box = face.bbox.to_json() if face.bbox else "centre"
-    return hashlib.sha256(f"{photo_sha256}|{box}|{model_fingerprint}".encode()).hexdigest()
+    return hashlib.sha256(f"{photo_sha256}|{box}|{fingerprint}".encode()).hexdigest()
 
 
 @dataclass
@@ -64,18 +73,19 @@ class EmbeddingReport:
     reused: int = 0
     failed: int = 0
     failed_before: int = 0
-    """Faces whose earlier failure stands (same photo, box and model): not retried."""
+    """Faces whose earlier failure stands (same photo, box and stage): not retried."""
     seconds: float = 0.0
     failure_reasons: dict[str, int] = field(default_factory=dict)
+    """Failed faces by error code."""
 
     @property
     def faces_per_second(self) -> float:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
-        usable = self.faces_total - self.failed
+        usable_faces = self.faces_total - self.failed
         return (
-            f"processed {usable}/{self.faces_total} faces ({self.failed} failed); "
+            f"processed {usable_faces}/{self.faces_total} faces ({self.failed} failed); "
             f"embedded {self.embedded}, reused {self.reused}"
         )
 
@@ -93,6 +103,32 @@ def usable(table: pa.Table) -> pa.Table:
     return table.filter(pc.equal(table.column("status"), OK))
 
 
+MODEL_COLUMNS = ("model_pack", "model_fingerprint", "model_sha256", "detector_sha256")
+
+
+def model_of(table: pa.Table) -> dict[str, str] | None:
+    """The one model that made the usable rows (for lineage), None when there are none.
+
+    Rows from two models cannot share an index: their vectors live in different spaces.
+    """
+    rows = usable(table).select(list(MODEL_COLUMNS))
+    models = {tuple(row.values()) for row in rows.to_pylist()}
+    if len(models) > 1:
+        packs = ", ".join(sorted(f"{pack} ({fp[:12]})" for pack, fp, _, _ in models))
+        raise FacePipelineError(f"the embeddings come from {len(models)} models ({packs}); re-embed with mode=full")
+    return dict(zip(MODEL_COLUMNS, models.pop(), strict=True)) if models else None
+
+
+@dataclass
+class _Plan:
+    """What to do with each verified face: reuse an earlier row, record a failure, or embed."""
+
+    reuse: list[tuple[int, VerifiedFace]] = field(default_factory=list)
+    new_rows: dict[str, dict] = field(default_factory=dict)
+    jobs: list[FaceJob] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)
+
+
 def update_embeddings(
     model: FaceModel,
     faces: Sequence[VerifiedFace],
@@ -103,72 +139,77 @@ def update_embeddings(
     mode: Mode = "incremental",
     progress: Callable[[Progress], None] | None = None,
 ) -> tuple[pa.Table, EmbeddingReport]:
-    """The new embeddings table for ``faces``: earlier rows reused where their key is unchanged."""
+    """The new embeddings table for ``faces`` (same order): earlier rows reused where they still hold."""
     if mode not in ("full", "incremental"):
         raise ValueError(f"mode must be 'full' or 'incremental', got {mode!r}")
     started = time.perf_counter()
-    fingerprint = model.pack.fingerprint
-    report = EmbeddingReport(faces_total=len(faces))
-    previous = None if mode == "full" else _conformed(previous, embeddings_schema(model.embedding_dim))
-    earlier = _keys_by_face(previous) if previous is not None else {}
     now = datetime.now(UTC).replace(microsecond=0)
-
-    reused_rows: list[int] = []
-    reused_faces: list[VerifiedFace] = []
-    new_rows: dict[str, dict] = {}
-    jobs: list[FaceJob] = []
-    keys: dict[str, str] = {}
-    for face in faces:
-        record = photos.get(face.photo_ref)
-        sha = record.sha256 if record and record.ok else None
-        key = keys[face.face_id] = embed_key(sha, face, fingerprint)
-        if sha is None:
-            reason = f"photo unavailable: {record.error if record else 'not fetched'}"
-            new_rows[face.face_id] = {**_base_row(face, sha, model, key), "status": FAILED, "error": reason, "embedded_at": now}
-        elif face.face_id in earlier and earlier[face.face_id][1] == key:
-            row, _, status = earlier[face.face_id]
-            reused_rows.append(row)
-            reused_faces.append(face)
-            report.reused += status == OK
-            report.failed_before += status != OK
-        else:
-            jobs.append(FaceJob(face.face_id, sha, face.bbox))
+    schema = embeddings_schema(model.embedding_dim)
+    previous = None if mode == "full" else _conformed(previous, schema)
+    plan = _plan(model, faces, photos, previous, now)
 
     by_id = {face.face_id: face for face in faces}
-    for result in embed_faces(model, jobs, read_photo, progress=progress):
+    for result in embed_faces(model, plan.jobs, read_photo, progress=progress):
         face = by_id[result.face_id]
-        row = _base_row(face, photos[face.photo_ref].sha256, model, keys[face.face_id])
-        row["embedded_at"] = now
+        row = {**_base_row(face, photos[face.photo_ref].sha256, model, plan.keys[face.face_id]), "embedded_at": now}
         if result.ok:
             box = result.detection.bbox
-            row.update(
-                status=OK,
-                bbox_x=box.x,
-                bbox_y=box.y,
-                bbox_width=box.width,
-                bbox_height=box.height,
-                det_score=result.detection.score,
-                embedding=result.embedding,
-            )
-            report.embedded += 1
+            row.update(status=OK, bbox_x=box.x, bbox_y=box.y, bbox_width=box.width, bbox_height=box.height,
+                       det_score=result.detection.score, embedding=result.embedding)
         else:
-            row.update(status=FAILED, error=result.error)
-        new_rows[face.face_id] = row
+            row.update(status=FAILED, error_code=result.error_code, error=result.error)
+        plan.new_rows[face.face_id] = row
 
-    parts = [_to_table(list(new_rows.values()), model.embedding_dim)]
-    if reused_rows:
-        parts.append(_relabelled(previous.take(reused_rows), reused_faces))
+    parts = [_rows_to_table(list(plan.new_rows.values()), schema)]
+    if plan.reuse:
+        rows, reused_faces = zip(*plan.reuse, strict=True)
+        parts.append(_relabelled(previous.take(list(rows)), reused_faces))
     combined = pa.concat_tables(parts)
     position = {face_id: i for i, face_id in enumerate(combined.column("face_id").to_pylist())}
     table = combined.take([position[face.face_id] for face in faces])
 
-    for status, error in zip(table.column("status").to_pylist(), table.column("error").to_pylist(), strict=True):
-        if status != OK:
-            report.failed += 1
-            reason = (error or "unknown").split(":")[0]
-            report.failure_reasons[reason] = report.failure_reasons.get(reason, 0) + 1
+    statuses = table.column("status").to_pylist()
+    reused_status = Counter(statuses[position_in_faces] for position_in_faces in _positions(faces, plan.reuse))
+    codes = Counter(code for status, code in zip(statuses, table.column("error_code").to_pylist(), strict=True) if status != OK)
+    report = EmbeddingReport(
+        faces_total=len(faces),
+        embedded=sum(1 for row in plan.new_rows.values() if row["status"] == OK),
+        reused=reused_status[OK],
+        failed=sum(codes.values()),
+        failed_before=reused_status[FAILED],
+        failure_reasons=dict(codes),
+    )
     report.seconds = time.perf_counter() - started
     return table, report
+
+
+def _plan(
+    model: FaceModel, faces: Sequence[VerifiedFace], photos: Mapping[str, PhotoRecord], previous: pa.Table | None, now: datetime
+) -> _Plan:
+    fingerprint = stage_fingerprint(model)
+    by_face, by_key = _earlier_rows(previous)
+    plan = _Plan()
+    for face in faces:
+        record = photos.get(face.photo_ref)
+        sha = record.sha256 if record and record.ok else None
+        key = plan.keys[face.face_id] = embed_key(sha, face, fingerprint)
+        if sha is None:
+            reason = f"photo unavailable: {record.error if record else 'not fetched'}"
+            plan.new_rows[face.face_id] = {
+                **_base_row(face, None, model, key), "status": FAILED, "error_code": PHOTO_UNAVAILABLE, "error": reason, "embedded_at": now
+            }
+        elif face.face_id in by_face and by_face[face.face_id][1] == key:
+            plan.reuse.append((by_face[face.face_id][0], face))
+        elif key in by_key:  # the same photo and box under a new id: the label moved, not the face
+            plan.reuse.append((by_key[key], face))
+        else:
+            plan.jobs.append(FaceJob(face.face_id, sha, face.bbox))
+    return plan
+
+
+def _positions(faces: Sequence[VerifiedFace], reuse: list[tuple[int, VerifiedFace]]) -> list[int]:
+    index = {face.face_id: i for i, face in enumerate(faces)}
+    return [index[face.face_id] for _, face in reuse]
 
 
 def _conformed(table: pa.Table | None, schema: pa.Schema) -> pa.Table | None:
@@ -181,51 +222,48 @@ def _conformed(table: pa.Table | None, schema: pa.Schema) -> pa.Table | None:
         return None
 
 
-def _keys_by_face(table: pa.Table) -> dict[str, tuple[int, str, str]]:
-    """face id -> (row number, embed key, status) of an earlier embeddings table."""
-    ids, keys, statuses = (table.column(name).to_pylist() for name in ("face_id", "embed_key", "status"))
-    return {face_id: (row, key, status) for row, (face_id, key, status) in enumerate(zip(ids, keys, statuses, strict=True))}
+def _earlier_rows(table: pa.Table | None) -> tuple[dict[str, tuple[int, str]], dict[str, int]]:
+    """face id -> (row, key), and key -> row, of an earlier embeddings table."""
+    if table is None:
+        return {}, {}
+    ids, keys = table.column("face_id").to_pylist(), table.column("embed_key").to_pylist()
+    by_face = {face_id: (row, key) for row, (face_id, key) in enumerate(zip(ids, keys, strict=True))}
+    by_key = {key: row for row, key in enumerate(keys)}
+    return by_face, by_key
 
 
 def _relabelled(table: pa.Table, faces: Sequence[VerifiedFace]) -> pa.Table:
     """Reused rows carry today's labels: a person renamed or reassigned needs no new embedding."""
-    for name, values in (
-        ("person_id", [f.person_id for f in faces]),
-        ("person_name", [f.person_name for f in faces]),
-        ("photo_ref", [f.photo_ref for f in faces]),
-        ("event_id", [f.event_id for f in faces]),
-    ):
-        table = table.set_column(table.schema.get_field_index(name), table.schema.field(name), pa.array(values, type=table.schema.field(name).type))
+    for name in LABEL_COLUMNS:
+        field_ = table.schema.field(name)
+        values = pa.array([getattr(face, name) for face in faces], type=field_.type)
+        table = table.set_column(table.schema.get_field_index(name), field_, values)
     return table
 
 
 def _base_row(face: VerifiedFace, sha: str | None, model: FaceModel, key: str) -> dict:
     return {
-        "face_id": face.face_id,
-        "person_id": face.person_id,
-        "person_name": face.person_name,
-        "photo_ref": face.photo_ref,
+        **{name: getattr(face, name) for name in LABEL_COLUMNS},
         "photo_sha256": sha,
-        "event_id": face.event_id,
         "model_pack": model.pack.name,
+        "model_fingerprint": model.pack.fingerprint,
         "model_sha256": model.pack.recognizer.sha256,
+        "detector_sha256": model.pack.detector.sha256,
         "embed_key": key,
     }
 
 
-def _to_table(rows: list[dict], dim: int) -> pa.Table:
-    schema = embeddings_schema(dim)
-    columns = {name: [row.get(name) for row in rows] for name in schema.names}
-    vectors = columns.pop("embedding")
+def _rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    dim = schema.field("embedding").type.list_size
     flat = np.zeros((len(rows), dim), dtype=np.float32)
     valid = np.zeros(len(rows), dtype=bool)
-    for i, vector in enumerate(vectors):
-        if vector is not None:
-            flat[i] = vector
+    for i, row in enumerate(rows):
+        if row.get("embedding") is not None:
+            flat[i] = row["embedding"]
             valid[i] = True
     embedding = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), dim, mask=pa.array(~valid))
     arrays = [
-        embedding if name == "embedding" else pa.array(columns[name], type=schema.field(name).type)
+        embedding if name == "embedding" else pa.array([row.get(name) for row in rows], type=schema.field(name).type)
         for name in schema.names
     ]
     return pa.Table.from_arrays(arrays, schema=schema)

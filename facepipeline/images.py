@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -12,46 +13,70 @@ from facepipeline.errors import ImageError
 
 # 100 megapixels: a 12,000 x 8,000 camera photo passes, a decompression bomb does not.
 DEFAULT_MAX_PIXELS = 100_000_000
+# Below this a photo cannot hold a face the detector can find (and resizing it can fail).
+MIN_SIDE = 16
+
+# Everything Pillow raises on a malformed header or body, beside its own UnidentifiedImageError.
+_PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, TypeError, ZeroDivisionError)
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """Width and height from the header alone (no pixel decoding)."""
+def image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Width and height from the header alone (no pixel decoding); refuses what decode would."""
     if not data:
         raise ImageError("empty file (0 bytes)")
-    try:
+    with _explained(data):
         with Image.open(io.BytesIO(data)) as img:
-            return img.size
-    except UnidentifiedImageError as exc:
-        raise ImageError(f"not an image ({_sniff(data)})") from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"image too large: {exc}") from exc
+            width, height = img.size
+    _check_size(width, height, max_pixels)
+    return width, height
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode to a BGR ``uint8`` array (the layout the face models expect), EXIF rotation applied.
 
-    Raises :class:`ImageError` with the reason for empty, non-image, truncated or oversized input.
+    Raises :class:`ImageError` with the reason for empty, non-image, truncated, oversized or
+    degenerate input. The size is checked from the header, before any pixel is decoded.
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageError(f"image too large: {width}x{height} pixels (limit {max_pixels:,})")
-            img = ImageOps.exif_transpose(img)
-            rgb = np.asarray(img.convert("RGB"))
-    except ImageError:
-        raise
-    except UnidentifiedImageError as exc:
-        raise ImageError(f"not an image ({_sniff(data)})") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"image too large: {exc}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"corrupt image: {exc}") from exc
+    with _explained(data):
+        img = Image.open(io.BytesIO(data))
+        _check_size(*img.size, max_pixels)
+        img = ImageOps.exif_transpose(img)
+        rgb = np.asarray(img.convert("RGB"))
     return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageError(f"image too large: {width}x{height} pixels (limit {max_pixels:,})")
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"image too small: {width}x{height} pixels (at least {MIN_SIDE} per side)")
+
+
+class _explained:
+    """Turn whatever Pillow raises into an ImageError that says what is wrong with the bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._warnings = warnings.catch_warnings()
+
+    def __enter__(self) -> None:
+        self._warnings.__enter__()
+        # Our own pixel limit (checked from the header) is the guard; Pillow's warning is noise.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        self._warnings.__exit__(kind, exc, tb)
+        if exc is None or isinstance(exc, ImageError):
+            return False
+        if isinstance(exc, UnidentifiedImageError):
+            raise ImageError(f"not an image ({_sniff(self.data)})") from exc
+        if isinstance(exc, Image.DecompressionBombError):
+            raise ImageError(f"image too large: {exc}") from exc
+        if isinstance(exc, _PILLOW_ERRORS):
+            raise ImageError(f"corrupt image: {exc}") from exc
+        return False
 
 
 def _sniff(data: bytes) -> str:

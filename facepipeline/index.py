@@ -100,12 +100,22 @@ class IndexVersion:
         params = IndexParams(**self.manifest["params"])
         return FaceIndex.load(self.path, self.manifest["dim"], params)
 
-    def write_json(self, name: str, data: dict) -> Path:
-        """Add a document beside the index (e.g. its metrics). Never replaces an existing one."""
-        target = self.path / name
-        with open(target, "x") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-        return target
+    def record_evaluation(self, evaluation_id: str, metrics: dict) -> Path:
+        """Keep an evaluation of this version: ``evaluations/<id>.json``, and ``metrics.json`` = the latest.
+
+        The index itself never changes; it can be evaluated again (another target FAR, say), and
+        every evaluation is kept.
+        """
+        history = self.path / "evaluations"
+        history.mkdir(exist_ok=True)
+        text = json.dumps(metrics, indent=2, sort_keys=True)
+        with open(history / f"{evaluation_id}.json", "x") as handle:
+            handle.write(text)
+        latest = self.path / "metrics.json"
+        staging = latest.with_name(f".metrics-{evaluation_id}.json")
+        staging.write_text(text)
+        os.replace(staging, latest)
+        return latest
 
 
 class IndexStore:

@@ -1,21 +1,28 @@
 """How good an index is: a held-out evaluation with a fixed seed, stratified per person.
 
 For every person with at least two usable faces, a share of their faces (at least one, never all)
-is held out as probes; the rest form the gallery, which is indexed exactly as in production. Then:
+is held out as probes; the rest form the gallery, which is indexed exactly as in production. Which
+faces are held out is decided per face, by a seeded hash of its id: adding people or faces leaves
+the others where they were, so two versions are compared on (nearly) the same probes. Then:
 
 * rank-1 accuracy: is the nearest gallery face the probe's person? Micro (over probes) and macro
   (mean over people, so that a person with 500 photos does not drown the others).
 * precision / recall / F1 at a threshold: a probe whose best similarity is under the threshold
   is "unknown" (no suggestion). precision = correct suggestions / suggestions;
   recall = correct suggestions / probes.
-* false-accept rate: each probe is also asked as a stranger, by searching the gallery *without*
-  its own person (leave-identity-out). FAR(t) = share of those searches whose best similarity
-  still reaches t: the rate at which an unknown face would be given somebody's name.
-* the recommended threshold: the lowest threshold whose FAR is at most the target.
+* false-accept rate: every face (probe or gallery) is also asked as a stranger, by searching the
+  gallery *without* its own person (leave-identity-out). FAR(t) = share of those searches whose
+  best similarity still reaches t: the rate at which an unknown face would be given somebody's
+  name. With N faces, FARs below about 3/N cannot be shown (``far_resolution`` = 1/N).
+* the recommended threshold: the lowest threshold whose FAR is at most the target. When no
+  threshold reaches the target (too few strangers to measure it, or people too alike), the
+  one with the lowest FAR is reported with ``target_met = False``; so is a threshold that would
+  reject every face (recall 0).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -58,6 +65,9 @@ class Evaluation:
     rank1_accuracy_macro: float | None = None
     recommended_threshold: float | None = None
     target_far: float | None = None
+    target_met: bool | None = None
+    impostor_trials: int = 0
+    far_resolution: float | None = None
     far: float | None = None
     precision: float | None = None
     recall: float | None = None
@@ -87,22 +97,23 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def split_gallery_probes(person_ids: Sequence[str], config: EvaluationConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Row numbers of gallery and probe faces: per person, a fixed-seed share held out."""
-    rng = np.random.default_rng(config.seed)
+def split_gallery_probes(
+    person_ids: Sequence[str], config: EvaluationConfig, face_ids: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers of gallery and probe faces: per person, a share held out by a seeded hash of the face id."""
+    face_ids = face_ids if face_ids is not None else [str(row) for row in range(len(person_ids))]
     rows_by_person: dict[str, list[int]] = defaultdict(list)
     for row, person in enumerate(person_ids):
         rows_by_person[person].append(row)
     gallery, probes = [], []
-    for person in sorted(rows_by_person):
-        rows = np.array(rows_by_person[person])
+    for rows in rows_by_person.values():
         if len(rows) < 2:
-            gallery.extend(rows.tolist())
+            gallery.extend(rows)
             continue
-        rows = rows[rng.permutation(len(rows))]
+        rows = sorted(rows, key=lambda row: hashlib.sha256(f"{config.seed}:{face_ids[row]}".encode()).digest())
         n_probe = min(len(rows) - 1, max(1, round(len(rows) * config.test_fraction)))
-        probes.extend(rows[:n_probe].tolist())
-        gallery.extend(rows[n_probe:].tolist())
+        probes.extend(rows[:n_probe])
+        gallery.extend(rows[n_probe:])
     return np.array(sorted(gallery), dtype=np.int64), np.array(sorted(probes), dtype=np.int64)
 
 
@@ -111,12 +122,13 @@ def evaluate(
     person_ids: Sequence[str],
     config: EvaluationConfig = EvaluationConfig(),
     params: IndexParams = IndexParams(),
+    face_ids: Sequence[str] | None = None,
 ) -> Evaluation:
     people = len(set(person_ids))
     base = {"faces": len(person_ids), "people": people, "config": asdict(config)}
     if len(person_ids) < MIN_SAMPLES:
         return Evaluation(status="too_few_samples", message=f"too few samples: {len(person_ids)} faces (need at least {MIN_SAMPLES})", **base)
-    gallery, probes = split_gallery_probes(person_ids, config)
+    gallery, probes = split_gallery_probes(person_ids, config, face_ids)
     if len(probes) == 0 or people < 2:
         return Evaluation(status="too_few_samples", message="too few samples: no person has two faces to hold one out", **base)
 
@@ -124,31 +136,37 @@ def evaluate(
     gallery_people = persons[gallery]
     entries = pa.table({"face_id": [str(i) for i in gallery], "person_id": gallery_people.tolist(), "person_name": gallery_people.tolist()})
     index = FaceIndex.build(vectors[gallery], entries, params)
-    # Deep enough to find, for nearly every probe, the nearest face of *another* person.
-    k = min(len(gallery), max(50, int(gallery_people.size and np.max(np.unique(gallery_people, return_counts=True)[1])) + 1))
-    labels, sims = index.search(vectors[probes], k=k)
+    # Every face is searched once, deep enough to reach past its own person's gallery faces.
+    k = min(len(gallery), int(np.max(np.unique(gallery_people, return_counts=True)[1])) + 1)
+    labels, sims = index.search(vectors, k=k)
     neighbour_people = gallery_people[labels]
-    truth = persons[probes]
+    truth = persons
 
-    predicted = neighbour_people[:, 0]
-    best = sims[:, 0]
-    correct = predicted == truth
-    # The best match outside the probe's own person: how a stranger's face would score.
+    # Probes: is the nearest gallery face their person? (Probes are not in the gallery.)
+    predicted = neighbour_people[probes, 0]
+    best = sims[probes, 0]
+    correct = predicted == truth[probes]
+    # Every face as a stranger: its best match outside its own person.
     other = neighbour_people != truth[:, None]
-    has_other = other.any(axis=1)
-    impostor = np.where(has_other, sims[np.arange(len(probes)), other.argmax(axis=1)], sims[:, -1])
-    genuine = np.where(neighbour_people == truth[:, None], sims, -np.inf).max(axis=1)
+    impostor = np.where(other.any(axis=1), sims[np.arange(len(truth)), other.argmax(axis=1)], sims[:, -1])
+    own = neighbour_people[probes] == truth[probes][:, None]
+    genuine = np.where(own, sims[probes], -np.inf).max(axis=1)
 
     sweep = [_sweep_point(t, best, correct, impostor) for t in SWEEP]
-    passing = [p for p in sweep if p.far <= config.target_far]
-    chosen = min(passing, key=lambda p: p.threshold) if passing else sweep[-1]
+    passing = [p for p in sweep if p.far <= config.target_far and p.recall > 0]
+    chosen = min(passing, key=lambda p: p.threshold) if passing else min(sweep, key=lambda p: (p.far, p.threshold))
 
     per_person = defaultdict(list)
-    for person, ok in zip(truth, correct, strict=True):
+    for person, ok in zip(truth[probes], correct, strict=True):
         per_person[person].append(ok)
+    message = f"held out {len(probes)} of {len(person_ids)} faces from {len(per_person)} people"
+    if not passing:
+        message += f"; no threshold reaches FAR <= {config.target_far} with recall > 0 (best: FAR {chosen.far} at {chosen.threshold})"
+    elif config.target_far < 3 / len(impostor):
+        message += f"; {len(impostor)} impostor trials cannot show a FAR below ~{3 / len(impostor):.4f}"
     return Evaluation(
         status="ok",
-        message=f"held out {len(probes)} of {len(person_ids)} faces from {len(per_person)} people",
+        message=message,
         gallery_faces=len(gallery),
         probe_faces=len(probes),
         probe_people=len(per_person),
@@ -156,6 +174,9 @@ def evaluate(
         rank1_accuracy_macro=round(float(np.mean([np.mean(v) for v in per_person.values()])), 4),
         recommended_threshold=chosen.threshold,
         target_far=config.target_far,
+        target_met=bool(passing),
+        impostor_trials=len(impostor),
+        far_resolution=round(1 / len(impostor), 6),
         far=chosen.far,
         precision=chosen.precision,
         recall=chosen.recall,

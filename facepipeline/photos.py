@@ -7,7 +7,8 @@ Layout under the cache root::
 
 A reference is an ``http(s)://`` URL or a ``file://`` URI. Fetching is concurrent (bounded),
 with timeouts and retries; a photo that cannot be fetched is recorded as failed with its reason
-and is tried again on the next run. Successful entries are never fetched again.
+and is tried again on the next run. A URL fetched successfully is never fetched again; a local
+file is read again only when its size or modification time changed (a photo edited in place).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlunparse
 
 import pyarrow as pa
 import urllib3
@@ -124,8 +125,11 @@ class PhotoCache:
             self._db.execute(
                 "create table if not exists photos ("
                 " reference text primary key, sha256 text, size integer,"
-                " status text not null, error text, fetched_at real not null)"
+                " status text not null, error text, fetched_at real not null, source_stamp text)"
             )
+            columns = {row[1] for row in self._db.execute("pragma table_info(photos)")}
+            if "source_stamp" not in columns:  # a cache made before local files were re-checked
+                self._db.execute("alter table photos add column source_stamp text")
 
     def close(self) -> None:
         self._db.close()
@@ -163,10 +167,17 @@ class PhotoCache:
         unique = list(dict.fromkeys(refs))
         records: dict[str, PhotoRecord] = {}
         missing = []
+        with self._db_lock:
+            known = dict(
+                (ref, (status, sha, size, error, stamp))
+                for ref, status, sha, size, error, stamp in self._db.execute(
+                    "select reference, status, sha256, size, error, source_stamp from photos"
+                )
+            )
         for ref in unique:
-            cached = self.lookup(ref)
-            if cached and cached.ok and self.path_for(cached.sha256).is_file():
-                records[ref] = cached
+            status, sha, size, error, stamp = known.get(ref, (None,) * 5)
+            if status == "ok" and self.path_for(sha).is_file() and stamp == _source_stamp(ref):
+                records[ref] = PhotoRecord(ref=ref, status=status, sha256=sha, size=size, error=error)
             else:
                 missing.append(ref)
         failed = 0
@@ -193,6 +204,8 @@ class PhotoCache:
             image_size(data)  # header check only: refuse HTML pages and empty bodies early
         except (PhotoFetchError, ImageError) as exc:
             return PhotoRecord(ref=ref, status="failed", error=str(exc), fetched=True)
+        except Exception as exc:  # one photo must never stop the others: record it, go on
+            return PhotoRecord(ref=ref, status="failed", error=f"unexpected {type(exc).__name__}: {exc}", fetched=True)
         sha = hashlib.sha256(data).hexdigest()
         self._store(sha, data)
         return PhotoRecord(ref=ref, status="ok", sha256=sha, size=len(data), fetched=True)
@@ -256,15 +269,42 @@ class PhotoCache:
         if not records:
             return
         now = time.time()
+        rows = [(r.ref, r.sha256, r.size, r.status, r.error, now, _source_stamp(r.ref)) for r in records]
         with self._db_lock, self._db:
             self._db.executemany(
-                "insert into photos (reference, sha256, size, status, error, fetched_at)"
-                " values (?, ?, ?, ?, ?, ?)"
+                "insert into photos (reference, sha256, size, status, error, fetched_at, source_stamp)"
+                " values (?, ?, ?, ?, ?, ?, ?)"
                 " on conflict(reference) do update set sha256 = excluded.sha256, size = excluded.size,"
-                " status = excluded.status, error = excluded.error, fetched_at = excluded.fetched_at",
-                [(r.ref, r.sha256, r.size, r.status, r.error, now) for r in records],
+                " status = excluded.status, error = excluded.error, fetched_at = excluded.fetched_at,"
+                " source_stamp = excluded.source_stamp",
+                rows,
             )
         records.clear()
+
+
+def _source_stamp(ref: str) -> str | None:
+    """What tells that a local file changed without reading it: its size and modification time.
+
+    URLs have none: a URL's bytes are fetched once, ever (gallery photos are immutable uploads).
+    """
+    parsed = urlparse(ref)
+    if parsed.scheme.lower() != "file":
+        return None
+    try:
+        stat = Path(unquote(parsed.path)).stat()
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def redact_ref(ref: str) -> str:
+    """A photo reference safe to log: no credentials, no query string (signed URLs carry tokens)."""
+    parsed = urlparse(ref)
+    if parsed.scheme.lower() not in ("http", "https"):
+        return ref
+    host = parsed.hostname or ""
+    netloc = f"{host}:{parsed.port}" if parsed.port else host
+    return urlunparse((parsed.scheme, netloc, parsed.path, "", "", ""))
 
 
 def _reason(exc: Exception) -> str:

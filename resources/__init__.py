@@ -3,6 +3,13 @@
 from resources.artifacts import ArtifactStoreResource
 from resources.face_model import FaceModelResource
 from resources.face_source import FaceSourceResource
-from resources.io_managers import ParquetTableIOManager
+from resources.io_managers import IndexVersionIOManager, ParquetTableIOManager, table_name
 
-__all__ = ["ArtifactStoreResource", "FaceModelResource", "FaceSourceResource", "ParquetTableIOManager"]
+__all__ = [
+    "ArtifactStoreResource",
+    "FaceModelResource",
+    "FaceSourceResource",
+    "IndexVersionIOManager",
+    "ParquetTableIOManager",
+    "table_name",
+]

@@ -1,4 +1,4 @@
-from dagster import ConfigurableResource, InitResourceContext
+from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from facepipeline.model import FaceModel
@@ -21,10 +21,8 @@ class FaceModelResource(ConfigurableResource):
 
     _model: FaceModel | None = PrivateAttr(default=None)
 
-    def setup_for_execution(self, context: InitResourceContext) -> None:
-        self._model = None  # loaded on first use: runs that never embed never pay for it
-
     def load(self) -> FaceModel:
+        """The model, loaded on first use: steps that never embed never pay for it."""
         if self._model is None:
             self._model = FaceModel.load(
                 self.model_root,

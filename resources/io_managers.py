@@ -1,34 +1,60 @@
+import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
-from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
-from pydantic import Field
+from dagster import AssetKey, ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 
-from facepipeline.tables import TableStore
+from facepipeline.index import IndexVersion
+from resources.artifacts import ArtifactStoreResource
+
+
+def table_name(asset_key: AssetKey) -> str:
+    """The file name an asset's table is stored under (shared by the IO manager and its readers)."""
+    return "__".join(asset_key.path)
 
 
 class ParquetTableIOManager(ConfigurableIOManager):
-    """Stores Arrow tables as ``<home>/tables/<asset>.parquet`` and says where, and how big."""
+    """Stores Arrow tables as ``$FACEPIPELINE_HOME/tables/<asset>.parquet`` and says where, and how big."""
 
-    home: str = Field(description="Absolute path of FACEPIPELINE_HOME.")
-
-    def _store(self) -> TableStore:
-        return TableStore(Path(self.home) / "tables")
-
-    @staticmethod
-    def _name(context: OutputContext | InputContext) -> str:
-        return "__".join(context.asset_key.path)
+    artifacts: ArtifactStoreResource
 
     def handle_output(self, context: OutputContext, obj: pa.Table) -> None:
         if not isinstance(obj, pa.Table):
             raise TypeError(f"{context.asset_key.to_user_string()} must return a pyarrow.Table, got {type(obj).__name__}")
-        path = self._store().write(self._name(context), obj)
+        path = self.artifacts.tables().write(table_name(context.asset_key), obj)
         context.add_output_metadata(
-            {"path": MetadataValue.path(str(path)), "row_count": obj.num_rows, "file_bytes": path.stat().st_size}
+            {"path": MetadataValue.path(str(path)), "dagster/row_count": obj.num_rows, "file_bytes": path.stat().st_size}
         )
 
     def load_input(self, context: InputContext) -> pa.Table:
-        table = self._store().read(self._name(context))
+        table = self.artifacts.tables().read(table_name(context.asset_key))
         if table is None:
             raise FileNotFoundError(f"{context.asset_key.to_user_string()} has not been materialized yet")
         return table
+
+
+class IndexVersionIOManager(ConfigurableIOManager):
+    """Passes an index version on by its number; downstream steps load it from the index store.
+
+    The version's files are already on disk (immutable), so only a pointer is stored, and any later
+    run, in any process, can load exactly the version an earlier run produced.
+    """
+
+    artifacts: ArtifactStoreResource
+
+    def _pointer(self, asset_key: AssetKey) -> Path:
+        return self.artifacts.root / "pointers" / f"{table_name(asset_key)}.json"
+
+    def handle_output(self, context: OutputContext, obj: IndexVersion) -> None:
+        pointer = self._pointer(context.asset_key)
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        staging = pointer.with_suffix(f".{os.getpid()}.tmp")
+        staging.write_text(json.dumps({"version": obj.version}))
+        os.replace(staging, pointer)
+
+    def load_input(self, context: InputContext) -> IndexVersion:
+        pointer = self._pointer(context.asset_key)
+        if not pointer.is_file():
+            raise FileNotFoundError(f"{context.asset_key.to_user_string()} has not been materialized yet")
+        return self.artifacts.index_store().get(json.loads(pointer.read_text())["version"])

@@ -1,7 +1,7 @@
 """Schedules. The nightly full retrain ships stopped: turn it on in the UI (Automation) when wanted.
 
-A full retrain re-embeds every face, which repairs anything an incremental run may have missed
-(for example a photo replaced under the same URL), at the price of a full embedding pass.
+A full retrain re-embeds every face from the cached photos, a fresh start for the embeddings (for
+example after an onnxruntime upgrade) at the price of a full embedding pass.
 """
 
 from dagster import DefaultScheduleStatus, ScheduleDefinition

@@ -75,6 +75,7 @@ class Route:
     body: bytes = b""
     content_type: str = "image/jpeg"
     delay_s: float = 0.0
+    send_length: bool = True
 
 
 @dataclass
@@ -107,7 +108,8 @@ def photo_server() -> Iterator[PhotoServer]:
                 threading.Event().wait(route.delay_s)
             self.send_response(route.status)
             self.send_header("Content-Type", route.content_type)
-            self.send_header("Content-Length", str(len(route.body)))
+            if route.send_length:
+                self.send_header("Content-Length", str(len(route.body)))
             self.end_headers()
             self.wfile.write(route.body)
 

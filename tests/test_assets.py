@@ -45,7 +45,8 @@ def test_retrain_end_to_end_then_nothing_to_redo_then_full(settings, instance, s
     embeddings = metadata(first, "face_embeddings")
     assert (embeddings["faces_embedded"], embeddings["faces_failed"]) == (48, 3)
     assert embeddings["summary"] == "processed 48/51 faces (3 failed); embedded 48, reused 0"
-    assert embeddings["model_pack"] == "buffalo_sc" and embeddings["row_count"] == 51
+    assert embeddings["model_pack"] == "buffalo_sc" and embeddings["dagster/row_count"] == 51
+    assert embeddings["failure_reasons"].count("|") > 0 and "photo_unavailable" in embeddings["failure_reasons"]
     index = metadata(first, "face_index")
     assert index["index_version"] == "v1" and index["faces"] == 48 and index["people"] == 6
     metrics = metadata(first, "index_metrics")
@@ -94,3 +95,29 @@ def test_an_out_of_range_minimum_fails_naming_the_field_before_any_photo_is_fetc
     assert failure.step_key == "verified_faces"
     assert "min_faces_per_person" in str(failure.step_failure_data.error.cause)
     assert not (settings.home / "photos").exists()
+
+
+def test_index_metrics_can_be_evaluated_again_alone_and_each_evaluation_is_kept(settings, instance):
+    from assets import index_metrics
+
+    first = run(settings, instance)
+    assert first.success
+    version = settings.home / "index" / "v1"
+    manifest = json.loads((version / "manifest.json").read_text())
+    embeddings_model = {k: v.value for k, v in first.asset_materializations_for_node("face_embeddings")[0].metadata.items()}
+    assert manifest["model"]["model_fingerprint"] == embeddings_model["model_fingerprint"]
+    assert manifest["model"]["model_pack"] == "buffalo_sc"
+
+    again = materialize(
+        retrain_assets,
+        resources=build_definitions(settings).resources,
+        instance=instance,
+        run_config={"ops": {"index_metrics": {"config": {"target_far": 0.05}}}},
+        selection=[index_metrics],
+    )
+    assert again.success  # upstream outputs are loaded from disk: the index version by its number
+    assert metadata(again, "index_metrics")["index_version"] == "v1"
+    evaluations = sorted(p.stem for p in (version / "evaluations").iterdir())
+    assert evaluations == sorted([first.run_id, again.run_id])
+    assert json.loads((version / "metrics.json").read_text())["target_far"] == 0.05
+    assert not (settings.home / "index" / "v2").exists()

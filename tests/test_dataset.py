@@ -48,3 +48,9 @@ def test_fingerprint_ignores_order_but_sees_a_changed_box_or_label():
 def test_table_round_trip_keeps_boxes_and_missing_boxes():
     faces = faces_for({"a": 4})
     assert table_to_faces(faces_to_table(faces)) == faces
+
+
+def test_a_face_id_listed_twice_is_an_error():
+    faces = faces_for({"a": 3, "b": 3})
+    result = validate_dataset(faces + [replace(faces[0], person_id="id-b", person_name="b")])
+    assert result.errors == [f"1 face ids appear more than once (e.g. {faces[0].face_id}): a face has one label"]

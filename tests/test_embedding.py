@@ -131,3 +131,47 @@ def test_failed_faces_are_kept_with_reasons_and_not_retried_until_something_chan
 
     _, again = build(face_model, tmp_path, faces, previous=table)
     assert (again.embedded, again.reused, again.failed_before, again.failed) == (0, 48, 2, 3)
+
+
+def test_a_photo_moved_to_another_person_is_relabelled_not_embedded_again(face_model, tmp_path, small_faces):
+    first_faces = FolderSource(small_faces).verified_faces()
+    first, _ = build(face_model, tmp_path, first_faces)
+    people = sorted(p for p in small_faces.iterdir() if p.is_dir())
+    moved = next(people[0].iterdir())
+    moved.rename(people[1] / moved.name)  # someone fixes a wrong label by moving the photo
+    faces = FolderSource(small_faces).verified_faces()
+    table, report = build(face_model, tmp_path, faces, previous=first)
+    assert (report.embedded, report.reused) == (0, 48)
+    row = next(r for r in table.to_pylist() if r["photo_ref"].endswith(f"{people[1].name}/{moved.name}"))
+    assert row["person_name"] == people[1].name and row["status"] == "ok"
+
+
+def test_a_local_photo_edited_in_place_is_read_and_embedded_again(face_model, tmp_path, small_faces):
+    faces = FolderSource(small_faces).verified_faces()[:4]
+    first, _ = build(face_model, tmp_path, faces)
+    edited = small_faces / faces[0].photo_ref.split(str(small_faces))[1].lstrip("/")
+    edited.write_bytes((FACES / "Tony_Blair" / "Tony_Blair_0005.jpg").read_bytes())
+    table, report = build(face_model, tmp_path, faces, previous=first)  # the same cache as before
+    assert (report.embedded, report.reused) == (1, 3)
+    assert table.column("photo_sha256")[0].as_py() != first.column("photo_sha256")[0].as_py()
+
+
+def test_a_degenerate_photo_fails_alone(face_model):
+    strip = io.BytesIO()
+    Image.new("RGB", (2000, 1), "white").save(strip, "JPEG")
+    good = (FACES / "Tony_Blair" / "Tony_Blair_0002.jpg").read_bytes()
+    photos = {"strip": strip.getvalue(), "good": good}
+    results = {r.face_id: r for r in embed_faces(face_model, [FaceJob("s", "strip", None), FaceJob("g", "good", None)], photos.__getitem__)}
+    assert results["g"].ok
+    assert results["s"].error_code == "photo_unreadable" and "too small: 2000x1" in results["s"].error
+
+
+def test_changing_a_detection_setting_redoes_the_faces(face_model, tmp_path, small_faces):
+    from facepipeline.model import FaceModel
+    from tests.conftest import MODEL_ROOT, PACK
+
+    faces = FolderSource(small_faces).verified_faces()[:3]
+    first, _ = build(face_model, tmp_path, faces)
+    stricter = FaceModel.load(MODEL_ROOT, PACK, det_thresh=0.6)
+    _, report = build(stricter, tmp_path, faces, previous=first)
+    assert (report.embedded, report.reused) == (3, 0)

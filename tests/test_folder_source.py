@@ -26,10 +26,12 @@ def test_non_photos_and_hidden_files_are_ignored(small_faces):
 def test_face_boxes_csv_gives_one_verified_face_per_named_box(tmp_path):
     shutil.copy(GROUP_PHOTOS / "insightface_t1.jpg", tmp_path / "t1.jpg")
     (tmp_path / "face_boxes.csv").write_text(
-        "path,x,y,w,h,identity\n"
+        "\ufeffpath,x,y,w,h,identity\n"  # a spreadsheet's byte-order mark
         "t1.jpg,55,258,118,130,Jennifer_Aniston\n"
         "t1.jpg,729,356,114,114,Matthew_Perry\n"
-        "t1.jpg,262,132,110,128,\n"
+        "t1.jpg,729,356,114,114,Matthew_Perry\n"  # the same line twice is one face
+        "t1.jpg,262,132,110,128,\n",
+        encoding="utf-8",
     )
     faces = FolderSource(tmp_path).verified_faces()
     assert [f.person_name for f in faces] == ["Jennifer_Aniston", "Matthew_Perry"]
@@ -43,6 +45,7 @@ def test_face_boxes_csv_gives_one_verified_face_per_named_box(tmp_path):
         ("path,x,y,w,h,identity\nt1.jpg,one,2,3,4,A\n", "line 2: bad box"),
         ("path,x,y,w,h,identity\n../../etc/passwd,1,2,3,4,A\n", "leaves the folder"),
         ("path,x,y,identity\nt1.jpg,1,2,A\n", "needs the columns"),
+        ("path,x,y,w,h,identity\nt1.jpg,1,2,3,4,A\nt1.jpg,1,2,3,4,B\n", "line 3: this box of t1.jpg is already labelled 'A'"),
     ],
 )
 def test_bad_face_boxes_csv_is_refused_with_its_line(tmp_path, rows, message):

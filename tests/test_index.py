@@ -48,9 +48,14 @@ def test_versions_are_immutable_numbered_and_load_back(tmp_path):
     assert len(loaded) == 20 and loaded.entries.column("face_id").to_pylist() == entries.column("face_id").to_pylist()
     labels, _ = loaded.search(vectors[3:4], k=1)
     assert labels[0, 0] == 3
-    v1.write_json("metrics.json", {"rank1": 1.0})
+    files_before = {p.name: p.read_bytes() for p in v1.path.iterdir() if p.is_file()}
+    v1.record_evaluation("run-a", {"rank1": 1.0})
+    v1.record_evaluation("run-b", {"rank1": 0.5})
+    assert json.loads((v1.path / "metrics.json").read_text()) == {"rank1": 0.5}  # the latest evaluation
+    assert sorted(p.name for p in (v1.path / "evaluations").iterdir()) == ["run-a.json", "run-b.json"]
     with pytest.raises(FileExistsError):
-        v1.write_json("metrics.json", {"rank1": 0.0})  # documents beside a version are never replaced
+        v1.record_evaluation("run-a", {"rank1": 0.0})  # an evaluation, once kept, is never replaced
+    assert all(v1.path.joinpath(name).read_bytes() == data for name, data in files_before.items())
 
 
 def test_concurrent_publishers_never_share_or_overwrite_a_version(tmp_path):

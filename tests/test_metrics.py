@@ -45,3 +45,26 @@ def test_precision_recall_and_far_are_real_and_move_with_the_threshold():
     assert fars == sorted(fars, reverse=True)
     assert result.far <= 0.05
     assert "(recommended)" in result.markdown()
+
+
+def test_an_unreachable_far_target_is_flagged_not_hidden():
+    vectors, entries = clustered(30, 8, spread=3.0, seed=3)  # people nearly indistinguishable
+    result = evaluate(vectors, entries.column("person_id").to_pylist(), EvaluationConfig(target_far=0.0001))
+    assert result.target_met is False and "no threshold reaches FAR <= 0.0001 with recall > 0" in result.message
+    assert result.impostor_trials == 240 and result.far_resolution == round(1 / 240, 6)
+    separable, entries = clustered(30, 8, spread=1.5, seed=3)
+    reachable = evaluate(separable, entries.column("person_id").to_pylist(), EvaluationConfig(target_far=0.05))
+    assert reachable.target_met is True and reachable.far <= 0.05 and reachable.recall > 0
+    assert "cannot show" not in reachable.message
+    strict = evaluate(separable, entries.column("person_id").to_pylist(), EvaluationConfig(target_far=0.001))
+    assert "240 impostor trials cannot show a FAR below ~0.0125" in strict.message
+
+
+def test_adding_people_leaves_the_held_out_faces_of_the_others_in_place():
+    people = [f"p{i // 10}" for i in range(100)]
+    faces = [f"face-{i}" for i in range(100)]
+    _, probes = split_gallery_probes(people, EvaluationConfig(), faces)
+    more_people = people + [f"new{i // 6}" for i in range(30)]
+    more_faces = faces + [f"new-face-{i}" for i in range(30)]
+    _, more_probes = split_gallery_probes(more_people, EvaluationConfig(), more_faces)
+    assert [more_faces[i] for i in more_probes if i < 100] == [faces[i] for i in probes]

@@ -72,3 +72,33 @@ def test_an_embedding_does_not_depend_on_its_batch_mates(face_model):
     batched = face_model.embed(crops)
     single = np.concatenate([face_model.embed(crops[i : i + 1]) for i in range(len(crops))])
     assert np.allclose(batched, single, atol=1e-6)
+
+
+def test_an_fp32_recognizer_keeps_real_batches(tmp_path):
+    """A small real ONNX recognizer without dynamic quantisation (generated here, fp32 weights)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(0).normal(size=(3, 512)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["input.1"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "W"], ["embedding"]),
+        ],
+        "tiny_recognizer",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 512])],
+        initializer=[numpy_helper.from_array(weights, "W")],
+    )
+    pack = tmp_path / "fp32_pack"
+    pack.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=9), pack / "recognizer.onnx")
+    shutil.copy(MODEL_ROOT / PACK / "det_500m.onnx", pack / "detector.onnx")
+    model = FaceModel.load(tmp_path, "fp32_pack", workers=1, batch_size=16)
+    assert model.faces_per_call == 16
+    crops = np.random.default_rng(1).integers(0, 255, size=(8, 112, 112, 3), dtype=np.uint8)
+    batched = model.embed(crops)
+    single = np.concatenate([model.embed(crops[i : i + 1]) for i in range(8)])
+    assert np.allclose(batched, single, atol=1e-5)
+    assert np.allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)

@@ -64,10 +64,26 @@ def test_the_same_bytes_under_two_urls_are_stored_once(tmp_path, photo_server):
 
 def test_local_files_and_oversized_responses(tmp_path, photo_server):
     big = photo_server.add("big.jpg", JPEG * 4)
+    streamed = photo_server.add("streamed.jpg", JPEG * 4, send_length=False)  # no Content-Length: capped while reading
     with PhotoCache(tmp_path / "cache", max_bytes=len(JPEG) * 2) as cache:
-        local, missing, too_big = cache.fetch_all(
-            [(FACES / "Colin_Powell" / "Colin_Powell_0001.jpg").as_uri(), (tmp_path / "nope.jpg").as_uri(), big]
+        local, missing, too_big, too_long = cache.fetch_all(
+            [(FACES / "Colin_Powell" / "Colin_Powell_0001.jpg").as_uri(), (tmp_path / "nope.jpg").as_uri(), big, streamed]
         )
     assert local.ok and local.size == len(JPEG)
     assert not missing.ok and "No such file" in missing.error
-    assert not too_big.ok and "too large" in too_big.error
+    assert not too_big.ok and too_big.error == f"response too large: {len(JPEG) * 4:,} bytes (limit {len(JPEG) * 2:,})"
+    assert not too_long.ok and too_long.error == f"response too large: over {len(JPEG) * 2:,} bytes"
+
+
+def test_malformed_headers_fail_alone_and_urls_are_logged_without_their_tokens(tmp_path, photo_server):
+    from facepipeline.photos import redact_ref
+
+    short = photo_server.add("short.jpg", JPEG[:200])
+    ppm = photo_server.add("bad.ppm", b"P6\nabc def\n255\n")
+    good = photo_server.add("good.jpg", JPEG)
+    with PhotoCache(tmp_path / "cache", retries=0) as cache:
+        records = cache.fetch_all([short, ppm, good])
+    assert [r.ok for r in records] == [False, False, True]
+    assert all(r.error.startswith("corrupt image") for r in records[:2])
+    signed = "https://user:secret@gallery.example/photos/a.jpg?token=abc123&expires=1"
+    assert redact_ref(signed) == "https://gallery.example/photos/a.jpg"

@@ -54,6 +54,7 @@ class FaceModel:
     ) -> None:
         self.pack = pack
         self.workers = max(1, workers)
+        self.det_thresh = det_thresh
         self.det_size = det_size
         self.region_det_size = region_det_size
         self.batch_size = batch_size
@@ -83,7 +84,7 @@ class FaceModel:
         """
         on_cpu = providers[0] == "CPUExecutionProvider"
         if workers is None:
-            workers = (os.cpu_count() or 1) if on_cpu else 1
+            workers = len(os.sched_getaffinity(0)) if on_cpu else 1  # the cores this process may use
         if intra_op_threads is None:
             intra_op_threads = 1 if on_cpu and workers > 1 else 0
         session_options = ort.SessionOptions()

@@ -18,8 +18,9 @@ from facepipeline.errors import ModelPackError
 
 DETECTION = "detection"
 RECOGNITION = "recognition"
-# SCRFD/RetinaFace heads: scores, boxes (and landmarks) for 3 or 5 strides.
-_DETECTOR_OUTPUT_COUNTS = {6, 9, 10, 15}
+# SCRFD heads with 5-point landmarks (alignment needs them): scores, boxes, landmarks for 3 or 5
+# strides. The 6- and 10-output variants have no landmarks and cannot feed ArcFace.
+_DETECTOR_OUTPUT_COUNTS = {9, 15}
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ def open_pack(
             found[task] = (path, session)
     for task in (DETECTION, RECOGNITION):
         if task not in found:
-            raise ModelPackError(f"model pack {pack!r} in {directory} has no {task} model")
+            what = "detection model with 5-point landmarks" if task == DETECTION else "recognition model (112x112 input)"
+            raise ModelPackError(f"model pack {pack!r} in {directory} has no {what}")
     files = {
         task: ModelFile(path=path, task=task, sha256=file_sha256(path), size=path.stat().st_size)
         for task, (path, _) in found.items()

@@ -65,8 +65,8 @@ class FolderSource:
         return faces
 
     def _faces_from_boxes(self, boxes_csv: Path) -> list[VerifiedFace]:
-        faces = []
-        with boxes_csv.open(newline="") as handle:
+        faces: dict[str, VerifiedFace] = {}
+        with boxes_csv.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             required = {"path", "x", "y", "w", "h", "identity"}
             if not reader.fieldnames or not required <= set(reader.fieldnames):
@@ -83,13 +83,16 @@ class FolderSource:
                 if not photo.is_relative_to(self.root):
                     raise SourceError(f"{boxes_csv}, line {line}: path leaves the folder: {row['path']!r}")
                 key = f"{row['path']}#{bbox.x:g},{bbox.y:g},{bbox.width:g},{bbox.height:g}"
-                faces.append(
-                    VerifiedFace(
-                        face_id=stable_id("face", key),
-                        person_id=stable_id("person", identity),
-                        person_name=identity,
-                        photo_ref=photo.as_uri(),
-                        bbox=bbox,
-                    )
+                face = VerifiedFace(
+                    face_id=stable_id("face", key),
+                    person_id=stable_id("person", identity),
+                    person_name=identity,
+                    photo_ref=photo.as_uri(),
+                    bbox=bbox,
                 )
-        return faces
+                earlier = faces.setdefault(face.face_id, face)
+                if earlier.person_name != identity:
+                    raise SourceError(
+                        f"{boxes_csv}, line {line}: this box of {row['path']} is already labelled {earlier.person_name!r}"
+                    )
+        return list(faces.values())
