@@ -1,10 +1,8 @@
 """The index metrics: how well the new index names held-out faces, and at which threshold."""
 
-import pyarrow as pa
 from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
-from facepipeline.embedding_store import embedding_matrix, usable
 from facepipeline.index import IndexParams, IndexVersion
 from facepipeline.metrics import EvaluationConfig, evaluate
 
@@ -16,17 +14,15 @@ class IndexMetricsConfig(Config):
 
 
 @asset(group_name="retrain", code_version="1", kinds={"python"})
-def index_metrics(
-    context: AssetExecutionContext, config: IndexMetricsConfig, face_index: IndexVersion, face_embeddings: pa.Table
-) -> Output[dict]:
-    """Held-out evaluation of this index version, written as metrics.json beside it."""
-    rows = usable(face_embeddings)
+def index_metrics(context: AssetExecutionContext, config: IndexMetricsConfig, face_index: IndexVersion) -> Output[dict]:
+    """Held-out evaluation of this index version (its own vectors and labels), kept beside it."""
+    index = face_index.load()
     result = evaluate(
-        embedding_matrix(rows),
-        rows.column("person_id").to_pylist(),
+        index.vectors(),
+        index.entries.column("person_id").to_pylist(),
         EvaluationConfig(test_fraction=config.test_fraction, seed=config.seed, target_far=config.target_far),
         IndexParams(**face_index.manifest["params"]),
-        face_ids=rows.column("face_id").to_pylist(),
+        face_ids=index.entries.column("face_id").to_pylist(),
     )
     metrics = {**result.as_dict(), "index_version": face_index.name, "run_id": context.run.run_id}
     path = face_index.record_evaluation(context.run.run_id, metrics)

@@ -64,6 +64,12 @@ class FaceIndex:
     def dim(self) -> int:
         return self._index.dim
 
+    def vectors(self) -> np.ndarray:
+        """Every indexed vector, in label order (row ``i`` of :attr:`entries`)."""
+        if len(self) == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return np.asarray(self._index.get_items(np.arange(len(self)), return_type="numpy"), dtype=np.float32)
+
     def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Labels and cosine similarities of the ``k`` nearest entries, best first."""
         k = min(k, len(self))

@@ -20,7 +20,7 @@ def test_the_code_location_has_the_pipeline_we_expect():
         "cached_photos": {"verified_faces"},
         "face_embeddings": {"verified_faces", "cached_photos"},
         "face_index": {"verified_faces", "face_embeddings"},
-        "index_metrics": {"face_index", "face_embeddings"},
+        "index_metrics": {"face_index"},
     }
     assert defs.resolve_job_def("retrain") is not None
     schedule = defs.resolve_schedule_def("nightly_full_retrain")

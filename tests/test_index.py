@@ -48,6 +48,7 @@ def test_versions_are_immutable_numbered_and_load_back(tmp_path):
     assert len(loaded) == 20 and loaded.entries.column("face_id").to_pylist() == entries.column("face_id").to_pylist()
     labels, _ = loaded.search(vectors[3:4], k=1)
     assert labels[0, 0] == 3
+    assert np.allclose(loaded.vectors(), vectors, atol=1e-6)  # a version carries its own vectors
     files_before = {p.name: p.read_bytes() for p in v1.path.iterdir() if p.is_file()}
     v1.record_evaluation("run-a", {"rank1": 1.0})
     v1.record_evaluation("run-b", {"rank1": 0.5})
