@@ -102,3 +102,9 @@ def test_an_fp32_recognizer_keeps_real_batches(tmp_path):
     single = np.concatenate([model.embed(crops[i : i + 1]) for i in range(8)])
     assert np.allclose(batched, single, atol=1e-5)
     assert np.allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [112, 48, 100])
+def test_detector_sizes_must_fit_scrfds_strides(size):
+    with pytest.raises(ValueError, match="multiple of 32"):
+        FaceModel.load(MODEL_ROOT, PACK, workers=1, region_det_size=size)

@@ -52,6 +52,9 @@ class FaceModel:
         batch_size: int = 32,
         workers: int = 1,
     ) -> None:
+        for name, size in (("det_size", det_size), ("region_det_size", region_det_size)):
+            if size < 64 or size % 32:
+                raise ValueError(f"{name} must be a multiple of 32 and at least 64 (SCRFD's largest stride), got {size}")
         self.pack = pack
         self.workers = max(1, workers)
         self.det_thresh = det_thresh
