@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dotenv import load_dotenv
+from dotenv import dotenv_values
 
 from facepipeline.settings import DEFAULT_HOME
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Settings that hold paths: a relative path in a .env file means "relative to that file".
+PATH_SETTINGS = ("FACEPIPELINE_HOME", "FACEPIPELINE_MODEL_ROOT", "DAGSTER_HOME")
 
 DAGSTER_YAML = """\
 # Written by facepipeline for its local Dagster instance (runs, events, schedules).
@@ -16,13 +20,31 @@ telemetry:
 """
 
 
+def load_env_file() -> Path | None:
+    """Defaults from ``./.env``, else from the checkout's ``.env``; real variables always win."""
+    for candidate in (Path.cwd() / ".env", PROJECT_ROOT / ".env"):
+        if candidate.is_file():
+            break
+    else:
+        return None
+    for key, value in dotenv_values(candidate).items():
+        if key in os.environ or value is None:
+            continue
+        if key in PATH_SETTINGS:
+            value = str((candidate.parent / Path(value).expanduser()).resolve())
+        elif key == "FACEPIPELINE_SOURCE" and value.startswith("folder:"):
+            value = f"folder:{(candidate.parent / Path(value.removeprefix('folder:')).expanduser()).resolve()}"
+        os.environ[key] = value
+    return candidate
+
+
 def prepare_environment() -> Path:
-    """Load ``.env`` (real variables win) and make sure DAGSTER_HOME exists; returns it.
+    """Load the .env defaults and make sure DAGSTER_HOME exists; returns it.
 
     DAGSTER_HOME defaults to ``$FACEPIPELINE_HOME/dagster`` so ``facepipeline`` runs and
     ``make ui`` share one instance, and every run shows up in the UI.
     """
-    load_dotenv(Path.cwd() / ".env", override=False)
+    load_env_file()
     home = Path(os.environ.get("FACEPIPELINE_HOME", DEFAULT_HOME)).expanduser().resolve()
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster").expanduser().resolve()
     dagster_home.mkdir(parents=True, exist_ok=True)

@@ -78,6 +78,8 @@ def _human_summary(summary: dict) -> str:
     else:
         lines.append(f"  metrics:  {metrics.get('message')}")
     lines.append(f"  metrics file: {summary['metrics_path']}")
+    lines.append(f"  embeddings:   {summary['embeddings_path']}")
+    lines.append(f"  photo cache:  {summary['photo_cache']}")
     return "\n".join(lines)
 
 

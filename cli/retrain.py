@@ -48,6 +48,8 @@ def retrain(settings: Settings, *, mode: str, min_faces_per_person: int, target_
         "index_version": version.name,
         "index_path": str(version.path),
         "metrics_path": str(version.path / "metrics.json"),
+        "embeddings_path": embeddings["path"],
+        "photo_cache": photos["cache_dir"],
         "model": version.manifest["model"],
         "metrics": {
             key: metrics.get(key)

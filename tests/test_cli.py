@@ -14,9 +14,11 @@ from tests.conftest import MODEL_ROOT, PACK, REPO, copy_people, people_with_most
 SCRIPT = Path(sys.executable).with_name("facepipeline")
 
 
-def facepipeline(*args: str, home: Path, cwd: Path) -> subprocess.CompletedProcess:
+def facepipeline(*args: str, home: Path, cwd: Path, model_from_env: bool = True) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEPIPELINE_", "DAGSTER_"))}
-    env.update(FACEPIPELINE_HOME=str(home), FACEPIPELINE_MODEL_ROOT=str(MODEL_ROOT), FACEPIPELINE_MODEL=PACK)
+    env.update(FACEPIPELINE_HOME=str(home))
+    if model_from_env:
+        env.update(FACEPIPELINE_MODEL_ROOT=str(MODEL_ROOT), FACEPIPELINE_MODEL=PACK)
     return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
@@ -73,6 +75,15 @@ def test_errors_are_one_clear_line_and_a_non_zero_exit(tmp_path):
     ):
         done = facepipeline(*args, home=tmp_path / "home", cwd=tmp_path)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_run_from_another_folder_it_uses_the_checkouts_env_defaults(tmp_path):
+    faces = copy_people(tmp_path / "faces", people_with_most_photos(3, skip=40), 4)
+    done = facepipeline("retrain", "--source", f"folder:{faces}", home=tmp_path / "home", cwd=tmp_path, model_from_env=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "embeddings:" in done.stdout and f"{tmp_path / 'home'}" in done.stdout
+    manifest = json.loads((tmp_path / "home" / "index" / "v1" / "manifest.json").read_text())
+    assert manifest["model"]["model_pack"] == PACK
 
 
 def test_the_checkouts_env_file_points_at_the_shared_test_pack():
