@@ -13,10 +13,6 @@ class ModelPackError(FacePipelineError):
     """A model pack is missing, incomplete or not what the caller expected."""
 
 
-class DatasetError(FacePipelineError):
-    """The verified-face dataset cannot be trained on (for example fewer than two people)."""
-
-
 class ImageError(FacePipelineError):
     """Bytes that cannot be turned into a usable image (corrupt, not an image, too large)."""
 

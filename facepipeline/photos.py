@@ -147,16 +147,6 @@ class PhotoCache:
     def read(self, sha256: str) -> bytes:
         return self.path_for(sha256).read_bytes()
 
-    def lookup(self, ref: str) -> PhotoRecord | None:
-        with self._db_lock:
-            row = self._db.execute(
-                "select status, sha256, size, error from photos where reference = ?", (ref,)
-            ).fetchone()
-        if row is None:
-            return None
-        status, sha, size, error = row
-        return PhotoRecord(ref=ref, status=status, sha256=sha, size=size, error=error)
-
     def fetch_all(
         self, refs: Iterable[str], progress: Callable[[int, int, int], None] | None = None
     ) -> list[PhotoRecord]:
