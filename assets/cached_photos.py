@@ -32,6 +32,7 @@ def cached_photos(context: AssetExecutionContext, verified_faces: pa.Table, arti
             "photos_ok": summary.ok,
             "photos_failed": summary.failed,
             "fetched": summary.fetched,
+            "fetch_attempts": summary.attempts,
             "fetched_bytes": summary.fetched_bytes,
             "from_cache": summary.from_cache,
             "cache_dir": MetadataValue.path(cache_dir),

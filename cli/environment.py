@@ -20,22 +20,26 @@ telemetry:
 """
 
 
-def load_env_file() -> Path | None:
-    """Defaults from ``./.env``, else from the checkout's ``.env``; real variables always win."""
-    for candidate in (Path.cwd() / ".env", PROJECT_ROOT / ".env"):
-        if candidate.is_file():
-            break
-    else:
-        return None
-    for key, value in dotenv_values(candidate).items():
-        if key in os.environ or value is None:
+def load_env_files() -> list[Path]:
+    """Defaults from ``./.env``, then from the checkout's ``.env`` beneath it.
+
+    Real variables win over both, and ``./.env`` over the checkout's; an empty value sets nothing.
+    Returns the files read.
+    """
+    read = []
+    for candidate in dict.fromkeys((Path.cwd() / ".env", PROJECT_ROOT / ".env")):
+        if not candidate.is_file():
             continue
-        if key in PATH_SETTINGS:
-            value = str((candidate.parent / Path(value).expanduser()).resolve())
-        elif key == "FACEPIPELINE_SOURCE" and value.startswith("folder:"):
-            value = f"folder:{(candidate.parent / Path(value.removeprefix('folder:')).expanduser()).resolve()}"
-        os.environ[key] = value
-    return candidate
+        read.append(candidate)
+        for key, value in dotenv_values(candidate).items():
+            if key in os.environ or not value:
+                continue
+            if key in PATH_SETTINGS:
+                value = str((candidate.parent / Path(value).expanduser()).resolve())
+            elif key == "FACEPIPELINE_SOURCE" and value.startswith("folder:"):
+                value = f"folder:{(candidate.parent / Path(value.removeprefix('folder:')).expanduser()).resolve()}"
+            os.environ[key] = value
+    return read
 
 
 def prepare_environment() -> Path:
@@ -44,7 +48,7 @@ def prepare_environment() -> Path:
     DAGSTER_HOME defaults to ``$FACEPIPELINE_HOME/dagster`` so ``facepipeline`` runs and
     ``make ui`` share one instance, and every run shows up in the UI.
     """
-    load_env_file()
+    load_env_files()
     home = Path(os.environ.get("FACEPIPELINE_HOME", DEFAULT_HOME)).expanduser().resolve()
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster").expanduser().resolve()
     dagster_home.mkdir(parents=True, exist_ok=True)

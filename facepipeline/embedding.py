@@ -28,13 +28,19 @@ MIN_BOX_IOU = 0.3
 STAGE_VERSION = 1
 
 # Why a face has no embedding. The text beside each code in FaceEmbedding.error gives details.
-PHOTO_UNAVAILABLE = "photo_unavailable"
-PHOTO_UNREADABLE = "photo_unreadable"
+PHOTO_UNAVAILABLE = "photo_unavailable"  # the photo could not be fetched
+PHOTO_UNREADABLE = "photo_unreadable"  # its bytes are not a usable image
+CACHE_READ_ERROR = "cache_read_error"  # the cached bytes could not be read (disk, permissions)
 BOX_OUTSIDE_PHOTO = "box_outside_photo"
 NO_FACE_IN_BOX = "no_face_in_box"
 NO_FACE_ON_PHOTO = "no_face_on_photo"
 NON_FINITE_EMBEDDING = "non_finite_embedding"
 UNEXPECTED_ERROR = "unexpected_error"
+# Failures that the same bytes, box and stage would repeat: not retried until one of them changes.
+# The others (a disk error, an unexpected exception) are retried on every run.
+PERMANENT_FAILURES = frozenset(
+    {PHOTO_UNREADABLE, BOX_OUTSIDE_PHOTO, NO_FACE_IN_BOX, NO_FACE_ON_PHOTO, NON_FINITE_EMBEDDING}
+)
 
 
 def stage_fingerprint(model: FaceModel) -> str:
@@ -163,8 +169,12 @@ def _find_faces(
 ) -> list[FaceEmbedding | tuple[FaceJob, Detection, np.ndarray]]:
     """Each job of one photo: its aligned face, or why there is none."""
     try:
-        image = decode_image(read_photo(photo_jobs[0].photo_sha256))
-    except (FacePipelineError, OSError) as exc:
+        data = read_photo(photo_jobs[0].photo_sha256)
+    except OSError as exc:
+        return [FaceEmbedding.failed(job.face_id, CACHE_READ_ERROR, f"cached photo unreadable: {exc}") for job in photo_jobs]
+    try:
+        image = decode_image(data)
+    except FacePipelineError as exc:
         return [FaceEmbedding.failed(job.face_id, PHOTO_UNREADABLE, f"photo unreadable: {exc}") for job in photo_jobs]
     height, width = image.shape[:2]
     central: Detection | None = None

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from facepipeline.errors import FacePipelineError
-from facepipeline.embedding import PHOTO_UNAVAILABLE, FaceJob, Progress, embed_faces, stage_fingerprint
+from facepipeline.embedding import PERMANENT_FAILURES, PHOTO_UNAVAILABLE, FaceJob, Progress, embed_faces, stage_fingerprint
 from facepipeline.faces import VerifiedFace
 from facepipeline.model.face_model import FaceModel
 from facepipeline.photos import PhotoRecord
@@ -73,7 +73,7 @@ class EmbeddingReport:
     reused: int = 0
     failed: int = 0
     failed_before: int = 0
-    """Faces whose earlier failure stands (same photo, box and stage): not retried."""
+    """Faces whose earlier, permanent failure stands (same photo, box and stage): not retried."""
     seconds: float = 0.0
     failure_reasons: dict[str, int] = field(default_factory=dict)
     """Failed faces by error code."""
@@ -163,10 +163,10 @@ def update_embeddings(
     parts = [_rows_to_table(list(plan.new_rows.values()), schema)]
     if plan.reuse:
         rows, reused_faces = zip(*plan.reuse, strict=True)
-        parts.append(_relabelled(previous.take(list(rows)), reused_faces))
+        parts.append(_relabelled(previous.take(pa.array(rows, type=pa.int64())), reused_faces))
     combined = pa.concat_tables(parts)
     position = {face_id: i for i, face_id in enumerate(combined.column("face_id").to_pylist())}
-    table = combined.take([position[face.face_id] for face in faces])
+    table = combined.take(pa.array([position[face.face_id] for face in faces], type=pa.int64()))
 
     statuses = table.column("status").to_pylist()
     reused_status = Counter(statuses[position_in_faces] for position_in_faces in _positions(faces, plan.reuse))
@@ -187,7 +187,7 @@ def _plan(
     model: FaceModel, faces: Sequence[VerifiedFace], photos: Mapping[str, PhotoRecord], previous: pa.Table | None, now: datetime
 ) -> _Plan:
     fingerprint = stage_fingerprint(model)
-    by_face, by_key = _earlier_rows(previous)
+    by_face, by_key = _earlier_rows(previous)  # only rows worth keeping: embedded, or failed for good
     plan = _Plan()
     for face in faces:
         record = photos.get(face.photo_ref)
@@ -218,17 +218,23 @@ def _conformed(table: pa.Table | None, schema: pa.Schema) -> pa.Table | None:
         return None
     try:
         return table.cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+    except (pa.ArrowException, TypeError, ValueError):  # e.g. 512-d vectors where 256-d are wanted
         return None
 
 
 def _earlier_rows(table: pa.Table | None) -> tuple[dict[str, tuple[int, str]], dict[str, int]]:
-    """face id -> (row, key), and key -> row, of an earlier embeddings table."""
+    """face id -> (row, key), and key -> row, of the reusable rows of an earlier embeddings table.
+
+    Reusable: embedded, or failed in a way the same inputs would repeat (PERMANENT_FAILURES).
+    """
     if table is None:
         return {}, {}
-    ids, keys = table.column("face_id").to_pylist(), table.column("embed_key").to_pylist()
-    by_face = {face_id: (row, key) for row, (face_id, key) in enumerate(zip(ids, keys, strict=True))}
-    by_key = {key: row for row, key in enumerate(keys)}
+    columns = (table.column(name).to_pylist() for name in ("face_id", "embed_key", "status", "error_code"))
+    by_face, by_key = {}, {}
+    for row, (face_id, key, status, code) in enumerate(zip(*columns, strict=True)):
+        if status == OK or code in PERMANENT_FAILURES:
+            by_face[face_id] = (row, key)
+            by_key[key] = row
     return by_face, by_key
 
 

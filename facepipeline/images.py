@@ -17,6 +17,7 @@ DEFAULT_MAX_PIXELS = 100_000_000
 MIN_SIDE = 16
 
 _ORIENTATION = 0x0112  # the EXIF tag that says how to rotate the photo for display
+_WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 
 # Everything Pillow raises on a malformed header or body, beside its own UnidentifiedImageError.
 _PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, TypeError, ZeroDivisionError)
@@ -47,9 +48,19 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         img.load()  # Pillow raises on a truncated file (OpenCV would return a half-grey image)
         if img.getexif().get(_ORIENTATION, 1) != 1:
             img = ImageOps.exif_transpose(img)
+        if img.mode in _WIDE_GREY_MODES:
+            img = _to_8_bit_grey(img)
         if img.mode != "RGB":
             img = img.convert("RGB")
         return cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2BGR)
+
+
+def _to_8_bit_grey(img: Image.Image) -> Image.Image:
+    """16-bit and float greyscale to 8 bits by scaling (Pillow's convert would clip them to white)."""
+    samples = np.asarray(img, dtype=np.float32)
+    if samples.size and samples.max() > 255:
+        samples = samples / 257.0  # 0..65535 -> 0..255
+    return Image.fromarray(np.clip(np.rint(samples), 0, 255).astype(np.uint8), "L")
 
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:

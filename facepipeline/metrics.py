@@ -15,9 +15,9 @@ the others where they were, so two versions are compared on (nearly) the same pr
   best similarity still reaches t: the rate at which an unknown face would be given somebody's
   name. With N faces, FARs below about 3/N cannot be shown (``far_resolution`` = 1/N).
 * the recommended threshold: the lowest threshold whose FAR is at most the target. When no
-  threshold reaches the target (too few strangers to measure it, or people too alike), the
-  one with the lowest FAR is reported with ``target_met = False``; so is a threshold that would
-  reject every face (recall 0).
+  threshold reaches the target with recall > 0 (people too alike), the one with the lowest FAR is
+  reported with ``target_met = False``. ``target_met`` is also False when there are too few
+  strangers to show the target at all (fewer than 3 / target_far searches: ``far_verifiable``).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class Evaluation:
     target_met: bool | None = None
     impostor_trials: int = 0
     far_resolution: float | None = None
+    far_verifiable: bool | None = None
     far: float | None = None
     precision: float | None = None
     recall: float | None = None
@@ -159,10 +160,11 @@ def evaluate(
     per_person = defaultdict(list)
     for person, ok in zip(truth[probes], correct, strict=True):
         per_person[person].append(ok)
+    verifiable = config.target_far >= 3 / len(impostor)
     message = f"held out {len(probes)} of {len(person_ids)} faces from {len(per_person)} people"
     if not passing:
         message += f"; no threshold reaches FAR <= {config.target_far} with recall > 0 (best: FAR {chosen.far} at {chosen.threshold})"
-    elif config.target_far < 3 / len(impostor):
+    if not verifiable:
         message += f"; {len(impostor)} impostor trials cannot show a FAR below ~{3 / len(impostor):.4f}"
     return Evaluation(
         status="ok",
@@ -174,9 +176,10 @@ def evaluate(
         rank1_accuracy_macro=round(float(np.mean([np.mean(v) for v in per_person.values()])), 4),
         recommended_threshold=chosen.threshold,
         target_far=config.target_far,
-        target_met=bool(passing),
+        target_met=bool(passing) and verifiable,
         impostor_trials=len(impostor),
         far_resolution=round(1 / len(impostor), 6),
+        far_verifiable=verifiable,
         far=chosen.far,
         precision=chosen.precision,
         recall=chosen.recall,

@@ -43,6 +43,8 @@ class PhotoRecord:
     error: str | None = None
     fetched: bool = False
     """True when the bytes were fetched by this call, False when they came from the cache."""
+    source_stamp: str | None = None
+    """For a local file, its size and mtime *before* it was read (so an edit during the read shows)."""
 
     @property
     def ok(self) -> bool:
@@ -74,6 +76,8 @@ class FetchSummary:
     fetched: int
     fetched_bytes: int
     from_cache: int
+    attempts: int
+    """Photos this call tried to fetch, failures (earlier ones retried) included."""
 
     def line(self) -> str:
         return f"processed {self.ok}/{self.total} photos ({self.failed} failed; {self.fetched} fetched, {self.from_cache} from cache)"
@@ -89,6 +93,7 @@ def summarize(records: Iterable[PhotoRecord]) -> FetchSummary:
         fetched=len(fetched),
         fetched_bytes=sum(r.size or 0 for r in fetched),
         from_cache=sum(r.ok and not r.fetched for r in records),
+        attempts=sum(r.fetched for r in records),
     )
 
 
@@ -189,16 +194,18 @@ class PhotoCache:
         return [records[ref] for ref in unique]
 
     def _fetch_one(self, ref: str) -> PhotoRecord:
+        stamp = _source_stamp(ref)
         try:
             data = self._download(ref)
             image_size(data)  # header check only: refuse HTML pages and empty bodies early
         except (PhotoFetchError, ImageError) as exc:
-            return PhotoRecord(ref=ref, status="failed", error=str(exc), fetched=True)
+            return PhotoRecord(ref=ref, status="failed", error=str(exc), fetched=True, source_stamp=stamp)
         except Exception as exc:  # one photo must never stop the others: record it, go on
-            return PhotoRecord(ref=ref, status="failed", error=f"unexpected {type(exc).__name__}: {exc}", fetched=True)
+            error = f"unexpected {type(exc).__name__}: {exc}"
+            return PhotoRecord(ref=ref, status="failed", error=error, fetched=True, source_stamp=stamp)
         sha = hashlib.sha256(data).hexdigest()
         self._store(sha, data)
-        return PhotoRecord(ref=ref, status="ok", sha256=sha, size=len(data), fetched=True)
+        return PhotoRecord(ref=ref, status="ok", sha256=sha, size=len(data), fetched=True, source_stamp=stamp)
 
     def _download(self, ref: str) -> bytes:
         scheme = urlparse(ref).scheme.lower()
@@ -259,7 +266,7 @@ class PhotoCache:
         if not records:
             return
         now = time.time()
-        rows = [(r.ref, r.sha256, r.size, r.status, r.error, now, _source_stamp(r.ref)) for r in records]
+        rows = [(r.ref, r.sha256, r.size, r.status, r.error, now, r.source_stamp) for r in records]
         with self._db_lock, self._db:
             self._db.executemany(
                 "insert into photos (reference, sha256, size, status, error, fetched_at, source_stamp)"

@@ -175,3 +175,35 @@ def test_changing_a_detection_setting_redoes_the_faces(face_model, tmp_path, sma
     stricter = FaceModel.load(MODEL_ROOT, PACK, det_thresh=0.6)
     _, report = build(stricter, tmp_path, faces, previous=first)
     assert (report.embedded, report.reused) == (3, 0)
+
+
+def test_a_passing_disk_error_is_retried_but_a_face_that_is_not_there_is_not(face_model, tmp_path, small_faces):
+    person = next(p for p in sorted(small_faces.iterdir()) if p.is_dir())
+    (person / "blank.jpg").write_bytes(BLANK)
+    faces = [f for f in FolderSource(small_faces).verified_faces() if f.photo_ref.startswith(person.as_uri())][:3]
+    faces += [f for f in FolderSource(small_faces).verified_faces() if f.photo_ref.endswith("blank.jpg")]
+    with PhotoCache(tmp_path / "cache") as cache:
+        records = {r.ref: r for r in cache.fetch_all(f.photo_ref for f in faces)}
+        flaky_sha = records[faces[0].photo_ref].sha256
+
+        def read_with_one_disk_error(sha: str) -> bytes:
+            if sha == flaky_sha:
+                raise OSError(24, "Too many open files")
+            return cache.read(sha)
+
+        first, report = update_embeddings(face_model, faces, records, read_with_one_disk_error, None)
+        codes = dict(zip(first.column("face_id").to_pylist(), first.column("error_code").to_pylist(), strict=True))
+        assert codes[faces[0].face_id] == "cache_read_error" and codes[faces[-1].face_id] == "no_face_on_photo"
+        second, report = update_embeddings(face_model, faces, records, cache.read, first)
+    assert (report.embedded, report.reused, report.failed_before, report.failed) == (1, 2, 1, 1)
+
+
+def test_an_earlier_table_from_a_model_with_another_dimension_is_set_aside(face_model, tmp_path, small_faces):
+    from facepipeline.embedding_store import embeddings_schema
+
+    faces = FolderSource(small_faces).verified_faces()[:2]
+    other_model = pa.Table.from_pylist([], schema=embeddings_schema(256))
+    _, report = build(face_model, tmp_path, faces, previous=other_model)
+    assert (report.embedded, report.reused) == (2, 0)
+    empty, report = build(face_model, tmp_path, [])
+    assert empty.num_rows == 0 and report.faces_total == 0

@@ -58,6 +58,7 @@ def test_an_unreachable_far_target_is_flagged_not_hidden():
     assert "cannot show" not in reachable.message
     strict = evaluate(separable, entries.column("person_id").to_pylist(), EvaluationConfig(target_far=0.001))
     assert "240 impostor trials cannot show a FAR below ~0.0125" in strict.message
+    assert strict.far == 0.0 and strict.far_verifiable is False and strict.target_met is False
 
 
 def test_adding_people_leaves_the_held_out_faces_of_the_others_in_place():

@@ -87,3 +87,31 @@ def test_malformed_headers_fail_alone_and_urls_are_logged_without_their_tokens(t
     assert all(r.error.startswith("corrupt image") for r in records[:2])
     signed = "https://user:secret@gallery.example/photos/a.jpg?token=abc123&expires=1"
     assert redact_ref(signed) == "https://gallery.example/photos/a.jpg"
+
+
+def test_a_file_edited_while_it_is_cached_is_read_again_next_time(tmp_path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(JPEG)
+    with PhotoCache(tmp_path / "cache") as cache:
+        def edit_during_the_run(done, total, failed):
+            photo.write_bytes(OTHER_JPEG)  # the gallery replaces the photo after it was read
+
+        [first] = cache.fetch_all([photo.as_uri()], progress=edit_during_the_run)
+        [second] = cache.fetch_all([photo.as_uri()])
+    assert first.sha256 != second.sha256 and second.fetched
+    assert cache.read(second.sha256) == OTHER_JPEG
+
+
+def test_a_cache_made_before_local_files_were_rechecked_is_migrated(tmp_path):
+    import sqlite3
+
+    (tmp_path / "cache").mkdir()
+    with sqlite3.connect(tmp_path / "cache" / "manifest.sqlite3") as db:
+        db.execute(
+            "create table photos (reference text primary key, sha256 text, size integer,"
+            " status text not null, error text, fetched_at real not null)"
+        )
+    photo = (FACES / "Colin_Powell" / "Colin_Powell_0001.jpg").as_uri()
+    with PhotoCache(tmp_path / "cache") as cache:
+        assert cache.fetch_all([photo])[0].fetched
+        assert not cache.fetch_all([photo])[0].fetched
