@@ -70,11 +70,14 @@ def _human_summary(summary: dict) -> str:
         f"  index:    {summary['index_version']} at {summary['index_path']}",
     ]
     if metrics.get("status") == "ok":
+        verdict = "met" if metrics["target_met"] else "NOT met"
         lines.append(
             f"  metrics:  rank-1 {metrics['rank1_accuracy']:.4f} (macro {metrics['rank1_accuracy_macro']:.4f}); "
-            f"at threshold {metrics['recommended_threshold']:.2f} (FAR <= {metrics['target_far']}): "
-            f"precision {metrics['precision']:.4f}, recall {metrics['recall']:.4f}"
+            f"at threshold {metrics['recommended_threshold']:.2f}: FAR {metrics['far']:.5f} "
+            f"(target <= {metrics['target_far']} {verdict}), precision {metrics['precision']:.4f}, recall {metrics['recall']:.4f}"
         )
+        if not metrics["target_met"]:
+            lines.append(f"            {metrics['message']}")
     else:
         lines.append(f"  metrics:  {metrics.get('message')}")
     lines.append(f"  metrics file: {summary['metrics_path']}")
