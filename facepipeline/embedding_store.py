@@ -168,9 +168,10 @@ def update_embeddings(
     position = {face_id: i for i, face_id in enumerate(combined.column("face_id").to_pylist())}
     table = combined.take(pa.array([position[face.face_id] for face in faces], type=pa.int64()))
 
-    statuses = table.column("status").to_pylist()
-    reused_status = Counter(statuses[position_in_faces] for position_in_faces in _positions(faces, plan.reuse))
-    codes = Counter(code for status, code in zip(statuses, table.column("error_code").to_pylist(), strict=True) if status != OK)
+    earlier_status = previous.column("status").to_pylist() if plan.reuse else []
+    reused_status = Counter(earlier_status[row] for row, _ in plan.reuse)
+    statuses, error_codes = table.column("status").to_pylist(), table.column("error_code").to_pylist()
+    codes = Counter(code for status, code in zip(statuses, error_codes, strict=True) if status != OK)
     report = EmbeddingReport(
         faces_total=len(faces),
         embedded=sum(1 for row in plan.new_rows.values() if row["status"] == OK),
@@ -205,11 +206,6 @@ def _plan(
         else:
             plan.jobs.append(FaceJob(face.face_id, sha, face.bbox))
     return plan
-
-
-def _positions(faces: Sequence[VerifiedFace], reuse: list[tuple[int, VerifiedFace]]) -> list[int]:
-    index = {face.face_id: i for i, face in enumerate(faces)}
-    return [index[face.face_id] for _, face in reuse]
 
 
 def _conformed(table: pa.Table | None, schema: pa.Schema) -> pa.Table | None:
