@@ -21,6 +21,10 @@ class VerifiedFace:
     """The confirmed box, or None: then the detected face nearest the photo's centre is the one."""
     event_id: str | None = None
     event_name: str | None = None
+    photo_id: str | None = None
+    """The gallery's ``photos.id`` (None for the folder source)."""
+    event_date: str | None = None
+    """The event's day, ISO 8601."""
 
 
 VERIFIED_FACES_SCHEMA = pa.schema(
@@ -35,6 +39,8 @@ VERIFIED_FACES_SCHEMA = pa.schema(
         pa.field("bbox_height", pa.float64()),
         pa.field("event_id", pa.string()),
         pa.field("event_name", pa.string()),
+        pa.field("photo_id", pa.string()),
+        pa.field("event_date", pa.string()),
     ]
 )
 
@@ -52,6 +58,8 @@ def faces_to_table(faces: Iterable[VerifiedFace]) -> pa.Table:
             "bbox_height": f.bbox.height if f.bbox else None,
             "event_id": f.event_id,
             "event_name": f.event_name,
+            "photo_id": f.photo_id,
+            "event_date": f.event_date,
         }
         for f in faces
     ]
@@ -73,6 +81,8 @@ def table_to_faces(table: pa.Table) -> list[VerifiedFace]:
                 bbox=bbox,
                 event_id=row["event_id"],
                 event_name=row["event_name"],
+                photo_id=row.get("photo_id"),
+                event_date=row.get("event_date"),
             )
         )
     return faces

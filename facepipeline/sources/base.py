@@ -1,12 +1,53 @@
-"""The interface every source of verified faces offers, and the parser of source specs."""
+"""The interface every source of verified faces offers, the filters it takes, and the spec parser."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from facepipeline.dataset import faces_per_person
 from facepipeline.errors import SourceError
 from facepipeline.faces import VerifiedFace
+
+
+@dataclass(frozen=True)
+class FaceFilters:
+    """Which verified faces to train on (SPEC section 2): all of them by default."""
+
+    event_ids: tuple[str, ...] = ()
+    person_ids: tuple[str, ...] = ()
+    date_from: date | None = None
+    """Only photos of events on or after this day."""
+    date_to: date | None = None
+    """Only photos of events on or before this day."""
+    min_faces_per_person: int = 1
+    include_co_occurring: bool = False
+    """With ``person_ids``: also take the people who appear on the same photos as those people."""
+
+    @property
+    def by_event(self) -> bool:
+        return bool(self.event_ids) or self.date_from is not None or self.date_to is not None
+
+
+@dataclass(frozen=True)
+class RejectedFace:
+    """A verified row that cannot be trained on as it is (a malformed box, say), and why."""
+
+    face_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FaceRead:
+    faces: list[VerifiedFace]
+    rejected: list[RejectedFace] = field(default_factory=list)
+    dropped_by_min_faces: int = 0
+    """Faces of people with fewer than ``min_faces_per_person`` faces, left out."""
+    added_as_co_occurring: int = 0
+    """People added because they appear on photos with the selected people."""
 
 
 @runtime_checkable
@@ -16,18 +57,57 @@ class FaceSource(Protocol):
         """A human description that is safe to log (never a secret)."""
         ...
 
-    def verified_faces(self) -> list[VerifiedFace]:
-        """Every verified face with a person, in a stable order."""
+    def read(self, filters: FaceFilters) -> FaceRead:
+        """The verified faces with a person that pass the filters, in a stable order."""
         ...
 
 
-def open_source(spec: str) -> FaceSource:
-    """Open a source from its spec: ``folder:DIR`` (a folder per person)."""
-    kind, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        raise SourceError(f"source must look like 'folder:DIR', got {spec!r}")
-    if kind == "folder":
+def select_people(faces: Sequence[VerifiedFace], rejected: list[RejectedFace], filters: FaceFilters) -> FaceRead:
+    """The person filters every source shares: chosen people (and their company), then the minimum.
+
+    ``faces`` already passed the event filters. With ``include_co_occurring``, the people who share
+    a photo with a chosen person are kept too, so the index also learns who they are not.
+    """
+    chosen = set(filters.person_ids)
+    added = 0
+    if chosen:
+        if filters.include_co_occurring:
+            photos = {f.photo_ref for f in faces if f.person_id in chosen}
+            company = {f.person_id for f in faces if f.photo_ref in photos} - chosen
+            added = len(company)
+            chosen |= company
+        faces = [f for f in faces if f.person_id in chosen]
+    counts = faces_per_person(faces)
+    kept = [f for f in faces if counts[f.person_id] >= filters.min_faces_per_person]
+    return FaceRead(kept, rejected, dropped_by_min_faces=len(faces) - len(kept), added_as_co_occurring=added)
+
+
+def open_source(spec: str, **options) -> FaceSource:
+    """Open a source from its spec.
+
+    * ``folder:DIR``: a folder per person (or a ``face_boxes.csv``), no database;
+    * ``postgres:DSN``: the gallery's database over a direct Postgres connection;
+    * ``supabase``: the gallery's database over Supabase's REST API (``url`` and ``service_role_key``
+      in ``options``).
+    """
+    kind, _, rest = spec.partition(":")
+    if kind == "folder" and rest:
         from facepipeline.sources.folder import FolderSource
 
         return FolderSource(Path(rest))
-    raise SourceError(f"unknown source kind {kind!r} in {spec!r} (known: folder)")
+    if spec.startswith(("postgresql://", "postgres://")) or (kind == "postgres" and rest):
+        from facepipeline.gallery.postgres import PostgresGallery
+
+        return PostgresGallery(rest if kind == "postgres" and not rest.startswith("//") else spec, **options)
+    if spec == "supabase":
+        from facepipeline.gallery.rest import RestGallery
+
+        return RestGallery(**options)
+    raise SourceError(f"unknown source {_safe(spec)!r}: use folder:DIR, postgres:DSN or supabase")
+
+
+def _safe(spec: str) -> str:
+    """A spec for an error message: a DSN's password never shows."""
+    from facepipeline.gallery.secrets import redact_dsn
+
+    return redact_dsn(spec)

@@ -1,0 +1,160 @@
+"""The gallery's ``face_recognition_config`` table: parsed, validated, and remembered locally.
+
+Each row is a key and a JSON value (SPEC section 2). facepipeline knows five keys and validates
+them as SPEC section 3 says; keys it does not know belong to the gallery app and are left alone.
+The last good copy is kept under ``FACEPIPELINE_HOME`` so a retrain can still start, with a
+warning, while the database is unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from facepipeline.errors import FacePipelineError
+
+
+class ConfigError(FacePipelineError, ValueError):
+    """A config value outside what the SPEC allows, or a key facepipeline does not know."""
+
+
+THRESHOLD_LEVELS = ("low_data", "medium_data", "high_data")
+
+
+@dataclass(frozen=True)
+class ConfidenceThresholds:
+    """Similarity a suggestion needs, by how much data its person has (SPEC section 3)."""
+
+    low_data: float = 0.75
+    medium_data: float = 0.65
+    high_data: float = 0.55
+
+
+@dataclass(frozen=True)
+class GalleryConfig:
+    confidence_thresholds: ConfidenceThresholds = field(default_factory=ConfidenceThresholds)
+    context_weight: float = 0.1
+    min_faces_per_person: int = 3
+    auto_retrain_threshold: int = 25
+    auto_retrain_percentage: float = 0.1
+
+    @classmethod
+    def from_rows(cls, rows: Mapping[str, Any]) -> tuple[GalleryConfig, list[str]]:
+        """Parse the table's rows (key -> JSON value); returns the config and what was defaulted.
+
+        Raises :class:`ConfigError` naming the first bad key. Keys facepipeline does not know are
+        ignored; keys it knows but that are missing take the SPEC's initial values.
+        """
+        defaults = cls()
+        values: dict[str, Any] = {}
+        notes = []
+        for key in KNOWN_KEYS:
+            if key in rows:
+                values[key] = parse_value(key, rows[key])
+            else:
+                values[key] = getattr(defaults, key)
+                notes.append(f"{key} is not in face_recognition_config; using {json.dumps(to_json(key, values[key]))}")
+        return cls(**values), notes
+
+    def to_rows(self) -> dict[str, Any]:
+        return {key: to_json(key, getattr(self, key)) for key in KNOWN_KEYS}
+
+
+def _number(key: str, value: Any, *, low: float = 0.0, high: float = 1.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key} must be a number between {low:g} and {high:g}, got {json.dumps(value)}")
+    if not low <= value <= high:
+        raise ConfigError(f"{key} must be between {low:g} and {high:g}, got {value:g}")
+    return float(value)
+
+
+def _whole(key: str, value: Any, *, minimum: int = 1) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} must be a whole number >= {minimum}, got {json.dumps(value)}")
+    if value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+    return value
+
+
+def _thresholds(key: str, value: Any) -> ConfidenceThresholds:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be an object with {', '.join(THRESHOLD_LEVELS)}, got {json.dumps(value)}")
+    unknown = sorted(set(value) - set(THRESHOLD_LEVELS))
+    if unknown:
+        raise ConfigError(f"{key} has unknown levels {', '.join(unknown)} (known: {', '.join(THRESHOLD_LEVELS)})")
+    missing = [level for level in THRESHOLD_LEVELS if level not in value]
+    if missing:
+        raise ConfigError(f"{key} is missing {', '.join(missing)}")
+    return ConfidenceThresholds(**{level: _number(f"{key}.{level}", value[level]) for level in THRESHOLD_LEVELS})
+
+
+_PARSERS = {
+    "confidence_thresholds": _thresholds,
+    "context_weight": _number,
+    "min_faces_per_person": _whole,
+    "auto_retrain_threshold": _whole,
+    "auto_retrain_percentage": _number,
+}
+KNOWN_KEYS = tuple(_PARSERS)
+
+
+def parse_value(key: str, value: Any) -> Any:
+    """Validate one key's JSON value; returns it in its typed form."""
+    if key not in _PARSERS:
+        raise ConfigError(f"unknown config key {key!r} (known: {', '.join(KNOWN_KEYS)})")
+    return _PARSERS[key](key, value)
+
+
+def to_json(key: str, value: Any) -> Any:
+    return asdict(value) if isinstance(value, ConfidenceThresholds) else value
+
+
+def parse_assignment(key: str, text: str, current: GalleryConfig) -> tuple[str, Any]:
+    """``config set KEY VALUE`` from the command line: returns the row to write (key, JSON value).
+
+    VALUE is JSON (``0.2``, ``{"low_data": 0.7, ...}``); a dotted key sets one threshold level
+    (``confidence_thresholds.low_data 0.7``) and keeps the others.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{key}: the value must be JSON (a number, or an object), got {text!r}") from None
+    top, _, level = key.partition(".")
+    if level:
+        if top != "confidence_thresholds":
+            raise ConfigError(f"only confidence_thresholds has parts (e.g. confidence_thresholds.low_data); got {key!r}")
+        if level not in THRESHOLD_LEVELS:
+            raise ConfigError(f"unknown level {level!r} (known: {', '.join(THRESHOLD_LEVELS)})")
+        value = {**asdict(current.confidence_thresholds), level: value}
+    return top, to_json(top, parse_value(top, value))
+
+
+class ConfigCache:
+    """The last config read successfully, one JSON file; used while the database is down."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def save(self, config: GalleryConfig, source: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.path.with_suffix(f".{os.getpid()}.tmp")
+        document = {"source": source, "saved_at": datetime.now(UTC).isoformat(timespec="seconds"), "config": config.to_rows()}
+        staging.write_text(json.dumps(document, indent=2, sort_keys=True))
+        os.replace(staging, self.path)
+
+    def load(self) -> tuple[GalleryConfig, str] | None:
+        """The remembered config and when it was saved, or None when there is none (or it is unreadable)."""
+        try:
+            document = json.loads(self.path.read_text())
+            config, _ = GalleryConfig.from_rows(document["config"])
+            return config, document["saved_at"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None

@@ -1,0 +1,245 @@
+"""The gallery over a direct Postgres connection (psycopg 3): Supabase's connection string, or any
+PostgreSQL with pgvector and the SPEC schema.
+
+Every statement is parameterised. Connections are short-lived, one per operation, opened with a
+connect timeout so an unreachable database fails fast; messages name host and port, never the
+password. Write-back is one ``UPDATE ... FROM unnest(...)`` per batch, each its own transaction,
+and touches only rows that are still verified, still labelled and boxed as they were read, and
+whose values actually change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import Jsonb
+
+from facepipeline.faces import VerifiedFace
+from facepipeline.gallery.base import (
+    DescriptorUpdate,
+    FaceLabel,
+    GalleryError,
+    GalleryUnavailable,
+    WriteBackInterrupted,
+    WriteBackReport,
+    session_fields,
+)
+from facepipeline.gallery.secrets import redact
+from facepipeline.geometry import BBox, BBoxError
+from facepipeline.sources.base import FaceFilters, FaceRead, RejectedFace, select_people
+
+_VERIFIED_FACES = """
+select f.id::text, f.person_id::text, coalesce(pe.real_name, pe.telegram_name, pe.telegram_nickname),
+       p.url, f.bbox, p.event_id::text, e.name, e.date::text, p.id::text
+from photo_faces f
+join photos p on p.id = f.photo_id
+join people pe on pe.id = f.person_id
+left join events e on e.id = p.event_id
+where f.verified and f.person_id is not null
+  and (%(event_ids)s::uuid[] is null or p.event_id = any(%(event_ids)s::uuid[]))
+  and (%(date_from)s::date is null or e.date >= %(date_from)s::date)
+  and (%(date_to)s::date is null or e.date <= %(date_to)s::date)
+  and (%(person_ids)s::uuid[] is null or f.person_id = any(%(person_ids)s::uuid[]))
+order by f.id
+"""
+
+_FACE_LABELS = """
+select f.id::text, f.photo_id::text, p.event_id::text, f.person_id::text
+from photo_faces f join photos p on p.id = f.photo_id
+where f.verified and f.person_id is not null
+order by f.id
+"""
+
+# One batch: which offered rows are still what we read (eligible), and which of those change.
+_WRITE_BATCH = """
+with incoming as (
+    select * from unnest(%(ids)s::uuid[], %(person_ids)s::uuid[], %(bboxes)s::jsonb[], %(descriptors)s::text[],
+                         %(confidences)s::real[], %(detected)s::jsonb[], %(contexts)s::jsonb[])
+           as t(id, person_id, bbox, descriptor, confidence, detected_bbox, context)
+),
+eligible as (
+    select f.id from photo_faces f join incoming i on i.id = f.id
+    where f.verified and f.person_id = i.person_id and f.bbox @> i.bbox
+),
+written as (
+    update photo_faces f
+    set insightface_descriptor = i.descriptor::vector,
+        insightface_confidence = i.confidence,
+        insightface_bbox = i.detected_bbox,
+        training_used = true,
+        training_context = i.context
+    from incoming i
+    where f.id = i.id and f.id in (select id from eligible)
+      and (f.insightface_descriptor is distinct from i.descriptor::vector
+           or f.insightface_confidence is distinct from i.confidence
+           or f.insightface_bbox is distinct from i.detected_bbox
+           or f.training_used is distinct from true
+           or (f.training_context - 'training_session_id') is distinct from (i.context - 'training_session_id'))
+    returning f.id
+)
+select (select array_agg(id::text) from eligible), (select count(*) from written)
+"""
+
+
+def exact_json(bbox: BBox) -> dict[str, float]:
+    """The box with the values it was read with (no rounding), for comparing with the row."""
+    return {"x": bbox.x, "y": bbox.y, "width": bbox.width, "height": bbox.height}
+
+
+class PostgresGallery:
+    def __init__(self, dsn: str, *, connect_timeout_s: int = 5, statement_timeout_s: float = 120.0) -> None:
+        self._dsn = dsn
+        self.connect_timeout_s = connect_timeout_s
+        self.statement_timeout_s = statement_timeout_s
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError:
+            raise GalleryError(f"not a valid Postgres connection string: {redact(dsn)}") from None
+        self._password = params.get("password")
+        self.where = f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
+        self._database = params.get("dbname") or params.get("user") or ""
+
+    @property
+    def description(self) -> str:
+        return f"postgres://{self.where}/{self._database}"
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _clean(self, exc: BaseException) -> str:
+        return redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, [self._password, self._dsn])
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        try:
+            conn = psycopg.connect(self._dsn, connect_timeout=self.connect_timeout_s, application_name="facepipeline")
+        except psycopg.Error as exc:
+            raise GalleryUnavailable(f"cannot reach the gallery database at {self.where}: {self._clean(exc)}") from None
+        try:
+            with conn:
+                conn.execute("select set_config('statement_timeout', %s, false)", [f"{int(self.statement_timeout_s * 1000)}"])
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise GalleryUnavailable(f"lost the gallery database at {self.where}: {self._clean(exc)}") from None
+        except psycopg.Error as exc:
+            raise GalleryError(f"the gallery database at {self.where} refused a query: {self._clean(exc)}") from None
+        finally:
+            conn.close()
+
+    def ping(self) -> None:
+        with self._connection() as conn:
+            conn.execute("select 1")
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read(self, filters: FaceFilters) -> FaceRead:
+        params = {
+            "event_ids": list(filters.event_ids) or None,
+            "date_from": filters.date_from,
+            "date_to": filters.date_to,
+            # With co-occurring people the person filter runs after the read, on the photos.
+            "person_ids": list(filters.person_ids) if filters.person_ids and not filters.include_co_occurring else None,
+        }
+        faces, rejected = [], []
+        with self._connection() as conn, conn.transaction():
+            with conn.cursor(name="verified_faces") as cursor:  # server-side: rows stream in
+                cursor.itersize = 5000
+                cursor.execute(_VERIFIED_FACES, params)
+                for face_id, person_id, name, url, bbox, event_id, event_name, event_date, photo_id in cursor:
+                    try:
+                        box = BBox.from_json(bbox)
+                    except BBoxError as exc:
+                        rejected.append(RejectedFace(face_id, f"bad bbox: {exc}"))
+                        continue
+                    faces.append(
+                        VerifiedFace(face_id, person_id, name, url, box, event_id, event_name, photo_id, event_date)
+                    )
+        return select_people(faces, rejected, filters)
+
+    def face_labels(self) -> list[FaceLabel]:
+        with self._connection() as conn:
+            return [FaceLabel(*row) for row in conn.execute(_FACE_LABELS)]
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write_descriptors(
+        self,
+        updates: Sequence[DescriptorUpdate],
+        *,
+        batch_size: int = 500,
+        progress: Callable[[WriteBackReport], None] | None = None,
+    ) -> WriteBackReport:
+        report = WriteBackReport(faces=len(updates))
+        try:
+            with self._connection() as conn:
+                for start in range(0, len(updates), batch_size):
+                    batch = updates[start : start + batch_size]
+                    with conn.transaction():
+                        eligible, written = conn.execute(_WRITE_BATCH, _batch_params(batch)).fetchone()
+                    eligible = set(eligible or ())
+                    report.batches_committed += 1
+                    report.written += written
+                    report.unchanged += len(eligible) - written
+                    skipped = [u.face_id for u in batch if u.face_id not in eligible]
+                    report.skipped += len(skipped)
+                    report.skipped_ids.extend(skipped)
+                    if progress:
+                        progress(report)
+        except GalleryUnavailable as exc:
+            raise WriteBackInterrupted(
+                f"{exc}; {report.done} of {report.faces} rows were committed before, the rest is left for the next run",
+                report,
+            ) from None
+        return report
+
+    def create_session(self, fields: Mapping[str, Any]) -> str:
+        columns = session_fields(fields)
+        names = ", ".join(columns)
+        values = ", ".join(f"%({name})s" for name in columns)
+        with self._connection() as conn:
+            (session_id,) = conn.execute(
+                f"insert into face_training_sessions ({names}) values ({values}) returning id::text", _jsonb(columns)
+            ).fetchone()
+        return session_id
+
+    def update_session(self, session_id: str, fields: Mapping[str, Any]) -> None:
+        columns = session_fields(fields)
+        assignments = ", ".join(f"{name} = %({name})s" for name in columns)
+        with self._connection() as conn:
+            conn.execute(
+                f"update face_training_sessions set {assignments} where id = %(session_id)s::uuid",
+                {**_jsonb(columns), "session_id": session_id},
+            )
+
+    def read_config(self) -> dict[str, Any]:
+        with self._connection() as conn:
+            return dict(conn.execute("select key, value from face_recognition_config order by key").fetchall())
+
+    def write_config(self, key: str, value: Any) -> None:
+        with self._connection() as conn:
+            conn.execute(
+                "insert into face_recognition_config (key, value) values (%s, %s) "
+                "on conflict (key) do update set value = excluded.value, updated_at = now()",
+                [key, Jsonb(value)],
+            )
+
+
+def _batch_params(batch: Sequence[DescriptorUpdate]) -> dict[str, list]:
+    return {
+        "ids": [u.face_id for u in batch],
+        "person_ids": [u.person_id for u in batch],
+        "bboxes": [Jsonb(exact_json(u.bbox)) for u in batch],
+        "descriptors": [u.vector_literal() for u in batch],
+        "confidences": [float(u.confidence) for u in batch],
+        "detected": [Jsonb(u.detected_bbox.to_json()) for u in batch],
+        "contexts": [Jsonb(dict(u.context)) for u in batch],
+    }
+
+
+def _jsonb(columns: Mapping[str, Any]) -> dict[str, Any]:
+    """Session columns as query parameters: ``metrics`` is jsonb."""
+    return {k: Jsonb(json.loads(json.dumps(v, default=str))) if k == "metrics" and v is not None else v for k, v in columns.items()}
