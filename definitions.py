@@ -1,10 +1,14 @@
 """The facepipeline code location: assets, jobs, schedules, sensors and the resources they use.
 
 Settings come from the environment (FACEPIPELINE_HOME, FACEPIPELINE_MODEL_ROOT, FACEPIPELINE_MODEL,
-FACEPIPELINE_SOURCE, FACEPIPELINE_PROVIDERS), read once, here.
+FACEPIPELINE_SOURCE, FACEPIPELINE_PROVIDERS, FACEPIPELINE_SEED_FOLDER), read once, here. The gallery's
+secrets (SUPABASE_DB_URL, SUPABASE_SERVICE_ROLE_KEY) reach the source resource only as ``EnvVar``s:
+resolved when a run starts, shown in the UI by name, never by value.
 """
 
-from dagster import Definitions, FilesystemIOManager
+import os
+
+from dagster import Definitions, EnvVar, FilesystemIOManager
 
 from assets import retrain_assets
 from facepipeline.settings import Settings
@@ -15,9 +19,28 @@ from resources import (
     FaceSourceResource,
     IndexVersionIOManager,
     ParquetTableIOManager,
+    RetrainOptionsResource,
 )
 from schedules import schedules
 from sensors import sensors
+
+
+SECRET_SETTINGS = {
+    "database_url": "SUPABASE_DB_URL",
+    "supabase_url": "SUPABASE_URL",
+    "service_role_key": "SUPABASE_SERVICE_ROLE_KEY",
+}
+
+
+def face_source_resource(settings: Settings) -> FaceSourceResource:
+    # Only variables that are set: an EnvVar that is missing fails every run, even a folder one.
+    secrets = {field: EnvVar(name) for field, name in SECRET_SETTINGS.items() if os.environ.get(name)}
+    return FaceSourceResource(
+        source=settings.source,
+        embedded_home=str(settings.gallery_home),
+        seed_folder=str(settings.seed_folder),
+        **secrets,
+    )
 
 
 def build_definitions(settings: Settings) -> Definitions:
@@ -28,7 +51,8 @@ def build_definitions(settings: Settings) -> Definitions:
         schedules=schedules,
         sensors=sensors,
         resources={
-            "face_source": FaceSourceResource(source=settings.source),
+            "face_source": face_source_resource(settings),
+            "retrain_options": RetrainOptionsResource.configure_at_launch(),
             "face_model": FaceModelResource(
                 pack=settings.model_pack, model_root=str(settings.model_root), providers=list(settings.providers)
             ),

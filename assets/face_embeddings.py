@@ -1,10 +1,7 @@
 """The face embeddings: one ArcFace vector per verified face, only new work redone."""
 
-from typing import Literal
-
 import pyarrow as pa
-from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
-from pydantic import Field
+from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from assets.errors import failures_explained
 from assets.metadata import counts_table
@@ -12,27 +9,21 @@ from facepipeline.embedding import Progress, stage_fingerprint
 from facepipeline.embedding_store import update_embeddings
 from facepipeline.faces import table_to_faces
 from facepipeline.photos import records_by_ref
-from resources import ArtifactStoreResource, FaceModelResource, table_name
+from resources import ArtifactStoreResource, FaceModelResource, RetrainOptionsResource, table_name
 
 
-class FaceEmbeddingsConfig(Config):
-    mode: Literal["incremental", "full"] = Field(
-        default="incremental",
-        description="incremental: embed only faces whose photo, box or model changed. full: embed everything again.",
-    )
-
-
-@asset(group_name="retrain", io_manager_key="table_io_manager", code_version="1", kinds={"python", "onnx", "parquet"})
+@asset(group_name="retrain", io_manager_key="table_io_manager", code_version="2", kinds={"python", "onnx", "parquet"})
 def face_embeddings(
     context: AssetExecutionContext,
-    config: FaceEmbeddingsConfig,
     verified_faces: pa.Table,
     cached_photos: pa.Table,
     face_model: FaceModelResource,
     artifacts: ArtifactStoreResource,
+    retrain_options: RetrainOptionsResource,
 ) -> Output[pa.Table]:
     """Detect each verified face on its photo, align it, embed it; reuse what is unchanged."""
     with failures_explained():
+        mode = retrain_options.options().mode
         model = face_model.load()
     photos = records_by_ref(cached_photos)
     previous = artifacts.tables().read(table_name(context.asset_key))
@@ -42,14 +33,14 @@ def face_embeddings(
 
     with artifacts.photo_cache() as cache:
         table, report = update_embeddings(
-            model, table_to_faces(verified_faces), photos, cache.read, previous, mode=config.mode, progress=progress
+            model, table_to_faces(verified_faces), photos, cache.read, previous, mode=mode, progress=progress
         )
     context.log.info(f"{report.line()} in {report.seconds:.1f}s ({report.faces_per_second:.1f} faces/s)")
     return Output(
         table,
         metadata={
             "summary": report.line(),
-            "mode": config.mode,
+            "mode": mode,
             "faces_total": report.faces_total,
             "faces_embedded": report.embedded,
             "faces_reused": report.reused,

@@ -1,21 +1,16 @@
 """The index metrics: how well the new index names held-out faces, and at which threshold."""
 
-from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
-from pydantic import Field
+from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from facepipeline.index import IndexParams, IndexVersion
 from facepipeline.metrics import EvaluationConfig, evaluate
+from resources import RetrainOptionsResource
 
 
-class IndexMetricsConfig(Config):
-    test_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of each person's faces held out as probes.")
-    seed: int = Field(default=42, description="Seed of the held-out split (fixed: runs are comparable).")
-    target_far: float = Field(default=0.001, gt=0, lt=1, description="False-accept rate the recommended threshold must meet.")
-
-
-@asset(group_name="retrain", code_version="1", kinds={"python"})
-def index_metrics(context: AssetExecutionContext, config: IndexMetricsConfig, face_index: IndexVersion) -> Output[dict]:
+@asset(group_name="retrain", code_version="2", kinds={"python"})
+def index_metrics(context: AssetExecutionContext, face_index: IndexVersion, retrain_options: RetrainOptionsResource) -> Output[dict]:
     """Held-out evaluation of this index version (its own vectors and labels), kept beside it."""
+    config = retrain_options.options()
     index = face_index.load()
     result = evaluate(
         index.vectors(),

@@ -1,33 +1,59 @@
-"""The verified faces: every face people confirmed, with its person, photo and box."""
+"""The verified faces: every face people confirmed, with its person, photo and box, as filtered."""
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, asset
-from pydantic import Field
+from dagster import AssetExecutionContext, Failure, MetadataValue, Output, asset
 
 from assets.errors import failures_explained
 from assets.metadata import bullet_list, markdown_table
-from facepipeline.dataset import dataset_fingerprint, dataset_stats, keep_people_with_min_faces, validate_dataset
+from assets.sessions import run_trains_model, training_sessions
 from facepipeline.faces import faces_to_table
-from resources import FaceSourceResource
+from facepipeline.prepare import prepare_dataset
+from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
 
 
-class VerifiedFacesConfig(Config):
-    min_faces_per_person: int = Field(default=3, ge=1, description="Keep only people with at least this many verified faces.")
+@asset(group_name="retrain", io_manager_key="table_io_manager", code_version="2", kinds={"python", "parquet"})
+def verified_faces(
+    context: AssetExecutionContext,
+    face_source: FaceSourceResource,
+    retrain_options: RetrainOptionsResource,
+    artifacts: ArtifactStoreResource,
+) -> Output[pa.Table]:
+    """The training set read from the source with the run's filters, validated (SPEC section 3).
 
-
-@asset(group_name="retrain", io_manager_key="table_io_manager", code_version="1", kinds={"python", "parquet"})
-def verified_faces(context: AssetExecutionContext, config: VerifiedFacesConfig, face_source: FaceSourceResource) -> Output[pa.Table]:
-    """The training set, read from the source and validated (SPEC section 3)."""
+    In a retrain run this step also opens the run's training session.
+    """
     with failures_explained():
+        options = retrain_options.options()
         source = face_source.open()
-        everyone = source.verified_faces()
-    faces = keep_people_with_min_faces(everyone, config.min_faces_per_person)
-    stats = dataset_stats(faces)
-    validation = validate_dataset(faces)
+        sessions = training_sessions(face_source, artifacts)
+        for session_id in sessions.sync_pending():
+            context.log.info(f"training session {session_id}: its final state reached the gallery now")
+        prepared = prepare_dataset(source, options, artifacts.config_store(source.description, face_source.gallery()))
+    for note in prepared.notes:
+        context.log.warning(note)
+    stats, validation, read = prepared.stats, prepared.validation, prepared.read
     for warning in validation.warnings[:20]:
         context.log.warning(warning)
     if len(validation.warnings) > 20:
         context.log.warning(f"... and {len(validation.warnings) - 20} more people with fewer than 5 faces")
+    for rejected in read.rejected[:20]:
+        context.log.warning(f"verified face {rejected.face_id} left out: {rejected.reason}")
+
+    session = None
+    if run_trains_model(context):
+        with failures_explained():
+            session = sessions.start(
+                context.run.run_id,
+                {
+                    "model_version": prepared.options.model_version,
+                    "training_mode": prepared.options.mode,
+                    "faces_count": stats.faces,
+                    "people_count": stats.people,
+                    "context_weight": prepared.options.context_weight,
+                    "min_faces_per_person": prepared.options.min_faces_per_person,
+                },
+            )
+        context.log.info(f"training session {session.id} is running")
     if not validation.ok:
         raise Failure(
             description="; ".join(validation.errors),
@@ -35,18 +61,24 @@ def verified_faces(context: AssetExecutionContext, config: VerifiedFacesConfig, 
         )
     context.log.info(f"{stats.faces} verified faces of {stats.people} people from {source.description}")
     return Output(
-        faces_to_table(faces),
+        faces_to_table(prepared.faces),
         metadata={
             "source": source.description,
             "people": stats.people,
             "faces": stats.faces,
-            "faces_dropped_by_min_faces": len(everyone) - len(faces),
+            "faces_dropped_by_min_faces": read.dropped_by_min_faces,
+            "people_added_as_co_occurring": read.added_as_co_occurring,
+            "rows_rejected": len(read.rejected),
+            "rejected_rows": markdown_table(["face", "reason"], [(r.face_id, r.reason) for r in read.rejected[:50]]),
             "min_faces_per_person": stats.min_faces_per_person,
             "max_faces_per_person": stats.max_faces_per_person,
             "avg_faces_per_person": stats.avg_faces_per_person,
             "people_by_face_count": markdown_table(["faces per person", "people"], list(stats.people_by_face_count.items())),
             "warnings": len(validation.warnings),
             "warning_details": bullet_list(validation.warnings),
-            "dataset_fingerprint": MetadataValue.text(dataset_fingerprint(faces)),
+            "options": MetadataValue.json(prepared.options.as_json()),
+            "config_notes": bullet_list(prepared.notes),
+            "training_session_id": MetadataValue.text(session.id if session else "none (not a retrain run)"),
+            "dataset_fingerprint": MetadataValue.text(prepared.fingerprint),
         },
     )

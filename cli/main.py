@@ -1,8 +1,9 @@
-"""facepipeline: retrain and inspect the face-recognition index from the command line.
+"""facepipeline: retrain, inspect and configure the face-recognition index from the command line.
 
 Every command that computes something materializes the pipeline's assets on the persistent Dagster
 instance, so its runs appear in the Dagster UI like any other. Progress goes to stderr; with
-``--json`` the one result object is the only thing on stdout.
+``--json`` the one result object is the only thing on stdout. Bad input ends with a one-line
+error and exit status 2; a failed run with status 1.
 """
 
 from __future__ import annotations
@@ -10,10 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 
 from cli.environment import prepare_environment
 from facepipeline.errors import FacePipelineError
+from facepipeline.gallery.config import ConfigError
+from facepipeline.options import OptionsError
+
+SOURCE_HELP = (
+    "embedded (the demo gallery), postgres:DSN, postgres (SUPABASE_DB_URL), supabase (REST: SUPABASE_URL + "
+    "SUPABASE_SERVICE_ROLE_KEY) or folder:DIR; default: FACEPIPELINE_SOURCE"
+)
+
+
+class UsageError(FacePipelineError):
+    """Bad input on the command line: exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,19 +32,69 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     retrain = commands.add_parser("retrain", help="read verified faces, embed, build and evaluate a new index version")
-    retrain.add_argument("--source", help="folder:DIR (default: FACEPIPELINE_SOURCE)")
-    retrain.add_argument("--mode", choices=("incremental", "full"), default="incremental", help="full re-embeds every face")
-    retrain.add_argument("--min-faces-per-person", type=_positive_int, default=3, metavar="N")
-    retrain.add_argument("--target-far", type=_unit_interval, default=0.001, metavar="RATE", help="false-accept rate for the recommended threshold")
+    _source_argument(retrain)
+    _filter_arguments(retrain)
+    retrain.add_argument("--mode", default="incremental", help="incremental (default) or full: full re-embeds every face")
+    retrain.add_argument("--model-version", help="label of this model version in the training session")
+    retrain.add_argument("--no-update-existing", dest="update_existing", action="store_false", help="do not write descriptors back")
+    retrain.add_argument("--target-far", metavar="RATE", help="false-accept rate for the recommended threshold (default 0.001)")
     retrain.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    retrain.set_defaults(handler=run_retrain)
+    retrain.set_defaults(handler="cli.retrain:run")
+
+    prepare = commands.add_parser("prepare", help="the dataset a retrain would use: statistics and validation")
+    _source_argument(prepare)
+    _filter_arguments(prepare)
+    prepare.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    prepare.set_defaults(handler="cli.gallery:prepare")
+
+    history = commands.add_parser("history", help="training sessions, newest first (from the local history)")
+    history.add_argument("--limit", type=int, default=20, metavar="N")
+    history.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    history.set_defaults(handler="cli.gallery:history")
+
+    config = commands.add_parser("config", help="read or change face_recognition_config")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    get = config_commands.add_parser("get", help="print the config (validated)")
+    _source_argument(get)
+    get.add_argument("key", nargs="?", help="one key (default: all)")
+    get.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    get.set_defaults(handler="cli.gallery:config_get")
+    set_ = config_commands.add_parser("set", help="validate and write one key, e.g. context_weight 0.2")
+    _source_argument(set_)
+    set_.add_argument("key", help="a config key, or confidence_thresholds.LEVEL")
+    set_.add_argument("value", help="a JSON value: 0.2, 5, or {\"low_data\": 0.7, ...}")
+    set_.set_defaults(handler="cli.gallery:config_set")
+
+    gallery = commands.add_parser("gallery", help="the embedded demo gallery: up, down or status")
+    gallery.add_argument("action", choices=("up", "down", "status"))
+    gallery.set_defaults(handler="cli.gallery:embedded")
     return parser
+
+
+def _source_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", help=SOURCE_HELP)
+
+
+def _filter_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--event-id", dest="event_ids", action="append", metavar="UUID", help="only this event (repeatable)")
+    parser.add_argument("--person-id", dest="person_ids", action="append", metavar="UUID", help="only this person (repeatable)")
+    parser.add_argument("--date-from", metavar="YYYY-MM-DD", help="only events on or after this day")
+    parser.add_argument("--date-to", metavar="YYYY-MM-DD", help="only events on or before this day")
+    parser.add_argument("--min-faces-per-person", metavar="N", help="default: the config table's")
+    parser.add_argument("--include-co-occurring", action="store_true", default=None, help="with --person-id: also the people on the same photos")
+    parser.add_argument("--context-weight", metavar="W", help="in [0, 1]; default: the config table's")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    module_name, _, function = args.handler.partition(":")
     try:
-        return args.handler(args)
+        prepare_environment()
+        module = __import__(module_name, fromlist=[function])  # Dagster loads only once the environment is set
+        return getattr(module, function)(args)
+    except (OptionsError, ConfigError, UsageError) as exc:  # bad input
+        print(f"facepipeline: error: {exc}", file=sys.stderr)
+        return 2
     except FacePipelineError as exc:
         print(f"facepipeline: error: {exc}", file=sys.stderr)
         return 1
@@ -42,68 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def run_retrain(args: argparse.Namespace) -> int:
-    prepare_environment()
-    from cli.retrain import retrain  # Dagster is imported only once the environment is set
-    from facepipeline.settings import Settings
-
-    settings = Settings.from_env()
-    if args.source:
-        settings = replace(settings, source=args.source)
-    summary = retrain(settings, mode=args.mode, min_faces_per_person=args.min_faces_per_person, target_far=args.target_far)
-    if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
-    else:
-        print(_human_summary(summary))
-    return 0 if summary["status"] == "success" else 1
-
-
-def _human_summary(summary: dict) -> str:
-    if summary["status"] != "success":
-        return f"retrain failed: {summary['error']}\n  run: {summary['run_id']}"
-    metrics = summary["metrics"]
-    lines = [
-        f"retrain {summary['run_id']} succeeded",
-        f"  faces:    {summary['faces_total']} verified of {summary['people']} people; "
-        f"{summary['faces_embedded']} embedded, {summary['faces_reused']} reused, {summary['faces_failed']} failed",
-        f"  photos:   {summary['photos_fetched']} fetched, {summary['photos_failed']} failed",
-        f"  index:    {summary['index_version']} at {summary['index_path']}",
-    ]
-    if metrics.get("status") == "ok":
-        verdict = "met" if metrics["target_met"] else "NOT met"
-        lines.append(
-            f"  metrics:  rank-1 {metrics['rank1_accuracy']:.4f} (macro {metrics['rank1_accuracy_macro']:.4f}); "
-            f"at threshold {metrics['recommended_threshold']:.2f}: FAR {metrics['far']:.5f} "
-            f"(target <= {metrics['target_far']} {verdict}), precision {metrics['precision']:.4f}, recall {metrics['recall']:.4f}"
-        )
-        if not metrics["target_met"]:
-            lines.append(f"            {metrics['message']}")
-    else:
-        lines.append(f"  metrics:  {metrics.get('message')}")
-    lines.append(f"  metrics file: {summary['metrics_path']}")
-    lines.append(f"  embeddings:   {summary['embeddings_path']}")
-    lines.append(f"  photo cache:  {summary['photo_cache']}")
-    return "\n".join(lines)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
-    return value
+def print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
 if __name__ == "__main__":

@@ -1,41 +1,54 @@
-"""Run the ``retrain`` job of the code location on the persistent instance and summarise it."""
+"""``facepipeline retrain``: the ``retrain`` job on the persistent instance, summarised."""
 
 from __future__ import annotations
 
+import argparse
+
 from dagster import DagsterInstance
 
+from cli.main import print_json
+from cli.sources import options_from, settings_for
 from definitions import build_definitions
 from facepipeline.settings import Settings
 from jobs import retrain_job
+from resources import options_run_config
+
+METRIC_KEYS = (
+    "status", "message", "rank1_accuracy", "rank1_accuracy_macro", "precision", "recall", "f1",
+    "recommended_threshold", "far", "target_far", "target_met", "probe_faces", "gallery_faces",
+)
 
 
-def retrain(settings: Settings, *, mode: str, min_faces_per_person: int, target_far: float) -> dict:
+def run(args: argparse.Namespace) -> int:
+    options = options_from(args, "mode", "model_version", "update_existing", "target_far")  # before any work
+    summary = retrain(settings_for(args), options_run_config(options))
+    if args.json:
+        print_json(summary)
+    else:
+        print(_human_summary(summary))
+    return 0 if summary["status"] == "success" else 1
+
+
+def retrain(settings: Settings, run_config: dict) -> dict:
     job = build_definitions(settings).resolve_job_def(retrain_job.name)
-    run_config = {
-        "ops": {
-            "verified_faces": {"config": {"min_faces_per_person": min_faces_per_person}},
-            "face_embeddings": {"config": {"mode": mode}},
-            "index_metrics": {"config": {"target_far": target_far}},
-        },
-        "loggers": {"console": {"config": {"log_level": "INFO"}}},
-    }
+    run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
     with DagsterInstance.get() as instance:
         result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+        session = _session_of(settings, result.run_id)
     if not result.success:
-        return {"status": "failure", "run_id": result.run_id, "error": _first_error(result)}
+        return {"status": "failure", "run_id": result.run_id, "error": _first_error(result), "training_session": session}
 
     def metadata(asset: str) -> dict:
         [materialization] = result.asset_materializations_for_node(asset)
         return {key: value.value for key, value in materialization.metadata.items()}
 
-    embeddings, photos, index = metadata("face_embeddings"), metadata("cached_photos"), metadata("face_index")
-    metrics = result.output_for_node("index_metrics")
-    version = result.output_for_node("face_index")
+    embeddings, photos = metadata("face_embeddings"), metadata("cached_photos")
+    metrics, version = result.output_for_node("index_metrics"), result.output_for_node("face_index")
     return {
         "status": "success",
         "run_id": result.run_id,
         "source": metadata("verified_faces")["source"],
-        "mode": mode,
+        "mode": embeddings["mode"],
         "faces_total": embeddings["faces_total"],
         "faces_embedded": embeddings["faces_embedded"],
         "faces_reused": embeddings["faces_reused"],
@@ -44,21 +57,27 @@ def retrain(settings: Settings, *, mode: str, min_faces_per_person: int, target_
         "photos_total": photos["photos"],
         "photos_fetched": photos["fetched"],
         "photos_failed": photos["photos_failed"],
-        "people": index["people"],
+        "people": version.manifest["people"],
         "index_version": version.name,
         "index_path": str(version.path),
         "metrics_path": str(version.path / "metrics.json"),
         "embeddings_path": embeddings["path"],
         "photo_cache": photos["cache_dir"],
         "model": version.manifest["model"],
-        "metrics": {
-            key: metrics.get(key)
-            for key in (
-                "status", "message", "rank1_accuracy", "rank1_accuracy_macro", "precision", "recall", "f1",
-                "recommended_threshold", "far", "target_far", "target_met", "probe_faces", "gallery_faces",
-            )
-        },
+        "write_back": result.output_for_node("face_descriptors"),
+        "training_session": session,
+        "metrics": {key: metrics.get(key) for key in METRIC_KEYS},
     }
+
+
+def _session_of(settings: Settings, run_id: str) -> dict | None:
+    from facepipeline.sessions import SessionHistory
+
+    record = SessionHistory(settings.home / "history").for_run(run_id)
+    if record is None:
+        return None
+    return {"id": record.id, "status": record.status, "synced_to_gallery": record.synced, "in_gallery": record.in_gallery,
+            "error": record.error}
 
 
 def _first_error(result) -> str:
@@ -73,3 +92,44 @@ def _first_error(result) -> str:
                 error = error.cause  # the user's exception, not Dagster's wrapper
             return error.message.strip() if error else "step failed"
     return "run failed"
+
+
+def _human_summary(summary: dict) -> str:
+    session = summary.get("training_session") or {}
+    if summary["status"] != "success":
+        lines = [f"retrain failed: {summary['error']}", f"  run: {summary['run_id']}"]
+        if session:
+            lines.append(f"  training session {session['id']}: {session['status']}")
+        return "\n".join(lines)
+    metrics = summary["metrics"]
+    lines = [
+        f"retrain {summary['run_id']} succeeded",
+        f"  faces:    {summary['faces_total']} verified of {summary['people']} people; "
+        f"{summary['faces_embedded']} embedded, {summary['faces_reused']} reused, {summary['faces_failed']} failed",
+        f"  photos:   {summary['photos_fetched']} fetched, {summary['photos_failed']} failed",
+        f"  index:    {summary['index_version']} at {summary['index_path']}",
+    ]
+    if metrics.get("status") == "ok":
+        verdict = "met" if metrics["target_met"] else "NOT met"
+        lines.append(
+            f"  metrics:  rank-1 {metrics['rank1_accuracy']:.4f} (macro {metrics['rank1_accuracy_macro']:.4f}); "
+            f"at threshold {metrics['recommended_threshold']:.2f}: FAR {metrics['far']:.5f} "
+            f"(target <= {metrics['target_far']} {verdict}), precision {metrics['precision']:.4f}, recall {metrics['recall']:.4f}"
+        )
+        if not metrics["target_met"]:
+            lines.append(f"            {metrics['message']}")
+    else:
+        lines.append(f"  metrics:  {metrics.get('message')}")
+    write_back = summary["write_back"]
+    if write_back.get("status") == "written":
+        lines.append(f"  write-back: {write_back['written']} rows written, {write_back['unchanged']} unchanged, "
+                     f"{write_back['skipped']} skipped")
+    else:
+        lines.append(f"  write-back: skipped ({write_back.get('reason')})")
+    if session:
+        lines.append(f"  training session {session['id']}: {session['status']}"
+                     + ("" if session["synced_to_gallery"] else " (locally; the gallery was not updated)"))
+    lines.append(f"  metrics file: {summary['metrics_path']}")
+    lines.append(f"  embeddings:   {summary['embeddings_path']}")
+    lines.append(f"  photo cache:  {summary['photo_cache']}")
+    return "\n".join(lines)

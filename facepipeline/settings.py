@@ -13,7 +13,8 @@ from pathlib import Path
 DEFAULT_HOME = ".facepipeline"
 DEFAULT_MODEL_PACK = "buffalo_l"
 DEFAULT_MODEL_ROOT = "~/.insightface/models"
-DEFAULT_SOURCE = "folder:../shared/data/faces"
+DEFAULT_SOURCE = "embedded"
+DEFAULT_SEED_FOLDER = "../shared/data/faces"
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,16 @@ class Settings:
     model_pack: str
     """Name of the pack to load (``buffalo_l`` in production, ``buffalo_sc`` in tests here)."""
     source: str
-    """Where verified faces come from, e.g. ``folder:/photos/people``."""
+    """Where verified faces come from: ``embedded``, ``postgres``, ``supabase`` or ``folder:DIR``."""
     providers: tuple[str, ...]
     """onnxruntime execution providers, most preferred first."""
+    seed_folder: Path = Path(DEFAULT_SEED_FOLDER)
+    """The photo folder the embedded demo gallery is seeded from."""
+
+    @property
+    def gallery_home(self) -> Path:
+        """Where the embedded gallery keeps its database and photo server state."""
+        return self.home / "gallery"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -39,4 +47,5 @@ class Settings:
             model_pack=env.get("FACEPIPELINE_MODEL", DEFAULT_MODEL_PACK),
             source=env.get("FACEPIPELINE_SOURCE", DEFAULT_SOURCE),
             providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
+            seed_folder=Path(env.get("FACEPIPELINE_SEED_FOLDER", DEFAULT_SEED_FOLDER)).expanduser().resolve(),
         )

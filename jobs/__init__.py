@@ -2,12 +2,18 @@
 
 from dagster import AssetSelection, define_asset_job
 
+from assets.sessions import mark_session_failed
+
 RETRAIN_GROUP = "retrain"
 
 retrain_job = define_asset_job(
     name="retrain",
     selection=AssetSelection.groups(RETRAIN_GROUP),
-    description="Read verified faces, cache photos, embed, build a new index version and evaluate it.",
+    description=(
+        "Read verified faces, cache photos, embed, build a new index version and evaluate it, write the "
+        "descriptors back and record the training session."
+    ),
+    hooks={mark_session_failed},
 )
 
 __all__ = ["retrain_job"]

@@ -3,7 +3,9 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from facepipeline.gallery.config import ConfigStore
 from facepipeline.index import IndexStore
+from facepipeline.sessions import SessionHistory
 from facepipeline.photos import PhotoCache
 from facepipeline.tables import TableStore
 
@@ -33,3 +35,10 @@ class ArtifactStoreResource(ConfigurableResource):
 
     def index_store(self) -> IndexStore:
         return IndexStore(self.root / "index")
+
+    def history(self) -> SessionHistory:
+        """The local ledger of training sessions (readable while the database is down)."""
+        return SessionHistory(self.root / "history")
+
+    def config_store(self, source: str, gallery=None) -> ConfigStore:
+        return ConfigStore(self.root / "config", source, gallery)

@@ -1,13 +1,44 @@
 from dagster import ConfigurableResource
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
+from facepipeline.gallery.base import Gallery
 from facepipeline.sources import FaceSource, open_source
 
 
 class FaceSourceResource(ConfigurableResource):
-    """Where verified faces come from."""
+    """Where verified faces come from, and where descriptors and sessions go back to.
 
-    source: str = Field(description="'folder:DIR' (one sub-folder per person, or a face_boxes.csv).")
+    Secrets are never part of this resource's plain config: the definitions pass them as
+    ``EnvVar("SUPABASE_DB_URL")`` / ``EnvVar("SUPABASE_SERVICE_ROLE_KEY")``, which the UI shows by
+    name only.
+    """
+
+    source: str = Field(
+        description="'embedded' (the demo gallery under FACEPIPELINE_HOME), 'postgres' (SUPABASE_DB_URL), "
+        "'supabase' (REST: SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY) or 'folder:DIR'."
+    )
+    database_url: str | None = Field(default=None, description="Postgres connection string (from SUPABASE_DB_URL).")
+    supabase_url: str | None = Field(default=None, description="The Supabase project URL (from SUPABASE_URL).")
+    service_role_key: str | None = Field(default=None, description="Supabase service role key (from SUPABASE_SERVICE_ROLE_KEY).")
+    embedded_home: str | None = Field(default=None, description="State folder of the embedded gallery.")
+    seed_folder: str | None = Field(default=None, description="Photo folder the embedded gallery is seeded from.")
+
+    _opened: FaceSource | None = PrivateAttr(default=None)
 
     def open(self) -> FaceSource:
-        return open_source(self.source)
+        """The source, opened once per process (starting the embedded gallery if it is the one)."""
+        if self._opened is None:
+            self._opened = open_source(
+                self.source,
+                database_url=self.database_url,
+                supabase_url=self.supabase_url,
+                service_role_key=self.service_role_key,
+                embedded_home=self.embedded_home,
+                seed_folder=self.seed_folder,
+            )
+        return self._opened
+
+    def gallery(self) -> Gallery | None:
+        """The source when it is a gallery database (it can be written to), else None."""
+        source = self.open()
+        return source if isinstance(source, Gallery) else None

@@ -11,9 +11,9 @@ from definitions import build_definitions
 from tests.conftest import FACES
 
 
-def run(settings, instance, **op_config):
+def run(settings, instance, **options):
     resources = build_definitions(settings).resources
-    run_config = {"ops": {name: {"config": config} for name, config in op_config.items()}}
+    run_config = {"resources": {"retrain_options": {"config": options}}}
     return materialize(retrain_assets, resources=resources, instance=instance, run_config=run_config, raise_on_error=False)
 
 
@@ -62,7 +62,7 @@ def test_retrain_end_to_end_then_nothing_to_redo_then_full(settings, instance, s
     assert metadata(second, "face_index")["index_version"] == "v2"
     assert (settings.home / "index" / "v1" / "index.bin").is_file()  # the old version is untouched
 
-    full = run(settings, instance, face_embeddings={"mode": "full"})
+    full = run(settings, instance, mode="full")
     assert metadata(full, "face_embeddings")["faces_embedded"] == 48
     assert metadata(full, "face_index")["index_version"] == "v3"
 
@@ -84,17 +84,38 @@ def test_an_unknown_mode_is_rejected_at_launch(settings, instance):
     from dagster import DagsterInvalidConfigError
 
     with pytest.raises(DagsterInvalidConfigError, match="sometimes"):
-        run(settings, instance, face_embeddings={"mode": "sometimes"})
+        run(settings, instance, mode="sometimes")
     assert not settings.home.exists()
 
 
-def test_an_out_of_range_minimum_fails_naming_the_field_before_any_photo_is_fetched(settings, instance):
-    result = run(settings, instance, verified_faces={"min_faces_per_person": 0})
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"min_faces_per_person": 0}, "min_faces_per_person: must be at least 1"),
+        ({"event_ids": ["not-a-uuid"]}, "event_ids[0]: 'not-a-uuid' is not a UUID"),
+        ({"date_from": "2024-05-01", "date_to": "2024-01-01"}, "date_from: 2024-05-01 is after date_to"),
+        ({"context_weight": 1.5}, "context_weight: must be between 0 and 1"),
+        ({"target_far": 0}, "target_far: must be strictly between 0 and 1"),
+    ],
+)
+def test_a_bad_option_fails_the_run_naming_the_field_before_any_work(settings, instance, options, field):
+    result = run(settings, instance, **options)
     assert not result.success
-    [failure] = [e for e in result.all_events if e.is_step_failure]
-    assert failure.step_key == "verified_faces"
-    assert "min_faces_per_person" in str(failure.step_failure_data.error.cause)
-    assert not (settings.home / "photos").exists()
+    assert field in _errors(result)
+    assert not (settings.home / "photos").exists() and not (settings.home / "history").exists()
+
+
+def _errors(result) -> str:
+    """Every error message of the run's failure events, causes included."""
+    texts = []
+    for event in result.all_events:
+        if event.is_failure or event.event_type_value in ("RUN_FAILURE", "ENGINE_EVENT"):
+            data = event.event_specific_data
+            error = getattr(data, "error", None)
+            while error is not None:
+                texts.append(error.message)
+                error = error.cause
+    return "\n".join(texts)
 
 
 def test_index_metrics_can_be_evaluated_again_alone_and_each_evaluation_is_kept(settings, instance):
@@ -112,7 +133,7 @@ def test_index_metrics_can_be_evaluated_again_alone_and_each_evaluation_is_kept(
         retrain_assets,
         resources=build_definitions(settings).resources,
         instance=instance,
-        run_config={"ops": {"index_metrics": {"config": {"target_far": 0.05}}}},
+        run_config={"resources": {"retrain_options": {"config": {"target_far": 0.05}}}},
         selection=[index_metrics],
     )
     assert again.success  # upstream outputs are loaded from disk: the index version by its number

@@ -8,6 +8,7 @@ warning, while the database is unreachable.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -158,3 +159,49 @@ class ConfigCache:
             return config, document["saved_at"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+class ConfigStore:
+    """Where a source's config is read and written: its table, or a local file for the folder source.
+
+    For a gallery, every good read refreshes the local copy; when the database is unreachable the
+    copy is used and a warning says so (a database that answers with a bad value is an error: the
+    copy does not hide it). Sources without a database keep their config in the local file only.
+    """
+
+    def __init__(self, root: Path, source: str, gallery=None) -> None:
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        self.cache = ConfigCache(Path(root) / f"{digest}.json")
+        self.source = source
+        self.gallery = gallery
+
+    def load(self) -> tuple[GalleryConfig, list[str]]:
+        """The config and notes (defaults taken, a fallback used) for logs and metadata."""
+        from facepipeline.gallery.base import GalleryUnavailable
+
+        if self.gallery is None:
+            cached = self.cache.load()
+            return (cached[0], []) if cached else (GalleryConfig(), ["no config saved for this source; using the SPEC's defaults"])
+        try:
+            rows = self.gallery.read_config()
+        except GalleryUnavailable as exc:
+            cached = self.cache.load()
+            if cached is None:
+                raise
+            return cached[0], [f"{exc}; using the config saved at {cached[1]}"]
+        config, notes = GalleryConfig.from_rows(rows)
+        self.cache.save(config, self.source)
+        return config, notes
+
+    def set(self, key: str, text: str) -> tuple[str, Any]:
+        """Validate ``KEY VALUE`` and write it; returns the row written."""
+        current, _ = self.load()
+        top, value = parse_assignment(key, text, current)
+        if self.gallery is not None:
+            self.gallery.write_config(top, value)
+            self.load()  # refresh the local copy from what the table now says
+        else:
+            rows = current.to_rows()
+            rows[top] = value
+            self.cache.save(GalleryConfig.from_rows(rows)[0], self.source)
+        return top, value

@@ -116,7 +116,11 @@ class PostgresGallery:
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
         try:
-            conn = psycopg.connect(self._dsn, connect_timeout=self.connect_timeout_s, application_name="facepipeline")
+            # autocommit: each ``conn.transaction()`` below is a real transaction that commits on
+            # exit, not a savepoint inside one long implicit transaction.
+            conn = psycopg.connect(
+                self._dsn, autocommit=True, connect_timeout=self.connect_timeout_s, application_name="facepipeline"
+            )
         except psycopg.Error as exc:
             raise GalleryUnavailable(f"cannot reach the gallery database at {self.where}: {self._clean(exc)}") from None
         try:

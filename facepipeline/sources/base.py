@@ -72,8 +72,8 @@ def select_people(faces: Sequence[VerifiedFace], rejected: list[RejectedFace], f
     added = 0
     if chosen:
         if filters.include_co_occurring:
-            photos = {f.photo_ref for f in faces if f.person_id in chosen}
-            company = {f.person_id for f in faces if f.photo_ref in photos} - chosen
+            photos = {_photo_key(f) for f in faces if f.person_id in chosen}
+            company = {f.person_id for f in faces if _photo_key(f) in photos} - chosen
             added = len(company)
             chosen |= company
         faces = [f for f in faces if f.person_id in chosen]
@@ -82,28 +82,52 @@ def select_people(faces: Sequence[VerifiedFace], rejected: list[RejectedFace], f
     return FaceRead(kept, rejected, dropped_by_min_faces=len(faces) - len(kept), added_as_co_occurring=added)
 
 
-def open_source(spec: str, **options) -> FaceSource:
+def _photo_key(face: VerifiedFace) -> str:
+    """The photo a face is on: the gallery's photo id (two photos may share a URL), else its ref."""
+    return face.photo_id or face.photo_ref
+
+
+def open_source(
+    spec: str,
+    *,
+    database_url: str | None = None,
+    supabase_url: str | None = None,
+    service_role_key: str | None = None,
+    embedded_home: str | Path | None = None,
+    seed_folder: str | Path | None = None,
+) -> FaceSource:
     """Open a source from its spec.
 
     * ``folder:DIR``: a folder per person (or a ``face_boxes.csv``), no database;
-    * ``postgres:DSN``: the gallery's database over a direct Postgres connection;
-    * ``supabase``: the gallery's database over Supabase's REST API (``url`` and ``service_role_key``
-      in ``options``).
+    * ``postgres:DSN``, or ``postgres`` with ``database_url``: the gallery over a direct connection;
+    * ``supabase``: the gallery over Supabase's REST API (``supabase_url``, ``service_role_key``);
+    * ``embedded``: the demo gallery under ``embedded_home``, started (and seeded from
+      ``seed_folder``) if it is not running.
     """
     kind, _, rest = spec.partition(":")
     if kind == "folder" and rest:
         from facepipeline.sources.folder import FolderSource
 
         return FolderSource(Path(rest))
-    if spec.startswith(("postgresql://", "postgres://")) or (kind == "postgres" and rest):
+    if spec.startswith(("postgresql://", "postgres://")):
+        kind, rest = "postgres", spec
+    if kind == "postgres":
         from facepipeline.gallery.postgres import PostgresGallery
 
-        return PostgresGallery(rest if kind == "postgres" and not rest.startswith("//") else spec, **options)
+        dsn = rest or database_url
+        if not dsn:
+            raise SourceError("source 'postgres' needs a connection string: set SUPABASE_DB_URL or use postgres:DSN")
+        return PostgresGallery(dsn)
     if spec == "supabase":
         from facepipeline.gallery.rest import RestGallery
 
-        return RestGallery(**options)
-    raise SourceError(f"unknown source {_safe(spec)!r}: use folder:DIR, postgres:DSN or supabase")
+        return RestGallery(supabase_url, service_role_key)
+    if spec == "embedded":
+        from facepipeline.gallery.embedded import EmbeddedGallery
+        from facepipeline.gallery.postgres import PostgresGallery
+
+        return PostgresGallery(EmbeddedGallery(embedded_home, seed_folder).up().dsn)
+    raise SourceError(f"unknown source {_safe(spec)!r}: use embedded, postgres:DSN, postgres, supabase or folder:DIR")
 
 
 def _safe(spec: str) -> str:

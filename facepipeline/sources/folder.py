@@ -17,6 +17,7 @@ from pathlib import Path
 from facepipeline.errors import SourceError
 from facepipeline.faces import VerifiedFace
 from facepipeline.geometry import BBox, BBoxError
+from facepipeline.sources.base import FaceFilters, FaceRead, select_people
 
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 BOXES_FILE = "face_boxes.csv"
@@ -37,7 +38,13 @@ class FolderSource:
     def description(self) -> str:
         return f"folder:{self.root}"
 
+    def read(self, filters: FaceFilters) -> FaceRead:
+        if filters.by_event:
+            raise SourceError("the folder source has no events: event_ids, date_from and date_to need the gallery database")
+        return select_people(self.verified_faces(), [], filters)
+
     def verified_faces(self) -> list[VerifiedFace]:
+        """Every face in the folder, unfiltered."""
         if not self.root.is_dir():
             raise SourceError(f"folder source: directory not found: {self.root}")
         boxes = self.root / BOXES_FILE

@@ -1,0 +1,67 @@
+"""The face descriptors: every embedded verified face written back to the gallery's photo_faces."""
+
+import pyarrow as pa
+from dagster import AssetExecutionContext, Failure, Output, asset
+
+from assets.errors import failures_explained
+from assets.metadata import counts_table
+from facepipeline.faces import table_to_faces
+from facepipeline.gallery.base import CoOccurrence, WriteBackInterrupted
+from facepipeline.writeback import descriptor_updates
+from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
+
+
+@asset(group_name="retrain", code_version="1", kinds={"python", "postgres"})
+def face_descriptors(
+    context: AssetExecutionContext,
+    verified_faces: pa.Table,
+    face_embeddings: pa.Table,
+    face_source: FaceSourceResource,
+    retrain_options: RetrainOptionsResource,
+    artifacts: ArtifactStoreResource,
+) -> Output[dict]:
+    """insightface_descriptor, _confidence, _bbox, training_used and training_context, per face.
+
+    Batched, one transaction per batch; only verified rows still labelled and boxed as they were
+    read are written, and only when a value changes, so a rerun writes nothing.
+    """
+    with failures_explained():
+        gallery = face_source.gallery()
+        options = retrain_options.options()
+    if gallery is None or not options.update_existing:
+        reason = "the source has no database" if gallery is None else "update_existing is false"
+        context.log.info(f"no write-back: {reason}")
+        return Output({"status": "skipped", "reason": reason}, metadata={"status": "skipped", "reason": reason})
+
+    session = artifacts.history().for_run(context.run.run_id)
+    with failures_explained():
+        co_occurrence = CoOccurrence.from_labels(gallery.face_labels())
+    updates, left_out = descriptor_updates(
+        table_to_faces(verified_faces), face_embeddings, co_occurrence, session.id if session else None
+    )
+
+    def progress(report) -> None:
+        context.log.info(f"{report.line()} ({report.batches_committed} batches committed)")
+
+    try:
+        report = gallery.write_descriptors(updates, progress=progress)
+    except WriteBackInterrupted as exc:
+        raise Failure(description=str(exc), metadata={"status": "interrupted", **exc.report.as_dict()}) from None
+    except Exception as exc:
+        with failures_explained():
+            raise exc
+        raise
+    for face_id in report.skipped_ids[:20]:
+        context.log.warning(f"face {face_id} changed in the gallery during the run (verified, person or box): not written")
+    context.log.info(report.line())
+    result = {"status": "written", **report.as_dict(), "left_out": dict(left_out)}
+    return Output(
+        result,
+        metadata={
+            "status": "written",
+            "summary": report.line(),
+            **report.as_dict(),
+            "left_out": counts_table("reason", left_out, "faces"),
+            "training_session_id": session.id if session else "none",
+        },
+    )

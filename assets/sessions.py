@@ -1,0 +1,39 @@
+"""The training session of a retrain run: opened by its first step, closed by its last, or failed.
+
+A run "trains" when it materializes ``training_session``; previews of single assets open none.
+"""
+
+from dagster import AssetExecutionContext, AssetKey, HookContext, failure_hook
+
+from facepipeline.sessions import TrainingSessions
+from resources import ArtifactStoreResource, FaceSourceResource
+
+TRAINING_SESSION = AssetKey("training_session")
+
+
+def training_sessions(face_source: FaceSourceResource, artifacts: ArtifactStoreResource) -> TrainingSessions:
+    return TrainingSessions(artifacts.history(), face_source.gallery(), face_source.open().description)
+
+
+def run_trains_model(context: AssetExecutionContext) -> bool:
+    selection = context.run.asset_selection
+    if selection is None:
+        selection = context.job_def.asset_layer.executable_asset_keys
+    return TRAINING_SESSION in selection
+
+
+@failure_hook(required_resource_keys={"face_source", "artifacts"})
+def mark_session_failed(context: HookContext) -> None:
+    """A failed step ends its run's training session ``failed``, with the error in ``metrics``."""
+    history = context.resources.artifacts.history()
+    if history.for_run(context.run_id) is None:
+        return  # this run opened no session (a preview, or the database was down at start)
+    error = context.op_exception
+    message = getattr(error, "description", None) or (f"{type(error).__name__}: {error}" if error else "step failed")
+    sessions = training_sessions(context.resources.face_source, context.resources.artifacts)
+    record, warning = sessions.finish(
+        context.run_id, "failed", {"metrics": {"error": message, "failed_step": context.step_key, "run_id": context.run_id}}
+    )
+    context.log.error(f"training session {record.id} failed: {message}")
+    if warning:
+        context.log.warning(warning)

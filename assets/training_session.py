@@ -1,0 +1,77 @@
+"""The training session: the run's record in face_training_sessions, closed with counts and metrics."""
+
+from collections import Counter
+
+import pyarrow as pa
+from dagster import AssetExecutionContext, MetadataValue, Output, asset
+
+from assets.sessions import training_sessions
+from facepipeline.index import IndexVersion
+from resources import ArtifactStoreResource, FaceSourceResource
+
+METRIC_KEYS = (
+    "status", "message", "rank1_accuracy", "rank1_accuracy_macro", "precision", "recall", "f1",
+    "recommended_threshold", "far", "target_far", "target_met", "probe_faces", "gallery_faces",
+)
+
+
+@asset(group_name="retrain", code_version="1", kinds={"python", "postgres"})
+def training_session(
+    context: AssetExecutionContext,
+    verified_faces: pa.Table,
+    cached_photos: pa.Table,
+    face_embeddings: pa.Table,
+    face_index: IndexVersion,
+    index_metrics: dict,
+    face_descriptors: dict,
+    face_source: FaceSourceResource,
+    artifacts: ArtifactStoreResource,
+) -> Output[dict]:
+    """Ends the run's session ``completed``: what was processed, what failed and why, how good it is."""
+    statuses = face_embeddings.column("status").to_pylist()
+    failed_reasons = Counter(c for c, s in zip(face_embeddings.column("error_code").to_pylist(), statuses) if s != "ok")
+    photo_errors = Counter(e.split(":")[0] for e in cached_photos.column("error").to_pylist() if e)
+    total, failed = face_embeddings.num_rows, sum(failed_reasons.values())
+    model = face_index.manifest.get("model") or {}
+    metrics = {
+        "processed": f"processed {total - failed}/{total} faces ({failed} failed)",
+        "faces_total": total,
+        "faces_embedded": total - failed,
+        "faces_failed": failed,
+        "failure_reasons": dict(failed_reasons),
+        "photos_total": cached_photos.num_rows,
+        "photos_failed": sum(photo_errors.values()),
+        "photo_failure_reasons": dict(photo_errors),
+        "index_version": face_index.name,
+        "model_pack": model.get("model_pack"),
+        "model_fingerprint": model.get("model_fingerprint"),
+        "dataset_fingerprint": face_index.manifest.get("dataset_fingerprint"),
+        "write_back": face_descriptors,
+        "run_id": context.run.run_id,
+        **{f"eval_{k}" if k in ("status", "message") else k: index_metrics.get(k) for k in METRIC_KEYS},
+    }
+    sessions = training_sessions(face_source, artifacts)
+    existing = artifacts.history().for_run(context.run.run_id)
+    model_version = (existing.fields.get("model_version") if existing else None) or f"{model.get('model_pack')}/{face_index.name}"
+    if existing is None:  # materialized on its own: this run is its session
+        sessions.start(context.run.run_id, {"faces_count": verified_faces.num_rows, "training_mode": "incremental"})
+    record, warning = sessions.finish(
+        context.run.run_id,
+        "completed",
+        {"model_version": model_version, "metrics": metrics, "faces_count": total - failed,
+         "people_count": face_index.manifest.get("people")},
+    )
+    if warning:
+        context.log.warning(warning)
+    context.log.info(f"training session {record.id} completed: {metrics['processed']}")
+    return Output(
+        {"session_id": record.id, "status": record.status, "synced": record.synced, **metrics},
+        metadata={
+            "training_session_id": MetadataValue.text(record.id),
+            "model_version": model_version,
+            "processed": metrics["processed"],
+            "in_gallery": record.in_gallery,
+            "synced_to_gallery": record.synced,
+            "metrics": MetadataValue.json(metrics),
+        },
+    )

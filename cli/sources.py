@@ -1,0 +1,53 @@
+"""From ``--source`` and the environment to settings and an open source, secrets kept out of config.
+
+``postgres:DSN`` on the command line is moved into ``SUPABASE_DB_URL`` for the run, so the
+connection string reaches Dagster only as an ``EnvVar`` and never shows in run config or the UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import replace
+
+from facepipeline.options import RetrainOptions
+from facepipeline.settings import Settings
+from facepipeline.sources import FaceSource, open_source
+
+FILTER_FIELDS = (
+    "event_ids", "person_ids", "date_from", "date_to", "min_faces_per_person", "include_co_occurring", "context_weight",
+)
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    source = getattr(args, "source", None)
+    if source:
+        if source.startswith(("postgresql://", "postgres://")):
+            dsn = source
+        elif source.startswith("postgres:"):
+            dsn = source.removeprefix("postgres:")
+        else:
+            dsn = None
+        if dsn:
+            os.environ["SUPABASE_DB_URL"] = dsn
+            source = "postgres"
+        settings = replace(settings, source=source)
+    return settings
+
+
+def open_configured_source(settings: Settings) -> FaceSource:
+    return open_source(
+        settings.source,
+        database_url=os.environ.get("SUPABASE_DB_URL"),
+        supabase_url=os.environ.get("SUPABASE_URL"),
+        service_role_key=os.environ.get("SUPABASE_SERVICE_ROLE_KEY"),
+        embedded_home=settings.gallery_home,
+        seed_folder=settings.seed_folder,
+    )
+
+
+def options_from(args: argparse.Namespace, *extra: str) -> RetrainOptions:
+    """The validated options of ``args`` (raises OptionsError naming the field)."""
+    fields = {name: getattr(args, name, None) for name in (*FILTER_FIELDS, *extra)}
+    return RetrainOptions.parse({k: v for k, v in fields.items() if v is not None})

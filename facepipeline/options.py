@@ -1,0 +1,184 @@
+"""The options of one retrain, validated in one place before any work starts.
+
+The CLI, the Dagster run config (Launchpad) and the sensors all build a :class:`RetrainOptions`;
+a bad value raises :class:`OptionsError` whose message starts with the field's name. Options left
+unset (``min_faces_per_person``, ``context_weight``) take the gallery's config table values.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import date
+from typing import Any
+
+from facepipeline.errors import FacePipelineError
+from facepipeline.gallery.config import GalleryConfig
+from facepipeline.sources.base import FaceFilters
+
+MODES = ("incremental", "full")
+
+
+class OptionsError(FacePipelineError, ValueError):
+    """A retrain option with a bad value; the message names the field."""
+
+
+@dataclass(frozen=True)
+class RetrainOptions:
+    event_ids: tuple[str, ...] = ()
+    person_ids: tuple[str, ...] = ()
+    date_from: date | None = None
+    date_to: date | None = None
+    min_faces_per_person: int | None = None
+    """None: the config table's value."""
+    include_co_occurring: bool = False
+    context_weight: float | None = None
+    """None: the config table's value."""
+    mode: str = "incremental"
+    model_version: str | None = None
+    """A label for this model version in the training session; None: ``<pack>/<index version>``."""
+    update_existing: bool = True
+    """False: no descriptors are written back to the gallery."""
+    test_fraction: float = 0.2
+    seed: int = 42
+    target_far: float = 0.001
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | None = None, **fields: Any) -> RetrainOptions:
+        """Build from loose values (strings from a CLI or run config); raise on the first bad field."""
+        values = {**(raw or {}), **fields}
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise OptionsError(f"{sorted(unknown)[0]}: unknown option (known: {', '.join(cls.__dataclass_fields__)})")
+        parsed = {name: _PARSERS[name](name, value) for name, value in values.items() if value is not None}
+        options = cls(**parsed)
+        if options.date_from and options.date_to and options.date_from > options.date_to:
+            raise OptionsError(f"date_from: {options.date_from} is after date_to {options.date_to}")
+        return options
+
+    def resolved(self, config: GalleryConfig) -> RetrainOptions:
+        """These options with the config table's values filled in where none was given."""
+        return RetrainOptions(
+            **{
+                **asdict(self),
+                "event_ids": self.event_ids,
+                "person_ids": self.person_ids,
+                "min_faces_per_person": self.min_faces_per_person or config.min_faces_per_person,
+                "context_weight": config.context_weight if self.context_weight is None else self.context_weight,
+            }
+        )
+
+    def filters(self) -> FaceFilters:
+        return FaceFilters(
+            event_ids=self.event_ids,
+            person_ids=self.person_ids,
+            date_from=self.date_from,
+            date_to=self.date_to,
+            min_faces_per_person=self.min_faces_per_person or 1,
+            include_co_occurring=self.include_co_occurring,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["event_ids"], data["person_ids"] = list(self.event_ids), list(self.person_ids)
+        for key in ("date_from", "date_to"):
+            data[key] = data[key].isoformat() if data[key] else None
+        return data
+
+
+def _uuids(name: str, value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, Iterable):
+        raise OptionsError(f"{name}: expected a list of UUIDs, got {value!r}")
+    out = []
+    for i, item in enumerate(items):
+        text = str(item).strip()
+        try:
+            out.append(str(uuid.UUID(text)))
+        except ValueError:
+            raise OptionsError(f"{name}[{i}]: {text!r} is not a UUID") from None
+    return tuple(dict.fromkeys(out))
+
+
+def _day(name: str, value: Any) -> date:
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise OptionsError(f"{name}: {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _count(name: str, value: Any) -> int:
+    try:
+        number = int(value) if not isinstance(value, bool) and float(value) == int(float(value)) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None:
+        raise OptionsError(f"{name}: expected a whole number, got {value!r}")
+    if number < 1:
+        raise OptionsError(f"{name}: must be at least 1, got {number}")
+    return number
+
+
+def _seed(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionsError(f"{name}: expected a whole number, got {value!r}")
+    return value
+
+
+def _unit(name: str, value: Any, *, open_interval: bool = False) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise OptionsError(f"{name}: expected a number between 0 and 1, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise OptionsError(f"{name}: expected a number between 0 and 1, got {value!r}")
+    inside = 0 < number < 1 if open_interval else 0 <= number <= 1
+    if not inside:
+        bounds = "strictly between 0 and 1" if open_interval else "between 0 and 1"
+        raise OptionsError(f"{name}: must be {bounds}, got {number:g}")
+    return number
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise OptionsError(f"{name}: expected true or false, got {value!r}")
+
+
+def _mode(name: str, value: Any) -> str:
+    if value not in MODES:
+        raise OptionsError(f"{name}: must be one of {', '.join(MODES)}, got {value!r}")
+    return value
+
+
+def _label(name: str, value: Any) -> str | None:
+    text = str(value).strip()
+    if len(text) > 200:
+        raise OptionsError(f"{name}: at most 200 characters")
+    return text or None
+
+
+_PARSERS = {
+    "event_ids": _uuids,
+    "person_ids": _uuids,
+    "date_from": _day,
+    "date_to": _day,
+    "min_faces_per_person": _count,
+    "include_co_occurring": _flag,
+    "context_weight": _unit,
+    "mode": _mode,
+    "model_version": _label,
+    "update_existing": _flag,
+    "test_fraction": lambda name, value: _unit(name, value, open_interval=True),
+    "seed": _seed,
+    "target_far": lambda name, value: _unit(name, value, open_interval=True),
+}

@@ -1,0 +1,138 @@
+"""Training sessions: one per retrain, in the gallery's ``face_training_sessions`` and in local history.
+
+The local history (one JSON file per session under ``FACEPIPELINE_HOME/history``) is written
+first and is the ledger: it can be read while the database is down (``facepipeline history``), and
+a session whose last state could not reach the database is marked *unsynced* and pushed by the
+next retrain that reaches it. So a session is never left ``running`` in the gallery for good
+because the database went away at the wrong moment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from facepipeline.gallery.base import Gallery, GalleryError
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class SessionRecord:
+    id: str
+    """The gallery's session id; a local UUID when the source has no database."""
+    run_id: str
+    source: str
+    status: str
+    created_at: str
+    updated_at: str
+    in_gallery: bool
+    """True when the row exists in face_training_sessions."""
+    synced: bool
+    """True when the gallery's row holds this record's latest state."""
+    fields: dict[str, Any] = field(default_factory=dict)
+    """The face_training_sessions columns: model_version, training_mode, counts, metrics..."""
+
+    @property
+    def error(self) -> str | None:
+        return (self.fields.get("metrics") or {}).get("error")
+
+
+class SessionHistory:
+    """The local ledger of sessions, one JSON file each, newest first when listed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, run_id: str) -> Path:
+        return self.root / f"{run_id}.json"
+
+    def save(self, record: SessionRecord) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self._path(record.run_id)
+        staging = path.with_suffix(f".{os.getpid()}.tmp")
+        staging.write_text(json.dumps(asdict(record), indent=2, sort_keys=True, default=str))
+        os.replace(staging, path)
+
+    def for_run(self, run_id: str) -> SessionRecord | None:
+        try:
+            return SessionRecord(**json.loads(self._path(run_id).read_text()))
+        except FileNotFoundError:
+            return None
+
+    def list(self, limit: int | None = None) -> list[SessionRecord]:
+        if not self.root.is_dir():
+            return []
+        records = []
+        for path in self.root.glob("*.json"):
+            try:
+                records.append(SessionRecord(**json.loads(path.read_text())))
+            except (OSError, ValueError, TypeError):
+                continue  # a damaged file is skipped, not fatal to the listing
+        records.sort(key=lambda r: r.created_at, reverse=True)
+        return records[:limit]
+
+
+class TrainingSessions:
+    """Opens and closes the session of a run, in the gallery (when there is one) and locally."""
+
+    def __init__(self, history: SessionHistory, gallery: Gallery | None, source: str) -> None:
+        self.history = history
+        self.gallery = gallery
+        self.source = source
+
+    def start(self, run_id: str, fields: Mapping[str, Any]) -> SessionRecord:
+        """The run's session, created ``running``; the same one when called again in that run."""
+        existing = self.history.for_run(run_id)
+        if existing is not None:
+            return existing
+        fields = {**fields, "status": "running"}
+        session_id = self.gallery.create_session(fields) if self.gallery is not None else str(uuid.uuid4())
+        now = _now()
+        record = SessionRecord(
+            id=session_id, run_id=run_id, source=self.source, status="running", created_at=now, updated_at=now,
+            in_gallery=self.gallery is not None, synced=True, fields=dict(fields),
+        )
+        self.history.save(record)
+        return record
+
+    def finish(self, run_id: str, status: str, fields: Mapping[str, Any]) -> tuple[SessionRecord | None, str | None]:
+        """Close the run's session; returns it and a warning when the gallery could not be told."""
+        record = self.history.for_run(run_id)
+        if record is None:
+            return None, None
+        record.status = status
+        record.fields = {**record.fields, **fields, "status": status}
+        record.updated_at = _now()
+        record.synced = not record.in_gallery
+        self.history.save(record)  # the ledger first: it is what the next run trusts
+        return record, self._push(record)
+
+    def sync_pending(self) -> list[str]:
+        """Push sessions whose last state never reached the gallery; returns their ids."""
+        if self.gallery is None:
+            return []
+        pushed = []
+        for record in self.history.list():
+            if record.in_gallery and not record.synced and record.source == self.source and self._push(record) is None:
+                pushed.append(record.id)
+        return pushed
+
+    def _push(self, record: SessionRecord) -> str | None:
+        if not record.in_gallery or self.gallery is None:
+            return None
+        try:
+            self.gallery.update_session(record.id, record.fields)
+        except GalleryError as exc:
+            return f"training session {record.id} is {record.status} locally but the gallery was not updated: {exc}"
+        record.synced = True
+        self.history.save(record)
+        return None
