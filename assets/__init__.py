@@ -1,7 +1,7 @@
 """The retrain, as software-defined assets:
 
 verified_faces -> cached_photos -> face_embeddings -> face_index -> index_metrics
-                                                   \-> face_descriptors (written back to the gallery)
+                                                   +-> face_descriptors (written back to the gallery)
 all of them -> training_session (the run's record in face_training_sessions)
 """
 

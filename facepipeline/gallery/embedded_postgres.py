@@ -164,6 +164,7 @@ class EmbeddedPostgres:
         except (OSError, ValueError):
             return None
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT after our own restart is free
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:

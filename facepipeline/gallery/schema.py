@@ -16,6 +16,8 @@ def has_schema(conn: psycopg.Connection) -> bool:
 def create_schema(dsn: str) -> bool:
     """Create the tables and the initial config rows unless they exist; True when created."""
     with psycopg.connect(dsn, autocommit=False) as conn:
+        # Two processes starting the demo at once: the second waits, then finds the tables.
+        conn.execute("select pg_advisory_xact_lock(hashtext('facepipeline.create_schema'))")
         if has_schema(conn):
             return False
         conn.execute(SCHEMA_SQL)
