@@ -16,9 +16,8 @@ def training_sessions(face_source: FaceSourceResource, artifacts: ArtifactStoreR
 
 
 def run_trains_model(context: AssetExecutionContext) -> bool:
-    selection = context.run.asset_selection
-    if selection is None:
-        selection = context.job_def.asset_layer.executable_asset_keys
+    # A run of a whole job has an empty selection: everything the job holds.
+    selection = context.run.asset_selection or context.job_def.asset_layer.executable_asset_keys
     return TRAINING_SESSION in selection
 
 

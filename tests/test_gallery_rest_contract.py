@@ -199,7 +199,7 @@ class FakePostgrest:
         prefer = seen.headers.get("prefer", "")
         if seen.method == "POST":
             return self._insert(table, seen, prefer, select)
-        matched = self._filter(rows, seen.query, select)
+        matched = [shown for _, shown in self._filter(rows, seen.query, select)]
         if seen.method == "GET":
             if seen.param("order"):
                 column = seen.param("order").removesuffix(".asc")
@@ -210,11 +210,9 @@ class FakePostgrest:
             content_range = f"{offset}-{offset + len(matched) - 1}/*" if matched else "*/*"
             return 200, {"Content-Range": content_range}, self._project(matched, select)
         if seen.method == "PATCH":
-            updated = []
-            for row in rows:
-                if any(row is m for m in matched):
-                    row.update(self._stored(seen.body))
-                    updated.append(row)
+            updated = [original for original, _ in self._filter(rows, seen.query, select)]
+            for row in updated:
+                row.update(self._stored(seen.body))
             content_range = f"0-{len(updated) - 1}/*" if updated else "*/*"
             if "return=representation" in prefer:
                 return 200, {"Content-Range": content_range}, self._project(updated, select)
@@ -237,10 +235,11 @@ class FakePostgrest:
             return 201, {"Content-Range": "*/*"}, self._project([row], select)
         return 201, {"Content-Range": "*/*"}, None
 
-    def _filter(self, rows: list[dict[str, Any]], query: list[tuple[str, str]], select: str) -> list[dict[str, Any]]:
+    def _filter(self, rows: list[dict[str, Any]], query: list[tuple[str, str]], select: str) -> list[tuple[dict, dict]]:
+        """``(stored row, row as shown)`` for the rows the filters keep."""
         kept = []
-        for row in rows:
-            row = copy.deepcopy(row)
+        for original in rows:
+            row: dict[str, Any] | None = original
             for column, expression in query:
                 if column in ("select", "order", "limit", "offset", "on_conflict", "columns"):
                     continue
@@ -261,7 +260,7 @@ class FakePostgrest:
                 if row is None:
                     break
             if row is not None:
-                kept.append(row)
+                kept.append((original, row))
         return kept
 
     @staticmethod
@@ -270,7 +269,7 @@ class FakePostgrest:
         ``!inner`` all the way up (or a top-level column) the row itself goes."""
         for depth in range(len(path), 0, -1):
             if not _is_inner(select, path[depth - 1]):
-                parent = row
+                row = parent = copy.deepcopy(row)
                 for embed in path[: depth - 1]:
                     parent = parent[embed]
                 parent[path[depth - 1]] = None
@@ -289,6 +288,11 @@ def postgrest() -> Iterator[FakePostgrest]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            # headers and body go out in separate writes: without this, delayed ACKs cost 40 ms a request
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def _handle(self) -> None:
             parts = urlsplit(self.path)
@@ -337,9 +341,13 @@ def postgrest() -> Iterator[FakePostgrest]:
         def log_message(self, *args) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class QuietServer(ThreadingHTTPServer):
+        def handle_error(self, request, client_address) -> None:
+            pass  # a client that gave up (the timeout test) is expected, not worth a traceback
+
+    httpd = QuietServer(("127.0.0.1", 0), Handler)
     fake.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield fake
@@ -393,11 +401,14 @@ def seed_face(
     fake: FakePostgrest, n: int, person: str | None, photo: int, *, verified: bool = True, bbox: Any = None, **columns: Any
 ) -> str:
     face_id = ids(0, n)
+    written = {
+        "insightface_descriptor": None, "insightface_confidence": None, "insightface_bbox": None, "training_used": False,
+        "training_context": None, **columns,
+    }
     fake.put(
         "photo_faces", id=face_id, photo_id=PHOTOS[photo]["id"], person_id=person, verified=verified,
         bbox=copy.deepcopy(BOX if bbox is None else bbox), photos=copy.deepcopy(PHOTOS[photo]),
-        people=copy.deepcopy(PEOPLE.get(person)), insightface_descriptor=None, insightface_confidence=None,
-        insightface_bbox=None, training_used=False, training_context=None, **columns,
+        people=copy.deepcopy(PEOPLE.get(person)), **written,
     )
     return face_id
 

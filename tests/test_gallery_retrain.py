@@ -1,0 +1,164 @@
+"""The retrain against a real gallery: Postgres + pgvector seeded from real photos served over HTTP.
+
+Each test materializes the whole retrain job through Dagster on a real instance, with the real
+model, and then counts rows in the database.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from dagster import DagsterInstance
+
+from definitions import build_definitions
+from facepipeline.gallery import photo_server
+from facepipeline.gallery.seed import seed_from_folder
+from jobs import retrain_job
+
+SECRET = "s3cr3t-gallery-password"
+
+
+@pytest.fixture()
+def instance(tmp_path):
+    (tmp_path / "dagster").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "dagster"), overrides={"telemetry": {"enabled": False}}) as instance:
+        yield instance
+
+
+@pytest.fixture()
+def served(small_faces: Path):
+    with photo_server.serve(small_faces) as server:
+        yield server
+
+
+@pytest.fixture()
+def gallery(gallery_dsn, served, small_faces, settings, monkeypatch):
+    """The 6 x 8 photos seeded into a fresh database; settings point the retrain at it (password in env only)."""
+    from dataclasses import replace
+
+    seeded = seed_from_folder(gallery_dsn, small_faces, served.url_for, unverified_share=0.1)
+    with psycopg.connect(gallery_dsn, autocommit=True) as conn:
+        conn.execute(f"alter user postgres password '{SECRET}'")  # trust auth ignores it; the DSN carries it anyway
+    dsn = gallery_dsn.replace("postgres@", f"postgres:{SECRET}@")
+    monkeypatch.setenv("SUPABASE_DB_URL", dsn)
+    return {"dsn": gallery_dsn, "seeded": seeded, "settings": replace(settings, source="postgres")}
+
+
+def retrain(settings, instance, **options):
+    job = build_definitions(settings).resolve_job_def(retrain_job.name)
+    run_config = {"resources": {"retrain_options": {"config": options}}}
+    return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+
+
+def rows(dsn: str, where: str = "true") -> dict[str, tuple]:
+    with psycopg.connect(dsn) as conn:
+        return {r[0]: r[1:] for r in conn.execute(f"select id::text, xmin::text, photo_faces::text from photo_faces where {where}")}
+
+
+def sessions(dsn: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "select id::text, status, training_mode, faces_count, people_count, metrics from face_training_sessions order by created_at"
+        ).fetchall()
+
+
+def test_retrain_writes_descriptors_for_verified_faces_only_records_a_session_and_a_rerun_changes_nothing(gallery, instance):
+    dsn, settings = gallery["dsn"], gallery["settings"]
+    unverified_before = rows(dsn, "not verified")
+    assert len(unverified_before) == gallery["seeded"].unverified > 0
+
+    first = retrain(settings, instance)
+    assert first.success
+    embedded = first.output_for_node("face_embeddings")
+    embedded_ok = {r["face_id"] for r in embedded.to_pylist() if r["status"] == "ok"}
+    with psycopg.connect(dsn) as conn:
+        written = conn.execute(
+            "select id::text, vector_dims(insightface_descriptor), insightface_descriptor::text, insightface_confidence, "
+            "insightface_bbox, training_used, training_context from photo_faces where insightface_descriptor is not null"
+        ).fetchall()
+    assert {r[0] for r in written} == embedded_ok and len(embedded_ok) >= 40
+    for _, dims, text, confidence, box, used, context in written:
+        vector = np.array(json.loads(text), dtype=np.float32)
+        assert dims == 512 and abs(float(np.linalg.norm(vector)) - 1) < 1e-3
+        assert 0.5 < confidence <= 1 and set(box) == {"x", "y", "width", "height"} and used is True
+        assert context["event_id"] and context["co_occurring_people"] == [] and context["training_session_id"]
+    assert rows(dsn, "not verified") == unverified_before  # byte for byte, same tuple versions
+
+    [session] = sessions(dsn)
+    session_id, status, mode, faces_count, people_count, metrics = session
+    assert (status, mode, people_count) == ("completed", "incremental", 6)
+    assert faces_count == len(embedded_ok)
+    assert metrics["processed"] == f"processed {len(embedded_ok)}/{embedded.num_rows} faces ({embedded.num_rows - len(embedded_ok)} failed)"
+    assert metrics["rank1_accuracy"] >= 0.9 and metrics["index_version"] == "v1"
+    assert {c[6]["training_session_id"] for c in written} == {session_id}
+
+    after_first = rows(dsn)
+    second = retrain(settings, instance)
+    assert second.success
+    assert second.output_for_node("face_descriptors")["written"] == 0
+    assert rows(dsn) == after_first  # not one row rewritten
+    assert [s[1] for s in sessions(dsn)] == ["completed", "completed"]
+
+    local = sorted((settings.home / "history").glob("*.json"))
+    assert len(local) == 2 and all(json.loads(p.read_text())["synced"] for p in local)
+    for text in [p.read_text() for p in local] + [json.dumps(s[5]) for s in sessions(dsn)]:
+        assert SECRET not in text
+
+
+def test_photo_failures_are_counted_with_their_reasons_and_the_run_goes_on(gallery, instance, small_faces):
+    dsn, settings = gallery["dsn"], gallery["settings"]
+    with psycopg.connect(dsn) as conn:
+        [(missing_url,), (corrupt_url,)] = conn.execute(
+            "select p.url from photos p join photo_faces f on f.photo_id = p.id where f.verified order by p.url limit 2"
+        ).fetchall()
+    relative = [Path(u.split("/", 3)[3].replace("%20", " ")) for u in (missing_url, corrupt_url)]
+    (small_faces / relative[0]).unlink()
+    (small_faces / relative[1]).write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+    result = retrain(settings, instance)
+    assert result.success
+    [(status, metrics)] = [(s[1], s[5]) for s in sessions(dsn)]
+    assert status == "completed" and metrics["faces_failed"] == 2
+    assert metrics["photos_failed"] == 2 and metrics["photo_failure_reasons"] == {"HTTP 404": 1, "corrupt image": 1}
+    assert metrics["failure_reasons"] == {"photo_unavailable": 2}
+    assert metrics["processed"] == f"processed {metrics['faces_total'] - 2}/{metrics['faces_total']} faces (2 failed)"
+    assert metrics["faces_embedded"] == metrics["faces_total"] - 2
+
+
+def test_update_existing_false_writes_no_descriptor(gallery, instance):
+    result = retrain(gallery["settings"], instance, update_existing=False)
+    assert result.success and result.output_for_node("face_descriptors")["status"] == "skipped"
+    assert not rows(gallery["dsn"], "insightface_descriptor is not null or training_used")
+    assert [s[1] for s in sessions(gallery["dsn"])] == ["completed"]
+
+
+def test_an_unreachable_database_fails_the_run_at_its_first_step_naming_host_and_port(gallery, instance, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("SUPABASE_DB_URL", f"postgresql://postgres:{SECRET}@127.0.0.1:{port}/gallery")
+    result = retrain(gallery["settings"], instance)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "verified_faces"
+    message = failure.step_failure_data.user_failure_data.description
+    assert f"127.0.0.1:{port}" in message and SECRET not in message
+    settings = gallery["settings"]
+    assert not (settings.home / "photos").exists() and not (settings.home / "history").exists()
+    assert sessions(gallery["dsn"]) == []  # nothing written to the (real, running) gallery either
+
+
+def test_a_failed_step_ends_the_session_failed_with_the_error(gallery, instance):
+    settings = gallery["settings"]
+    from dataclasses import replace
+
+    broken = replace(settings, model_pack="no_such_pack")
+    result = retrain(broken, instance)
+    assert not result.success
+    [(status, metrics)] = [(s[1], s[5]) for s in sessions(gallery["dsn"])]
+    assert status == "failed" and "no_such_pack" in metrics["error"] and metrics["failed_step"] == "face_embeddings"
+    assert not rows(gallery["dsn"], "insightface_descriptor is not null")
