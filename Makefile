@@ -9,14 +9,16 @@ export FACEPIPELINE_HOME ?= $(abspath .facepipeline)
 export DAGSTER_HOME ?= $(FACEPIPELINE_HOME)/dagster
 # hnswlib compiles from source; without this it targets the build machine's CPU only.
 export HNSWLIB_NO_NATIVE := 1
-DEMO_SOURCE ?= folder:$(SHARED)/data/faces
+export FACEPIPELINE_SEED_FOLDER ?= $(SHARED)/data/faces
+DEMO_SOURCE ?= embedded
 
 # uv from PATH, or the copy pip installs below when the machine has none.
 UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
-.PHONY: help env demo ui test check bench clean
+.PHONY: help env demo ui test check bench gallery-down clean
 help:
-	@echo "make demo   - create the environment and run the whole retrain on $(DEMO_SOURCE)"
+	@echo "make demo   - create the environment, start the embedded gallery (PostgreSQL + pgvector, seeded"
+	@echo "              from $(FACEPIPELINE_SEED_FOLDER)) and run the whole retrain against it"
 	@echo "make test   - run the test suite"
 	@echo "make ui     - start the Dagster UI (dagster dev) on the same instance"
 	@echo "make check  - dg check defs + dagster definitions validate"
@@ -30,10 +32,11 @@ env: .venv/.synced
 
 demo: env
 	$(UV) run --frozen facepipeline retrain --source $(DEMO_SOURCE)
-	@echo "runs and assets: make ui, then open http://127.0.0.1:3000"
+	@echo "runs and assets: make ui, then open http://127.0.0.1:3000; stop the gallery: make gallery-down"
 
 ui: env
 	mkdir -p "$(DAGSTER_HOME)"
+	$(UV) run --frozen facepipeline gallery up
 	$(UV) run --frozen dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 test: env
@@ -45,6 +48,9 @@ check: env
 
 bench: env
 	$(UV) run --frozen python bench/embed.py
+
+gallery-down: env
+	$(UV) run --frozen facepipeline gallery down
 
 clean:
 	rm -rf .venv .pytest_cache

@@ -11,7 +11,7 @@ from facepipeline.settings import DEFAULT_HOME
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Settings that hold paths: a relative path in a .env file means "relative to that file".
-PATH_SETTINGS = ("FACEPIPELINE_HOME", "FACEPIPELINE_MODEL_ROOT", "DAGSTER_HOME")
+PATH_SETTINGS = ("FACEPIPELINE_HOME", "FACEPIPELINE_MODEL_ROOT", "FACEPIPELINE_SEED_FOLDER", "DAGSTER_HOME")
 
 DAGSTER_YAML = """\
 # Written by facepipeline for its local Dagster instance (runs, events, schedules).

@@ -19,7 +19,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -32,13 +32,14 @@ from facepipeline.faces import VerifiedFace
 from facepipeline.gallery.base import (
     DescriptorUpdate,
     FaceLabel,
+    Gallery,
     GalleryError,
     GalleryUnavailable,
     WriteBackInterrupted,
 )
 from facepipeline.gallery.rest import RestGallery
 from facepipeline.geometry import BBox
-from facepipeline.sources.base import FaceFilters, RejectedFace
+from facepipeline.sources.base import FaceFilters, RejectedFace, open_source
 
 KEY = "sb_secret_contracttest_0123456789"
 READ_SELECT = (
@@ -248,7 +249,8 @@ class FakePostgrest:
                     inner, _, arg = arg.partition(".")
                     op = f"not.{inner}"
                 if op not in ("eq", "is", "not.is", "in", "gt", "gte", "lte", "cs"):
-                    raise PostgrestError(400, "PGRST100", f'"failed to parse filter ({expression})"', f"unexpected operator {op}")
+                    message = f'"failed to parse filter ({expression})"'
+                    raise PostgrestError(400, "PGRST100", message, f"unexpected operator {op}")
                 *path, name = column.split(".")
                 holder: Any = row
                 for embed in path:
@@ -465,7 +467,10 @@ def test_rest_contract_read_sends_one_request_and_builds_faces(small_gallery: Fa
 @pytest.mark.parametrize(
     ("filters", "select", "extra_params", "faces"),
     [
-        pytest.param(FaceFilters(event_ids=(SPRING["id"],)), READ_SELECT, [("photos.event_id", f"in.({SPRING['id']})")], [1, 2], id="event_ids"),
+        pytest.param(
+            FaceFilters(event_ids=(SPRING["id"],)), READ_SELECT, [("photos.event_id", f"in.({SPRING['id']})")], [1, 2],
+            id="event_ids",
+        ),
         pytest.param(
             FaceFilters(date_from=date(2024, 5, 1)), READ_SELECT_DATED, [("photos.events.date", "gte.2024-05-01")], [3],
             id="date_from-drops-faces-without-event",
@@ -474,7 +479,10 @@ def test_rest_contract_read_sends_one_request_and_builds_faces(small_gallery: Fa
             FaceFilters(date_from=date(2024, 3, 10), date_to=date(2024, 5, 1)), READ_SELECT_DATED,
             [("photos.events.date", "gte.2024-03-10"), ("photos.events.date", "lte.2024-05-01")], [1, 2], id="date_range",
         ),
-        pytest.param(FaceFilters(person_ids=(ANN, CAROL)), READ_SELECT, [("person_id", f"in.({ANN},{CAROL})")], [1, 3, 4, 7], id="person_ids"),
+        pytest.param(
+            FaceFilters(person_ids=(ANN, CAROL)), READ_SELECT, [("person_id", f"in.({ANN},{CAROL})")], [1, 3, 4, 7],
+            id="person_ids",
+        ),
         pytest.param(
             FaceFilters(person_ids=(BOB,), include_co_occurring=True), READ_SELECT, [], [1, 2, 3, 7],
             id="co-occurring-filters-after-the-read",
@@ -483,7 +491,12 @@ def test_rest_contract_read_sends_one_request_and_builds_faces(small_gallery: Fa
     ],
 )
 def test_rest_contract_read_filters(
-    small_gallery: FakePostgrest, gallery: RestGallery, filters: FaceFilters, select: str, extra_params: list, faces: list[int]
+    small_gallery: FakePostgrest,
+    gallery: RestGallery,
+    filters: FaceFilters,
+    select: str,
+    extra_params: list[tuple[str, str]],
+    faces: list[int],
 ) -> None:
     read = gallery.read(filters)
 
@@ -564,10 +577,12 @@ def unit_vector(seed: int) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
-def update_for(n: int, person: str = ANN, *, bbox: BBox = BBox(10, 20, 30, 40), session: str = "s-new") -> DescriptorUpdate:
+def update_for(n: int, *, session: str = "s-new") -> DescriptorUpdate:
+    """Ann's face ``n`` as read (box 10,20,30,40), with its descriptor and context."""
     return DescriptorUpdate(
-        face_id=ids(0, n), person_id=person, bbox=bbox, descriptor=unit_vector(n), confidence=0.8123456789,
-        detected_bbox=BBox(11.123, 21.456, 28.5, 39.0), context={"event_id": SPRING["id"], "co_occurring_people": [BOB], "training_session_id": session},
+        face_id=ids(0, n), person_id=ANN, bbox=BBox(10, 20, 30, 40), descriptor=unit_vector(n), confidence=0.8123456789,
+        detected_bbox=BBox(11.123, 21.456, 28.5, 39.0),
+        context={"event_id": SPRING["id"], "co_occurring_people": [BOB], "training_session_id": session},
     )
 
 
@@ -615,7 +630,9 @@ def test_rest_contract_write_back_patches_only_changed_rows_behind_guards(
     assert patch.headers["prefer"] == "return=representation"
     assert patch.headers["content-type"] == "application/json"
     assert_authenticated(patch)
-    assert set(patch.body) == {"insightface_descriptor", "insightface_confidence", "insightface_bbox", "training_used", "training_context"}
+    assert set(patch.body) == {
+        "insightface_descriptor", "insightface_confidence", "insightface_bbox", "training_used", "training_context",
+    }
     assert isinstance(patch.body["insightface_descriptor"], str)  # a pgvector literal
     sent = np.array(json.loads(patch.body["insightface_descriptor"]), dtype=np.float32)
     assert np.array_equal(sent, updates[0].descriptor)
@@ -682,7 +699,9 @@ def test_rest_contract_write_back_batches_and_chunks_ids(postgrest: FakePostgres
         seed_face(postgrest, n, ANN, 1)
     progress: list[dict[str, int]] = []
 
-    report = gallery.write_descriptors([update_for(n) for n in range(1, 251)], batch_size=120, progress=lambda r: progress.append(r.as_dict()))
+    report = gallery.write_descriptors(
+        [update_for(n) for n in range(1, 251)], batch_size=120, progress=lambda r: progress.append(r.as_dict())
+    )
 
     assert report.as_dict() == {"faces": 250, "written": 250, "unchanged": 0, "skipped": 0, "batches_committed": 3}
     assert [p["batches_committed"] for p in progress] == [1, 2, 3]
@@ -713,7 +732,7 @@ def test_rest_contract_write_back_interrupted_keeps_what_was_written(postgrest: 
 def test_rest_contract_write_back_rejects_a_vector_postgrest_refuses(postgrest: FakePostgrest, gallery: RestGallery) -> None:
     seed_face(postgrest, 1, ANN, 1)
     postgrest.faults.append(
-        Fault("PATCH", status=400, body={"code": "22000", "message": "expected 512 dimensions, not 511", "details": None, "hint": None})
+        Fault("PATCH", status=400, body={"code": "22000", "message": "expected 512 dimensions, not 511", "details": None})
     )
 
     with pytest.raises(GalleryError) as caught:
@@ -781,7 +800,7 @@ def test_rest_contract_timeout_is_unavailable(postgrest: FakePostgrest) -> None:
 @pytest.mark.parametrize(
     ("status", "body", "error", "expected"),
     [
-        (400, {"code": "PGRST100", "message": '"failed to parse filter (eqq.1)"', "details": "unexpected \"q\"", "hint": None},
+        (400, {"code": "PGRST100", "message": '"failed to parse filter (eqq.1)"', "details": 'unexpected "q"', "hint": None},
          GalleryError, 'PGRST100: "failed to parse filter (eqq.1)" (unexpected "q")'),
         (400, {"code": "22P02", "message": 'invalid input syntax for type uuid: "nope"', "details": None, "hint": None},
          GalleryError, '22P02: invalid input syntax for type uuid: "nope"'),
@@ -789,7 +808,7 @@ def test_rest_contract_timeout_is_unavailable(postgrest: FakePostgrest) -> None:
          GalleryError, "Invalid API key; hint: Double check your Supabase"),
         (500, {"code": "XX000", "message": "internal error", "details": "boom", "hint": "retry later"},
          GalleryError, "XX000: internal error (boom); hint: retry later"),
-        (503, {"code": "PGRST001", "message": "Database client error. Retrying the connection.", "details": "no connection to the server", "hint": None},
+        (503, {"code": "PGRST001", "message": "Database client error. Retrying the connection.", "details": "no connection"},
          GalleryUnavailable, "PGRST001: Database client error"),
         (502, "<html><body>502 Bad Gateway</body></html>", GalleryUnavailable, "502: Bad Gateway"),
     ],
@@ -814,7 +833,9 @@ def test_rest_contract_a_key_echoed_by_the_server_is_redacted(postgrest: FakePos
     plain_key = "plain-service-key-echoed-back-42"
     rest = RestGallery(postgrest.url, plain_key)
     postgrest.faults.append(
-        Fault("GET", status=401, body={"code": "PGRST301", "message": f"JWSError: key {plain_key} is not a JWT", "details": plain_key, "hint": plain_key})
+        Fault("GET", status=401, body={
+            "code": "PGRST301", "message": f"JWSError: key {plain_key} is not a JWT", "details": plain_key, "hint": plain_key,
+        })
     )
     try:
         with pytest.raises(GalleryError) as caught:
@@ -855,11 +876,13 @@ def test_rest_contract_settings_come_from_arguments_or_the_environment(
     finally:
         rest.close()
     (seen,) = postgrest.requests
-    assert (seen.method, seen.path, seen.query) == ("GET", "/rest/v1/face_recognition_config", [("select", "id"), ("limit", "1")])
+    assert (seen.method, seen.path) == ("GET", "/rest/v1/face_recognition_config")
+    assert seen.query == [("select", "id"), ("limit", "1")]
     assert_authenticated(seen)
 
 
 def test_rest_contract_repr_and_description_show_the_host_only(postgrest: FakePostgrest, gallery: RestGallery) -> None:
+    assert isinstance(gallery, Gallery)
     where = postgrest.url.removeprefix("http://")
     assert gallery.description == f"supabase://{where}"
     assert KEY not in repr(gallery) and KEY not in str(gallery)
@@ -867,6 +890,11 @@ def test_rest_contract_repr_and_description_show_the_host_only(postgrest: FakePo
     hosted = RestGallery("https://abcdefgh.supabase.co", KEY)
     assert hosted.description == "supabase://abcdefgh.supabase.co"
     hosted.close()
+    opened = open_source("supabase", supabase_url=postgrest.url, service_role_key=KEY + "\n")  # as read from a secrets file
+    assert isinstance(opened, RestGallery) and opened.description == f"supabase://{where}"
+    opened.ping()
+    opened.close()
+    assert_authenticated(postgrest.requests[-1])
 
 
 # -- sessions and config ---------------------------------------------------------------------------
@@ -891,11 +919,13 @@ def test_rest_contract_sessions_insert_and_update(postgrest: FakePostgrest, gall
     gallery.update_session(session_id, {"status": "completed", "faces_count": 42, "metrics": {"accuracy": 0.97}})
 
     update = postgrest.requests[-1]
-    assert (update.method, update.path, update.query) == ("PATCH", "/rest/v1/face_training_sessions", [("id", f"eq.{session_id}")])
+    assert (update.method, update.path) == ("PATCH", "/rest/v1/face_training_sessions")
+    assert update.query == [("id", f"eq.{session_id}")]
     assert update.headers["prefer"] == "return=minimal"
     assert update.body == {"status": "completed", "faces_count": 42, "metrics": {"accuracy": 0.97}}
     row = postgrest.row("face_training_sessions", session_id)
-    assert (row["status"], row["faces_count"], row["metrics"], row["training_mode"]) == ("completed", 42, {"accuracy": 0.97}, "full")
+    assert row["status"] == "completed" and row["faces_count"] == 42 and row["metrics"] == {"accuracy": 0.97}
+    assert row["training_mode"] == "full"  # left as it was
 
 
 def test_rest_contract_sessions_refuse_bad_fields_before_any_request(postgrest: FakePostgrest, gallery: RestGallery) -> None:
@@ -907,14 +937,16 @@ def test_rest_contract_sessions_refuse_bad_fields_before_any_request(postgrest: 
 
 
 def test_rest_contract_config_read_and_upsert(postgrest: FakePostgrest, gallery: RestGallery) -> None:
-    postgrest.put("face_recognition_config", id=ids(5, 1), key="min_faces_per_person", value=3, updated_at="2024-01-01T00:00:00+00:00")
-    postgrest.put("face_recognition_config", id=ids(5, 2), key="confidence_thresholds", value={"low_data": 0.75, "medium_data": 0.65, "high_data": 0.55})
+    thresholds = {"low_data": 0.75, "medium_data": 0.65, "high_data": 0.55}
+    postgrest.put("face_recognition_config", id=ids(5, 1), key="min_faces_per_person", value=3, updated_at="2024-01-01T00:00:00Z")
+    postgrest.put("face_recognition_config", id=ids(5, 2), key="confidence_thresholds", value=thresholds)
 
     assert gallery.read_config() == {
         "confidence_thresholds": {"low_data": 0.75, "medium_data": 0.65, "high_data": 0.55}, "min_faces_per_person": 3,
     }
     (read,) = postgrest.requests
-    assert (read.method, read.path, read.query) == ("GET", "/rest/v1/face_recognition_config", [("select", "key,value"), ("order", "key.asc")])
+    assert (read.method, read.path) == ("GET", "/rest/v1/face_recognition_config")
+    assert read.query == [("select", "key,value"), ("order", "key.asc")]
 
     gallery.write_config("min_faces_per_person", 5)
     gallery.write_config("mode", "incremental")

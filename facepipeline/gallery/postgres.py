@@ -34,7 +34,8 @@ from facepipeline.geometry import BBox, BBoxError
 from facepipeline.sources.base import FaceFilters, FaceRead, RejectedFace, select_people
 
 _VERIFIED_FACES = """
-select f.id::text, f.person_id::text, coalesce(pe.real_name, pe.telegram_name, pe.telegram_nickname),
+select f.id::text, f.person_id::text,
+       coalesce(nullif(trim(pe.real_name), ''), nullif(trim(pe.telegram_name), ''), nullif(trim(pe.telegram_nickname), '')),
        p.url, f.bbox, p.event_id::text, e.name, e.date::text, p.id::text
 from photo_faces f
 join photos p on p.id = f.photo_id
@@ -127,6 +128,8 @@ class PostgresGallery:
             with conn:
                 conn.execute("select set_config('statement_timeout', %s, false)", [f"{int(self.statement_timeout_s * 1000)}"])
                 yield conn
+        except psycopg.errors.QueryCanceled as exc:  # an OperationalError, but the server is there
+            raise GalleryError(f"the gallery database at {self.where} cancelled a query: {self._clean(exc)}") from None
         except psycopg.OperationalError as exc:
             raise GalleryUnavailable(f"lost the gallery database at {self.where}: {self._clean(exc)}") from None
         except psycopg.Error as exc:
@@ -201,7 +204,7 @@ class PostgresGallery:
         return report
 
     def create_session(self, fields: Mapping[str, Any]) -> str:
-        columns = session_fields(fields)
+        columns = session_fields(fields) or {"status": "running"}
         names = ", ".join(columns)
         values = ", ".join(f"%({name})s" for name in columns)
         with self._connection() as conn:
@@ -212,6 +215,8 @@ class PostgresGallery:
 
     def update_session(self, session_id: str, fields: Mapping[str, Any]) -> None:
         columns = session_fields(fields)
+        if not columns:
+            return
         assignments = ", ".join(f"{name} = %({name})s" for name in columns)
         with self._connection() as conn:
             conn.execute(

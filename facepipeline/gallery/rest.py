@@ -59,6 +59,9 @@ _SESSION_KEY = "training_session_id"
 
 
 class RestGallery:
+    """A :class:`~facepipeline.gallery.base.Gallery` over Supabase's REST API; ``url`` and
+    ``service_role_key`` default to ``SUPABASE_URL`` and ``SUPABASE_SERVICE_ROLE_KEY``."""
+
     def __init__(
         self,
         url: str | None = None,
@@ -71,14 +74,17 @@ class RestGallery:
         key = service_role_key or os.environ.get("SUPABASE_SERVICE_ROLE_KEY")
         missing = [name for name, value in (("SUPABASE_URL", url), ("SUPABASE_SERVICE_ROLE_KEY", key)) if not value]
         if missing:
-            raise GalleryError(f"the Supabase REST API needs {' and '.join(missing)} (the project URL and its service role key)")
+            raise GalleryError(
+                f"the Supabase REST API needs {' and '.join(missing)} (the project URL and its service role key)"
+            )
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size}")
-        self._key = key
+        self._key = key = key.strip()  # a key read from a file often ends in a newline
         self.where = _host_port(url)
         if self.where is None:
             raise GalleryError(f"SUPABASE_URL must be an http(s) URL, got {self._clean(url)!r}")
         self.page_size = page_size
+        # Redirects are not followed: httpx would carry the ``apikey`` header to wherever they point.
         self._http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)))
         options = ClientOptions(
             httpx_client=self._http,
@@ -123,7 +129,8 @@ class RestGallery:
                 raise GalleryUnavailable(f"the gallery's REST API at {self.where} cannot serve requests: {text}") from None
             raise GalleryError(f"the gallery's REST API at {self.where} refused a request: {text}") from None
         if not isinstance(data, list):
-            raise GalleryError(f"the gallery's REST API at {self.where} answered something other than rows: {self._clean(str(data)[:200])}")
+            text = self._clean(str(data)[:200])
+            raise GalleryError(f"the gallery's REST API at {self.where} answered something other than rows: {text}")
         return data
 
     def _pages(self, build: Callable[[], Any]) -> Iterator[dict[str, Any]]:
@@ -172,7 +179,9 @@ class RestGallery:
                 continue
             photo, person = row["photos"], row["people"]
             event = photo.get("events") or {}
-            name = next((n for n in (person.get(k) for k in ("real_name", "telegram_name", "telegram_nickname")) if n is not None), None)
+            # The first name that is set and not blank, as postgres.py's coalesce(nullif(...)).
+            names = (person.get(k) for k in ("real_name", "telegram_name", "telegram_nickname"))
+            name = next((n for n in names if n is not None and n.strip()), None)
             faces.append(
                 VerifiedFace(
                     row["id"], row["person_id"], name, photo["url"], box, photo.get("event_id"), event.get("name"),
@@ -357,4 +366,4 @@ def _changed(row: Mapping[str, Any], update: DescriptorUpdate, context: Mapping[
         return True
     if row.get("training_used") is not True:
         return True
-    return False
+    return not _json_equal(_without_session(row.get("training_context")), _without_session(dict(context)))
