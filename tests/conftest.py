@@ -99,6 +99,20 @@ def gallery_dsn(postgres_server, request) -> Iterator[str]:
             admin.execute(f'drop database if exists "{name}" with (force)')
 
 
+@pytest.fixture()
+def seeded_gallery(gallery_dsn, small_faces):
+    """The 6 x 8 real photos seeded into a fresh gallery database, served over HTTP on 127.0.0.1.
+
+    A tenth of the faces are left unverified. Yields the DSN and the seed report.
+    """
+    from facepipeline.gallery import photo_server
+    from facepipeline.gallery.seed import seed_from_folder
+
+    with photo_server.serve(small_faces) as server:
+        report = seed_from_folder(gallery_dsn, small_faces, server.url_for, unverified_share=0.1)
+        yield gallery_dsn, report
+
+
 @dataclass
 class Route:
     status: int = 200

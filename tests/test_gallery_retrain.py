@@ -13,8 +13,6 @@ import pytest
 from dagster import DagsterInstance
 
 from definitions import build_definitions
-from facepipeline.gallery import photo_server
-from facepipeline.gallery.seed import seed_from_folder
 from jobs import retrain_job
 
 SECRET = "s3cr3t-gallery-password"
@@ -28,17 +26,11 @@ def instance(tmp_path):
 
 
 @pytest.fixture()
-def served(small_faces: Path):
-    with photo_server.serve(small_faces) as server:
-        yield server
-
-
-@pytest.fixture()
-def gallery(gallery_dsn, served, small_faces, settings, monkeypatch):
-    """The 6 x 8 photos seeded into a fresh database; settings point the retrain at it (password in env only)."""
+def gallery(seeded_gallery, settings, monkeypatch):
+    """The seeded gallery; settings point the retrain at it (the password in the environment only)."""
     from dataclasses import replace
 
-    seeded = seed_from_folder(gallery_dsn, small_faces, served.url_for, unverified_share=0.1)
+    gallery_dsn, seeded = seeded_gallery
     with psycopg.connect(gallery_dsn, autocommit=True) as conn:
         conn.execute(f"alter user postgres password '{SECRET}'")  # trust auth ignores it; the DSN carries it anyway
     dsn = gallery_dsn.replace("postgres@", f"postgres:{SECRET}@")
