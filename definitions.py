@@ -11,7 +11,9 @@ import os
 from dagster import Definitions, EnvVar, FilesystemIOManager
 
 from assets import retrain_assets
+from facepipeline.errors import SourceError
 from facepipeline.settings import Settings
+from facepipeline.sources.base import connection_string_in
 from jobs import retrain_job
 from resources import (
     ArtifactStoreResource,
@@ -33,6 +35,11 @@ SECRET_SETTINGS = {
 
 
 def face_source_resource(settings: Settings) -> FaceSourceResource:
+    if connection_string_in(settings.source):
+        raise SourceError(
+            "FACEPIPELINE_SOURCE holds a connection string, which the UI would show: "
+            "set FACEPIPELINE_SOURCE=postgres and put the connection string in SUPABASE_DB_URL"
+        )
     # Only variables that are set: an EnvVar that is missing fails every run, even a folder one.
     secrets = {field: EnvVar(name) for field, name in SECRET_SETTINGS.items() if os.environ.get(name)}
     return FaceSourceResource(

@@ -15,7 +15,17 @@ def training_sessions(face_source: FaceSourceResource, artifacts: ArtifactStoreR
     return TrainingSessions(artifacts.history(), face_source.gallery(), face_source.open().description)
 
 
+RETRAIN_JOB = "retrain"
+
+
 def run_trains_model(context: AssetExecutionContext) -> bool:
+    """True in runs of the ``retrain`` job that include ``training_session``.
+
+    Only that job carries the failure hook that closes a session its run opened; elsewhere (the
+    asset graph's "Materialize") ``training_session`` records its session itself, at the end.
+    """
+    if context.job_def.name != RETRAIN_JOB:
+        return False
     # A run of a whole job has an empty selection: everything the job holds.
     selection = context.run.asset_selection or context.job_def.asset_layer.executable_asset_keys
     return TRAINING_SESSION in selection

@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from assets.sessions import training_sessions
 from facepipeline.index import IndexVersion
-from resources import ArtifactStoreResource, FaceSourceResource
+from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
 
 METRIC_KEYS = (
     "status", "message", "rank1_accuracy", "rank1_accuracy_macro", "precision", "recall", "f1",
@@ -26,6 +26,7 @@ def training_session(
     face_descriptors: dict,
     face_source: FaceSourceResource,
     artifacts: ArtifactStoreResource,
+    retrain_options: RetrainOptionsResource,
 ) -> Output[dict]:
     """Ends the run's session ``completed``: what was processed, what failed and why, how good it is."""
     statuses = face_embeddings.column("status").to_pylist()
@@ -54,8 +55,14 @@ def training_session(
     sessions = training_sessions(face_source, artifacts)
     existing = artifacts.history().for_run(context.run.run_id)
     model_version = (existing.fields.get("model_version") if existing else None) or f"{model.get('model_pack')}/{face_index.name}"
-    if existing is None:  # materialized on its own: this run is its session
-        sessions.start(context.run.run_id, {"faces_count": verified_faces.num_rows, "training_mode": "incremental"})
+    if existing is None:  # not a run of the retrain job: the session is recorded now, whole
+        config, _ = artifacts.config_store(sessions.source, face_source.gallery()).load()
+        options = retrain_options.options().resolved(config)
+        sessions.start(
+            context.run.run_id,
+            {"training_mode": options.mode, "context_weight": options.context_weight,
+             "min_faces_per_person": options.min_faces_per_person, "model_version": options.model_version},
+        )
     record, warning = sessions.finish(
         context.run.run_id,
         "completed",

@@ -13,6 +13,7 @@ from dataclasses import replace
 from facepipeline.options import RetrainOptions
 from facepipeline.settings import Settings
 from facepipeline.sources import FaceSource, open_source
+from facepipeline.sources.base import connection_string_in
 
 FILTER_FIELDS = (
     "event_ids", "person_ids", "date_from", "date_to", "min_faces_per_person", "include_co_occurring", "context_weight",
@@ -21,19 +22,12 @@ FILTER_FIELDS = (
 
 def settings_for(args: argparse.Namespace) -> Settings:
     settings = Settings.from_env()
-    source = getattr(args, "source", None)
-    if source:
-        if source.startswith(("postgresql://", "postgres://")):
-            dsn = source
-        elif source.startswith("postgres:"):
-            dsn = source.removeprefix("postgres:")
-        else:
-            dsn = None
-        if dsn:
-            os.environ["SUPABASE_DB_URL"] = dsn
-            source = "postgres"
-        settings = replace(settings, source=source)
-    return settings
+    source = getattr(args, "source", None) or settings.source
+    dsn = connection_string_in(source)
+    if dsn:
+        os.environ["SUPABASE_DB_URL"] = dsn
+        source = "postgres"
+    return replace(settings, source=source)
 
 
 def open_configured_source(settings: Settings) -> FaceSource:

@@ -114,7 +114,7 @@ def _day(name: str, value: Any) -> date:
 def _count(name: str, value: Any) -> int:
     try:
         number = int(value) if not isinstance(value, bool) and float(value) == int(float(value)) else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = None
     if number is None:
         raise OptionsError(f"{name}: expected a whole number, got {value!r}")

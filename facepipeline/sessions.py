@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from facepipeline.gallery.base import Gallery, GalleryError
+from facepipeline.gallery.base import Gallery, GalleryError, GalleryUnavailable
 
 
 def _now() -> str:
@@ -120,11 +120,14 @@ class TrainingSessions:
         """Push sessions whose last state never reached the gallery; returns their ids."""
         if self.gallery is None:
             return []
-        pushed = []
-        for record in self.history.list():
-            if record.in_gallery and not record.synced and record.source == self.source and self._push(record) is None:
-                pushed.append(record.id)
-        return pushed
+        pending = [r for r in self.history.list() if r.in_gallery and not r.synced and r.source == self.source]
+        if not pending:
+            return []
+        try:
+            self.gallery.ping()  # one timeout when the gallery is down, not one per pending session
+        except GalleryUnavailable:
+            return []
+        return [record.id for record in pending if self._push(record) is None]
 
     def _push(self, record: SessionRecord) -> str | None:
         if not record.in_gallery or self.gallery is None:

@@ -2,12 +2,12 @@
 
 from dagster import AssetSelection, define_asset_job
 
-from assets.sessions import mark_session_failed
+from assets.sessions import RETRAIN_JOB, mark_session_failed
 
 RETRAIN_GROUP = "retrain"
 
 retrain_job = define_asset_job(
-    name="retrain",
+    name=RETRAIN_JOB,
     selection=AssetSelection.groups(RETRAIN_GROUP),
     description=(
         "Read verified faces, cache photos, embed, build a new index version and evaluate it, write the "

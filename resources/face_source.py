@@ -17,9 +17,9 @@ class FaceSourceResource(ConfigurableResource):
         description="'embedded' (the demo gallery under FACEPIPELINE_HOME), 'postgres' (SUPABASE_DB_URL), "
         "'supabase' (REST: SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY) or 'folder:DIR'."
     )
-    database_url: str | None = Field(default=None, description="Postgres connection string (from SUPABASE_DB_URL).")
+    database_url: str | None = Field(default=None, repr=False, description="Postgres connection string (from SUPABASE_DB_URL).")
     supabase_url: str | None = Field(default=None, description="The Supabase project URL (from SUPABASE_URL).")
-    service_role_key: str | None = Field(default=None, description="Supabase service role key (from SUPABASE_SERVICE_ROLE_KEY).")
+    service_role_key: str | None = Field(default=None, repr=False, description="Supabase service role key (from SUPABASE_SERVICE_ROLE_KEY).")
     embedded_home: str | None = Field(default=None, description="State folder of the embedded gallery.")
     seed_folder: str | None = Field(default=None, description="Photo folder the embedded gallery is seeded from.")
 

@@ -6,14 +6,16 @@ example after an onnxruntime upgrade) at the price of a full embedding pass.
 
 from dagster import DefaultScheduleStatus, ScheduleDefinition
 
+from facepipeline.options import RetrainOptions
 from jobs import retrain_job
+from resources import options_run_config
 
 nightly_full_retrain = ScheduleDefinition(
     name="nightly_full_retrain",
     job=retrain_job,
     cron_schedule="0 3 * * *",
     execution_timezone="UTC",
-    run_config={"ops": {"face_embeddings": {"config": {"mode": "full"}}}},
+    run_config=options_run_config(RetrainOptions(mode="full")),
     default_status=DefaultScheduleStatus.STOPPED,
     description="Full retrain every night at 03:00 UTC (stopped by default).",
 )

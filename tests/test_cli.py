@@ -65,12 +65,12 @@ def test_errors_are_one_clear_line_and_a_non_zero_exit(tmp_path):
     assert "Traceback" not in missing.stdout
 
     bad_kind = facepipeline("retrain", "--source", "s3:bucket", "--json", home=tmp_path / "home", cwd=tmp_path)
-    assert bad_kind.returncode == 1 and "unknown source kind 's3'" in json.loads(bad_kind.stdout)["error"]
+    assert bad_kind.returncode == 1 and "unknown source 's3:bucket'" in json.loads(bad_kind.stdout)["error"]
 
     for args, message in (
-        (["retrain", "--mode", "sometimes"], "invalid choice: 'sometimes'"),
+        (["retrain", "--mode", "sometimes"], "mode: must be one of incremental, full"),
         (["retrain", "--min-faces-per-person", "0"], "must be at least 1"),
-        (["retrain", "--target-far", "2"], "must be between 0 and 1"),
+        (["retrain", "--target-far", "2"], "target_far: must be strictly between 0 and 1"),
         (["retrain", "--no-such-flag"], "unrecognized arguments"),
     ):
         done = facepipeline(*args, home=tmp_path / "home", cwd=tmp_path)

@@ -13,7 +13,9 @@ BIN = os.path.dirname(sys.executable)
 def test_the_code_location_has_the_pipeline_we_expect():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {"verified_faces", "cached_photos", "face_embeddings", "face_index", "index_metrics"}
+    assert keys == {
+        "verified_faces", "cached_photos", "face_embeddings", "face_index", "index_metrics", "face_descriptors", "training_session",
+    }
     upstream = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys} for key in graph.get_all_asset_keys()}
     assert upstream == {
         "verified_faces": set(),
@@ -21,10 +23,38 @@ def test_the_code_location_has_the_pipeline_we_expect():
         "face_embeddings": {"verified_faces", "cached_photos"},
         "face_index": {"verified_faces", "face_embeddings"},
         "index_metrics": {"face_index"},
+        "face_descriptors": {"verified_faces", "face_embeddings"},
+        "training_session": {
+            "verified_faces", "cached_photos", "face_embeddings", "face_index", "index_metrics", "face_descriptors",
+        },
     }
-    assert defs.resolve_job_def("retrain") is not None
+    job = defs.resolve_job_def("retrain")
+    assert {hook.name for hook in job.hook_defs} == {"mark_session_failed"}
     schedule = defs.resolve_schedule_def("nightly_full_retrain")
     assert schedule.cron_schedule == "0 3 * * *" and schedule.default_status.value == "STOPPED"
+
+
+def test_every_schedules_run_config_is_valid_and_means_what_it_says():
+    from dagster import build_schedule_context, validate_run_config
+
+    schedule = defs.resolve_schedule_def("nightly_full_retrain")
+    [request] = schedule.evaluate_tick(build_schedule_context()).run_requests
+    job = defs.resolve_job_def(schedule.job_name)
+    resolved = validate_run_config(job, request.run_config)  # raises on config the job does not accept
+    assert resolved["resources"]["retrain_options"]["config"]["mode"] == "full"
+
+
+def test_a_connection_string_in_the_source_setting_is_refused_so_no_password_reaches_the_ui(tmp_path):
+    import pytest
+
+    from definitions import build_definitions
+    from facepipeline.errors import SourceError
+    from facepipeline.settings import Settings
+
+    settings = Settings.from_env({"FACEPIPELINE_HOME": str(tmp_path), "FACEPIPELINE_SOURCE": "postgresql://u:pw@db:5432/g"})
+    with pytest.raises(SourceError, match="SUPABASE_DB_URL") as caught:
+        build_definitions(settings)
+    assert "pw" not in str(caught.value).replace("password", "")
 
 
 def test_dagster_definitions_validate_and_dg_check_defs_pass():

@@ -59,7 +59,7 @@ def test_missing_or_empty_folder_and_bad_specs_are_clear_errors(tmp_path):
         open_source(f"folder:{tmp_path / 'nope'}").verified_faces()
     with pytest.raises(SourceError, match="no photos"):
         open_source(f"folder:{tmp_path}").verified_faces()
-    with pytest.raises(SourceError, match="unknown source kind 'ftp'"):
+    with pytest.raises(SourceError, match="unknown source 'ftp:somewhere'"):
         open_source("ftp:somewhere")
-    with pytest.raises(SourceError, match="must look like"):
+    with pytest.raises(SourceError, match="unknown source 'just-a-path': use embedded"):
         open_source("just-a-path")

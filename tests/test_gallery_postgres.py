@@ -241,3 +241,53 @@ class socket_that_refuses:
 
     def __exit__(self, *exc) -> None:
         pass
+
+
+def test_a_row_unverified_by_the_gallery_while_the_write_waits_for_it_is_not_written(gallery):
+    """Two real connections: the gallery's open transaction unverifies a row; our batch waits, then skips it."""
+    import threading
+
+    _three_people(gallery)
+    source = PostgresGallery(gallery.dsn)
+    faces = source.read(FaceFilters()).faces
+    target = faces[0]
+    app = psycopg.connect(gallery.dsn)  # the gallery app, in a transaction
+    app.execute("update photo_faces set verified = false, person_id = null where id = %s", [target.face_id])
+    reports = []
+    writer = threading.Thread(target=lambda: reports.append(source.write_descriptors([_update(f) for f in faces])))
+    writer.start()
+    time.sleep(0.5)  # the write is now waiting for the row lock
+    app.commit()
+    writer.join(30)
+    app.close()
+    [report] = reports
+    assert target.face_id in report.skipped_ids and report.written == len(faces) - 1
+    row = gallery.conn.execute(
+        "select verified, insightface_descriptor is null, training_used from photo_faces where id = %s", [target.face_id]
+    ).fetchone()
+    assert row == (False, True, False)
+
+
+def test_a_missing_session_id_is_filled_in_by_the_next_write(gallery):
+    _three_people(gallery)
+    source = PostgresGallery(gallery.dsn)
+    faces = source.read(FaceFilters()).faces
+    source.write_descriptors([_update(f, session=None, seed=i) for i, f in enumerate(faces)])
+    again = source.write_descriptors([_update(f, session="s9", seed=i) for i, f in enumerate(faces)])
+    assert again.written == len(faces)
+    ids = {r[0] for r in gallery.conn.execute("select training_context->>'training_session_id' from photo_faces where training_used")}
+    assert ids == {"s9"}
+
+
+def test_repairing_one_bad_config_value_is_possible_while_another_is_bad(gallery, tmp_path):
+    from facepipeline.gallery.config import ConfigError, ConfigStore
+
+    gallery.conn.execute("update face_recognition_config set value = '5' where key = 'context_weight'")
+    source = PostgresGallery(gallery.dsn)
+    store = ConfigStore(tmp_path, source.description, source)
+    with pytest.raises(ConfigError, match="context_weight"):
+        store.load()
+    store.set("min_faces_per_person", "2")
+    store.set("context_weight", "0.2")
+    config, _ = store.load()
+    assert (config.min_faces_per_person, config.context_weight) == (2, 0.2)

@@ -99,7 +99,7 @@ def test_config_rows_missing_keys_take_the_spec_defaults_and_say_so_unknown_keys
 
 
 def test_config_set_parses_json_and_one_threshold_level():
-    current = GalleryConfig()
+    current = GalleryConfig().confidence_thresholds
     assert parse_assignment("context_weight", "0.25", current) == ("context_weight", 0.25)
     key, value = parse_assignment("confidence_thresholds.low_data", "0.8", current)
     assert key == "confidence_thresholds" and value == {"low_data": 0.8, "medium_data": 0.65, "high_data": 0.55}

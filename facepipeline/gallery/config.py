@@ -118,11 +118,11 @@ def to_json(key: str, value: Any) -> Any:
     return asdict(value) if isinstance(value, ConfidenceThresholds) else value
 
 
-def parse_assignment(key: str, text: str, current: GalleryConfig) -> tuple[str, Any]:
+def parse_assignment(key: str, text: str, current: ConfidenceThresholds) -> tuple[str, Any]:
     """``config set KEY VALUE`` from the command line: returns the row to write (key, JSON value).
 
     VALUE is JSON (``0.2``, ``{"low_data": 0.7, ...}``); a dotted key sets one threshold level
-    (``confidence_thresholds.low_data 0.7``) and keeps the others.
+    (``confidence_thresholds.low_data 0.7``) and keeps the others (``current``).
     """
     try:
         value = json.loads(text)
@@ -134,7 +134,7 @@ def parse_assignment(key: str, text: str, current: GalleryConfig) -> tuple[str, 
             raise ConfigError(f"only confidence_thresholds has parts (e.g. confidence_thresholds.low_data); got {key!r}")
         if level not in THRESHOLD_LEVELS:
             raise ConfigError(f"unknown level {level!r} (known: {', '.join(THRESHOLD_LEVELS)})")
-        value = {**asdict(current.confidence_thresholds), level: value}
+        value = {**asdict(current), level: value}
     return top, to_json(top, parse_value(top, value))
 
 
@@ -195,13 +195,24 @@ class ConfigStore:
 
     def set(self, key: str, text: str) -> tuple[str, Any]:
         """Validate ``KEY VALUE`` and write it; returns the row written."""
-        current, _ = self.load()
+        # Only the key written is validated: a bad value elsewhere in the table must not block its repair.
+        if self.gallery is not None:
+            try:
+                current = _thresholds("confidence_thresholds", self.gallery.read_config()["confidence_thresholds"])
+            except (KeyError, ConfigError):
+                current = ConfidenceThresholds()
+        else:
+            local = self.load()[0]
+            current = local.confidence_thresholds
         top, value = parse_assignment(key, text, current)
         if self.gallery is not None:
             self.gallery.write_config(top, value)
-            self.load()  # refresh the local copy from what the table now says
+            try:
+                self.load()  # refresh the local copy from what the table now says
+            except ConfigError:
+                pass  # another key is still bad: the next run says which
         else:
-            rows = current.to_rows()
+            rows = local.to_rows()
             rows[top] = value
             self.cache.save(GalleryConfig.from_rows(rows)[0], self.source)
         return top, value

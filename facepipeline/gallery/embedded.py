@@ -41,10 +41,12 @@ class EmbeddedGallery:
         server = self.postgres.start()
         photos_url = photo_server.start_daemon(self.seed_folder, self.root)
         dsn = server.dsn()
-        seeded = None
-        if create_schema(dsn):
-            seeded = seed_from_folder(dsn, self.seed_folder, lambda relative: photo_server.url_for(photos_url, relative))
-        return RunningGallery(dsn, photos_url, seeded)
+        create_schema(dsn)
+        # On every start: a seed that failed half-way (one transaction) is simply done again.
+        report = seed_from_folder(
+            dsn, self.seed_folder, lambda relative: photo_server.url_for(photos_url, relative), if_empty=True
+        )
+        return RunningGallery(dsn, photos_url, None if report.skipped else report)
 
     def down(self) -> None:
         photo_server.stop_daemon(self.root)

@@ -64,8 +64,11 @@ with incoming as (
            as t(id, person_id, bbox, descriptor, confidence, detected_bbox, context)
 ),
 eligible as (
+    -- Locked, so a concurrent edit by the gallery is waited for and the conditions are checked
+    -- again on the row as it is then (READ COMMITTED re-checks a locking read).
     select f.id from photo_faces f join incoming i on i.id = f.id
     where f.verified and f.person_id = i.person_id and f.bbox @> i.bbox
+    for no key update of f
 ),
 written as (
     update photo_faces f
@@ -76,11 +79,13 @@ written as (
         training_context = i.context
     from incoming i
     where f.id = i.id and f.id in (select id from eligible)
+      and f.verified and f.person_id = i.person_id and f.bbox @> i.bbox
       and (f.insightface_descriptor is distinct from i.descriptor::vector
            or f.insightface_confidence is distinct from i.confidence
            or f.insightface_bbox is distinct from i.detected_bbox
            or f.training_used is distinct from true
-           or (f.training_context - 'training_session_id') is distinct from (i.context - 'training_session_id'))
+           or (f.training_context - 'training_session_id') is distinct from (i.context - 'training_session_id')
+           or (f.training_context ->> 'training_session_id' is null and i.context ->> 'training_session_id' is not null))
     returning f.id
 )
 select (select array_agg(id::text) from eligible), (select count(*) from written)
@@ -103,11 +108,17 @@ class PostgresGallery:
             raise GalleryError(f"not a valid Postgres connection string: {redact(dsn)}") from None
         self._password = params.get("password")
         self.where = f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
-        self._database = params.get("dbname") or params.get("user") or ""
+        self._user = params.get("user") or ""
+        self._database = params.get("dbname") or self._user
 
     @property
     def description(self) -> str:
-        return f"postgres://{self.where}/{self._database}"
+        """Where, without the password: two projects behind one pooler host differ by their user."""
+        user = f"{self._user}@" if self._user else ""
+        return f"postgres://{user}{self.where}/{self._database}"
+
+    def __repr__(self) -> str:
+        return f"PostgresGallery({self.description!r})"
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -120,7 +131,8 @@ class PostgresGallery:
             # autocommit: each ``conn.transaction()`` below is a real transaction that commits on
             # exit, not a savepoint inside one long implicit transaction.
             conn = psycopg.connect(
-                self._dsn, autocommit=True, connect_timeout=self.connect_timeout_s, application_name="facepipeline"
+                self._dsn, autocommit=True, connect_timeout=self.connect_timeout_s, application_name="facepipeline",
+                prepare_threshold=None,  # Supabase's transaction pooler (port 6543) has no prepared statements
             )
         except psycopg.Error as exc:
             raise GalleryUnavailable(f"cannot reach the gallery database at {self.where}: {self._clean(exc)}") from None
@@ -219,10 +231,12 @@ class PostgresGallery:
             return
         assignments = ", ".join(f"{name} = %({name})s" for name in columns)
         with self._connection() as conn:
-            conn.execute(
+            updated = conn.execute(
                 f"update face_training_sessions set {assignments} where id = %(session_id)s::uuid",
                 {**_jsonb(columns), "session_id": session_id},
-            )
+            ).rowcount
+        if updated != 1:
+            raise GalleryError(f"training session {session_id} is not in face_training_sessions at {self.where}")
 
     def read_config(self) -> dict[str, Any]:
         with self._connection() as conn:

@@ -82,6 +82,19 @@ def select_people(faces: Sequence[VerifiedFace], rejected: list[RejectedFace], f
     return FaceRead(kept, rejected, dropped_by_min_faces=len(faces) - len(kept), added_as_co_occurring=added)
 
 
+def connection_string_in(spec: str) -> str | None:
+    """The DSN inside a ``postgres:DSN`` or ``postgresql://...`` source spec, else None.
+
+    Callers move it out of the spec (into ``SUPABASE_DB_URL``) so a password never becomes plain
+    configuration that a UI or run storage would show.
+    """
+    if spec.startswith(("postgresql://", "postgres://")):
+        return spec
+    if spec.startswith("postgres:") and spec != "postgres:":
+        return spec.removeprefix("postgres:")
+    return None
+
+
 def _photo_key(face: VerifiedFace) -> str:
     """The photo a face is on: the gallery's photo id (two photos may share a URL), else its ref."""
     return face.photo_id or face.photo_ref
