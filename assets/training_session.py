@@ -30,7 +30,7 @@ def training_session(
 ) -> Output[dict]:
     """Ends the run's session ``completed``: what was processed, what failed and why, how good it is."""
     statuses = face_embeddings.column("status").to_pylist()
-    failed_reasons = Counter(c for c, s in zip(face_embeddings.column("error_code").to_pylist(), statuses) if s != "ok")
+    failed_reasons = Counter(c for c, s in zip(face_embeddings.column("error_code").to_pylist(), statuses, strict=True) if s != "ok")
     # "HTTP 404", "not an image (html)", "request failed: timeout" -> "HTTP 404", "not an image", "request failed"
     photo_errors = Counter(e.split(":")[0].split(" (")[0] for e in cached_photos.column("error").to_pylist() if e)
     total, failed = face_embeddings.num_rows, sum(failed_reasons.values())

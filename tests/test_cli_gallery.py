@@ -21,7 +21,7 @@ def test_retrain_from_postgres_dsn_writes_back_and_keeps_the_password_out_of_out
     done = facepipeline("retrain", "--source", source, "--json", home=home, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
-    assert summary["status"] == "success" and summary["source"].startswith("postgres://127.0.0.1:")
+    assert summary["status"] == "success" and summary["source"].startswith("postgres://postgres@127.0.0.1:")
     assert summary["write_back"]["written"] == summary["faces_embedded"] > 0
     assert summary["training_session"]["status"] == "completed" and summary["training_session"]["synced_to_gallery"]
     with psycopg.connect(dsn) as conn:

@@ -146,7 +146,8 @@ def test_write_back_leaves_rows_the_gallery_changed_since_the_read(gallery):
     source = PostgresGallery(gallery.dsn)
     faces = source.read(FaceFilters()).faces
     relabelled, unverified, reboxed, deleted = faces[0], faces[1], faces[2], faces[3]
-    gallery.conn.execute("update photo_faces set person_id = %s where id = %s", [ids["cy"], relabelled.face_id])
+    someone_else = ids["ada"] if relabelled.person_id != ids["ada"] else ids["bob"]
+    gallery.conn.execute("update photo_faces set person_id = %s where id = %s", [someone_else, relabelled.face_id])
     gallery.conn.execute("update photo_faces set verified = false where id = %s", [unverified.face_id])
     gallery.conn.execute("update photo_faces set bbox = '{\"x\": 1, \"y\": 1, \"width\": 9, \"height\": 9}' where id = %s", [reboxed.face_id])
     gallery.conn.execute("delete from photo_faces where id = %s", [deleted.face_id])
