@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -108,6 +109,36 @@ class WriteBackReport:
             "faces": self.faces, "written": self.written, "unchanged": self.unchanged, "skipped": self.skipped,
             "batches_committed": self.batches_committed,
         }
+
+
+def write_in_batches(
+    updates: Sequence[DescriptorUpdate],
+    *,
+    batch_size: int,
+    progress: Callable[[WriteBackReport], None] | None,
+    connect: Callable[[], AbstractContextManager[Any]],
+    write_batch: Callable[[Any, Sequence[DescriptorUpdate], WriteBackReport], None],
+) -> WriteBackReport:
+    """The write-back loop both transports share: batches, progress, and what a lost gallery means.
+
+    ``connect()`` opens what the batches write through; ``write_batch(connection, batch, report)``
+    writes one batch and counts it into ``report``. A :class:`GalleryUnavailable` on the way becomes
+    :class:`WriteBackInterrupted`, carrying the counts of what was committed before.
+    """
+    report = WriteBackReport(faces=len(updates))
+    try:
+        with connect() as connection:
+            for start in range(0, len(updates), batch_size):
+                write_batch(connection, updates[start : start + batch_size], report)
+                report.batches_committed += 1
+                if progress:
+                    progress(report)
+    except GalleryUnavailable as exc:
+        raise WriteBackInterrupted(
+            f"{exc}; {report.done} of {report.faces} rows were committed before, the rest is left for the next run",
+            report,
+        ) from None
+    return report
 
 
 @runtime_checkable

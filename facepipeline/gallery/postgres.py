@@ -25,9 +25,9 @@ from facepipeline.gallery.base import (
     FaceLabel,
     GalleryError,
     GalleryUnavailable,
-    WriteBackInterrupted,
     WriteBackReport,
     session_fields,
+    write_in_batches,
 )
 from facepipeline.gallery.secrets import redact
 from facepipeline.geometry import BBox, BBoxError
@@ -192,28 +192,9 @@ class PostgresGallery:
         batch_size: int = 500,
         progress: Callable[[WriteBackReport], None] | None = None,
     ) -> WriteBackReport:
-        report = WriteBackReport(faces=len(updates))
-        try:
-            with self._connection() as conn:
-                for start in range(0, len(updates), batch_size):
-                    batch = updates[start : start + batch_size]
-                    with conn.transaction():
-                        eligible, written = conn.execute(_WRITE_BATCH, _batch_params(batch)).fetchone()
-                    eligible = set(eligible or ())
-                    report.batches_committed += 1
-                    report.written += written
-                    report.unchanged += len(eligible) - written
-                    skipped = [u.face_id for u in batch if u.face_id not in eligible]
-                    report.skipped += len(skipped)
-                    report.skipped_ids.extend(skipped)
-                    if progress:
-                        progress(report)
-        except GalleryUnavailable as exc:
-            raise WriteBackInterrupted(
-                f"{exc}; {report.done} of {report.faces} rows were committed before, the rest is left for the next run",
-                report,
-            ) from None
-        return report
+        return write_in_batches(
+            updates, batch_size=batch_size, progress=progress, connect=self._connection, write_batch=_write_batch
+        )
 
     def create_session(self, fields: Mapping[str, Any]) -> str:
         columns = session_fields(fields) or {"status": "running"}
@@ -249,6 +230,17 @@ class PostgresGallery:
                 "on conflict (key) do update set value = excluded.value, updated_at = now()",
                 [key, Jsonb(value)],
             )
+
+
+def _write_batch(conn: psycopg.Connection, batch: Sequence[DescriptorUpdate], report: WriteBackReport) -> None:
+    with conn.transaction():
+        eligible, written = conn.execute(_WRITE_BATCH, _batch_params(batch)).fetchone()
+    eligible = set(eligible or ())
+    report.written += written
+    report.unchanged += len(eligible) - written
+    skipped = [u.face_id for u in batch if u.face_id not in eligible]
+    report.skipped += len(skipped)
+    report.skipped_ids.extend(skipped)
 
 
 def _batch_params(batch: Sequence[DescriptorUpdate]) -> dict[str, list]:

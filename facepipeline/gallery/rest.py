@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,9 +38,9 @@ from facepipeline.gallery.base import (
     FaceLabel,
     GalleryError,
     GalleryUnavailable,
-    WriteBackInterrupted,
     WriteBackReport,
     session_fields,
+    write_in_batches,
 )
 from facepipeline.gallery.postgres import exact_json
 from facepipeline.gallery.secrets import redact
@@ -208,31 +209,24 @@ class RestGallery:
         batch_size: int = 500,
         progress: Callable[[WriteBackReport], None] | None = None,
     ) -> WriteBackReport:
-        report = WriteBackReport(faces=len(updates))
-        try:
-            for start in range(0, len(updates), batch_size):
-                batch = updates[start : start + batch_size]
-                contexts = [json.loads(json.dumps(dict(u.context))) for u in batch]
-                current = self._current_rows([u.face_id for u in batch])
-                for update, context in zip(batch, contexts, strict=True):
-                    row = current.get(update.face_id.lower())
-                    eligible = row is not None and _eligible(row, update)
-                    if eligible and not _changed(row, update, context):
-                        report.unchanged += 1
-                    elif eligible and self._patch(update, context):
-                        report.written += 1
-                    else:  # gone, unverified, relabelled or re-boxed: at the read, or by the time of the PATCH
-                        report.skipped += 1
-                        report.skipped_ids.append(update.face_id)
-                report.batches_committed += 1
-                if progress:
-                    progress(report)
-        except GalleryUnavailable as exc:
-            raise WriteBackInterrupted(
-                f"{exc}; {report.done} of {report.faces} rows were committed before, the rest is left for the next run",
-                report,
-            ) from None
-        return report
+        return write_in_batches(
+            updates, batch_size=batch_size, progress=progress, connect=nullcontext, write_batch=self._write_batch
+        )
+
+    def _write_batch(self, _: None, batch: Sequence[DescriptorUpdate], report: WriteBackReport) -> None:
+        """Read the batch's rows, compare as the SQL does, PATCH the changed ones (each guarded)."""
+        contexts = [json.loads(json.dumps(dict(u.context))) for u in batch]
+        current = self._current_rows([u.face_id for u in batch])
+        for update, context in zip(batch, contexts, strict=True):
+            row = current.get(update.face_id.lower())
+            eligible = row is not None and _eligible(row, update)
+            if eligible and not _changed(row, update, context):
+                report.unchanged += 1
+            elif eligible and self._patch(update, context):
+                report.written += 1
+            else:  # gone, unverified, relabelled or re-boxed: at the read, or by the time of the PATCH
+                report.skipped += 1
+                report.skipped_ids.append(update.face_id)
 
     def _current_rows(self, face_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}
