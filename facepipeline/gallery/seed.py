@@ -15,7 +15,6 @@ the same folder twice gives the same rows. One transaction, ``COPY`` for photos 
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
 import time
@@ -29,10 +28,11 @@ from PIL import Image, UnidentifiedImageError
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
+from facepipeline.errors import SourceError
 from facepipeline.gallery.base import GalleryError, GalleryUnavailable
 from facepipeline.gallery.schema import has_schema
 from facepipeline.gallery.secrets import redact
-from facepipeline.sources.folder import BOXES_FILE, PHOTO_SUFFIXES, stable_id
+from facepipeline.sources.folder import BOXES_FILE, PHOTO_SUFFIXES, read_box_rows, stable_id
 
 LFW_SIZE = 250
 LFW_BOX = (68, 68, 115, 115)
@@ -80,11 +80,6 @@ def _hash(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
-def _number(value: str) -> int | float:
-    number = float(value)
-    return int(number) if number.is_integer() else number
-
-
 def _size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:  # reads the header only
@@ -112,29 +107,19 @@ def _from_person_folders(root: Path) -> tuple[list[str], list[_Face]]:
 
 def _from_boxes(root: Path, boxes_csv: Path) -> tuple[list[str], list[_Face]]:
     faces: dict[str, _Face] = {}
-    with boxes_csv.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        required = {"path", "x", "y", "w", "h", "identity"}
-        if not reader.fieldnames or not required <= set(reader.fieldnames):
-            raise SeedError(f"{boxes_csv}: needs the columns {', '.join(sorted(required))}")
-        for line, row in enumerate(reader, start=2):
-            try:
-                x, y, w, h = (_number(row[k]) for k in ("x", "y", "w", "h"))
-            except (TypeError, ValueError):
-                raise SeedError(f"{boxes_csv}, line {line}: bad box") from None
-            if w <= 0 or h <= 0:
-                raise SeedError(f"{boxes_csv}, line {line}: bad box: size {w}x{h}")
-            photo = (root / row["path"]).resolve()
-            if not photo.is_relative_to(root) or not photo.is_file():
-                raise SeedError(f"{boxes_csv}, line {line}: no such photo in the folder: {row['path']!r}")
-            identity = (row["identity"] or "").strip() or None
-            # The same key as FolderSource, so the face ids agree.
-            key = f"{row['path']}#{float(x):g},{float(y):g},{float(w):g},{float(h):g}"
-            face = _Face(stable_id("face", key), photo.relative_to(root).as_posix(), identity,
-                         {"x": x, "y": y, "width": w, "height": h})
-            earlier = faces.setdefault(face.id, face)
-            if earlier.person != identity:
-                raise SeedError(f"{boxes_csv}, line {line}: this box of {row['path']} is already labelled {earlier.person!r}")
+    try:
+        rows = list(read_box_rows(root, boxes_csv))
+    except SourceError as exc:
+        raise SeedError(str(exc)) from None
+    for row in rows:
+        if not row.photo.is_file():
+            raise SeedError(f"{boxes_csv}, line {row.line}: no such photo in the folder: {row.path!r}")
+        x, y, w, h = row.values
+        face = _Face(row.face_id, row.photo.relative_to(root).as_posix(), row.identity,
+                     {"x": x, "y": y, "width": w, "height": h})
+        earlier = faces.setdefault(face.id, face)
+        if earlier.person != row.identity:
+            raise SeedError(f"{boxes_csv}, line {row.line}: this box of {row.path} is already labelled {earlier.person!r}")
     photos = sorted({face.path for face in faces.values()})
     return photos, sorted(faces.values(), key=lambda f: (f.path, f.id))
 
