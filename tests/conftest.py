@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -138,6 +139,24 @@ class PhotoServer:
         return self.url(path)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        pass  # a client that gave up (the timeout tests) is expected, not worth a traceback
+
+
+@contextmanager
+def serve_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 with ``handler``, in a thread; yields its base URL."""
+    httpd = _QuietServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 @pytest.fixture()
 def photo_server() -> Iterator[PhotoServer]:
     server_state = PhotoServer()
@@ -160,16 +179,6 @@ def photo_server() -> Iterator[PhotoServer]:
         def log_message(self, *args) -> None:
             pass
 
-    class QuietServer(ThreadingHTTPServer):
-        def handle_error(self, request, client_address) -> None:
-            pass  # a client that gave up (the timeout tests) is expected, not worth a traceback
-
-    httpd = QuietServer(("127.0.0.1", 0), Handler)
-    server_state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_http(Handler) as base_url:
+        server_state.base_url = base_url
         yield server_state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()

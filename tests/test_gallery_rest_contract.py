@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -39,6 +39,7 @@ from facepipeline.gallery.base import (
 )
 from facepipeline.gallery.rest import RestGallery
 from facepipeline.geometry import BBox
+from tests.conftest import serve_http
 from facepipeline.sources.base import FaceFilters, RejectedFace, open_source
 
 KEY = "sb_secret_contracttest_0123456789"
@@ -343,19 +344,9 @@ def postgrest() -> Iterator[FakePostgrest]:
         def log_message(self, *args) -> None:
             pass
 
-    class QuietServer(ThreadingHTTPServer):
-        def handle_error(self, request, client_address) -> None:
-            pass  # a client that gave up (the timeout test) is expected, not worth a traceback
-
-    httpd = QuietServer(("127.0.0.1", 0), Handler)
-    fake.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve_http(Handler) as url:
+        fake.url = url
         yield fake
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.fixture()
