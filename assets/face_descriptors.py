@@ -43,14 +43,11 @@ def face_descriptors(
     def progress(report) -> None:
         context.log.info(f"{report.line()} ({report.batches_committed} batches committed)")
 
-    try:
-        report = gallery.write_descriptors(updates, progress=progress)
-    except WriteBackInterrupted as exc:
-        raise Failure(description=str(exc), metadata={"status": "interrupted", **exc.report.as_dict()}) from None
-    except Exception as exc:
-        with failures_explained():
-            raise exc
-        raise
+    with failures_explained():
+        try:
+            report = gallery.write_descriptors(updates, progress=progress)
+        except WriteBackInterrupted as exc:  # a Failure that also says how far it got
+            raise Failure(description=str(exc), metadata={"status": "interrupted", **exc.report.as_dict()}) from None
     for face_id in report.skipped_ids[:20]:
         context.log.warning(f"face {face_id} changed in the gallery during the run (verified, person or box): not written")
     context.log.info(report.line())

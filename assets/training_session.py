@@ -7,12 +7,8 @@ from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from assets.sessions import training_sessions
 from facepipeline.index import IndexVersion
+from facepipeline.metrics import SUMMARY_KEYS
 from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
-
-METRIC_KEYS = (
-    "status", "message", "rank1_accuracy", "rank1_accuracy_macro", "precision", "recall", "f1",
-    "recommended_threshold", "far", "target_far", "target_met", "probe_faces", "gallery_faces",
-)
 
 
 @asset(group_name="retrain", code_version="1", kinds={"python", "postgres"})
@@ -50,7 +46,7 @@ def training_session(
         "dataset_fingerprint": face_index.manifest.get("dataset_fingerprint"),
         "write_back": face_descriptors,
         "run_id": context.run.run_id,
-        **{f"eval_{k}" if k in ("status", "message") else k: index_metrics.get(k) for k in METRIC_KEYS},
+        **{f"eval_{k}" if k in ("status", "message") else k: index_metrics.get(k) for k in SUMMARY_KEYS},
     }
     sessions = training_sessions(face_source, artifacts)
     existing = artifacts.history().for_run(context.run.run_id)

@@ -9,14 +9,10 @@ from dagster import DagsterInstance
 from cli.main import print_json
 from cli.sources import options_from, settings_for
 from definitions import build_definitions
+from facepipeline.metrics import SUMMARY_KEYS
 from facepipeline.settings import Settings
 from jobs import retrain_job
 from resources import options_run_config
-
-METRIC_KEYS = (
-    "status", "message", "rank1_accuracy", "rank1_accuracy_macro", "precision", "recall", "f1",
-    "recommended_threshold", "far", "target_far", "target_met", "probe_faces", "gallery_faces",
-)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +62,7 @@ def retrain(settings: Settings, run_config: dict) -> dict:
         "model": version.manifest["model"],
         "write_back": result.output_for_node("face_descriptors"),
         "training_session": session,
-        "metrics": {key: metrics.get(key) for key in METRIC_KEYS},
+        "metrics": {key: metrics.get(key) for key in SUMMARY_KEYS},
     }
 
 

@@ -36,6 +36,13 @@ MIN_SAMPLES = 10
 SWEEP = np.round(np.arange(0.0, 1.0001, 0.01), 2)
 
 
+# The figures of an evaluation that a summary shows (a training session, the CLI's JSON).
+SUMMARY_KEYS = (
+    "status", "message", "rank1_accuracy", "rank1_accuracy_macro", "precision", "recall", "f1",
+    "recommended_threshold", "far", "target_far", "target_met", "probe_faces", "gallery_faces",
+)
+
+
 @dataclass(frozen=True)
 class EvaluationConfig:
     test_fraction: float = 0.2

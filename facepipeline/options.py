@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 from typing import Any
 
@@ -60,14 +60,10 @@ class RetrainOptions:
 
     def resolved(self, config: GalleryConfig) -> RetrainOptions:
         """These options with the config table's values filled in where none was given."""
-        return RetrainOptions(
-            **{
-                **asdict(self),
-                "event_ids": self.event_ids,
-                "person_ids": self.person_ids,
-                "min_faces_per_person": self.min_faces_per_person or config.min_faces_per_person,
-                "context_weight": config.context_weight if self.context_weight is None else self.context_weight,
-            }
+        return replace(
+            self,
+            min_faces_per_person=self.min_faces_per_person or config.min_faces_per_person,
+            context_weight=config.context_weight if self.context_weight is None else self.context_weight,
         )
 
     def filters(self) -> FaceFilters:
