@@ -78,6 +78,9 @@ def test_a_single_person_is_refused_before_any_photo_is_fetched(settings, instan
     assert failure.step_key == "verified_faces"
     assert failure.step_failure_data.user_failure_data.description == "need at least 2 people with verified faces, found 1"
     assert not (settings.home / "photos").exists()
+    # materialize() runs the implicit asset job, which has no failure hook: it must open no session
+    # that nothing would close.
+    assert not (settings.home / "history").exists()
 
 
 def test_an_unknown_mode_is_rejected_at_launch(settings, instance):
