@@ -219,7 +219,7 @@ def test_sessions_and_config_round_trip(gallery):
     assert source.read_config()["min_faces_per_person"] == 3
     source.write_config("context_weight", 0.25)
     assert source.read_config()["context_weight"] == 0.25
-    assert gallery.conn.execute("select count(*) from face_recognition_config").fetchone()[0] == 5
+    assert gallery.conn.execute("select count(*) from face_recognition_config").fetchone()[0] == 6
 
 
 def _day(text: str):

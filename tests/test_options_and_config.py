@@ -95,19 +95,23 @@ def test_config_rows_missing_keys_take_the_spec_defaults_and_say_so_unknown_keys
     config, notes = GalleryConfig.from_rows({"context_weight": 0.2, "gallery_theme": "dark"})
     assert config.context_weight == 0.2 and config.min_faces_per_person == 3
     assert config.confidence_thresholds.high_data == 0.55
-    assert len(notes) == 4 and all("is not in face_recognition_config" in n for n in notes)
+    assert len(notes) == 5 and all("is not in face_recognition_config" in n for n in notes)
 
 
 def test_config_set_parses_json_and_one_threshold_level():
-    current = GalleryConfig().confidence_thresholds
+    current = {"confidence_thresholds": {"low_data": 0.75, "medium_data": 0.6, "high_data": 0.5}}
     assert parse_assignment("context_weight", "0.25", current) == ("context_weight", 0.25)
     key, value = parse_assignment("confidence_thresholds.low_data", "0.8", current)
-    assert key == "confidence_thresholds" and value == {"low_data": 0.8, "medium_data": 0.65, "high_data": 0.55}
+    assert key == "confidence_thresholds" and value == {"low_data": 0.8, "medium_data": 0.6, "high_data": 0.5}
+    # A missing row counts as the defaults; the levels are checked against each other.
+    assert parse_assignment("data_levels.high_data", "20", current) == ("data_levels", {"medium_data": 5, "high_data": 20})
+    with pytest.raises(ConfigError, match="must not exceed"):
+        parse_assignment("data_levels.medium_data", "30", current)
     for bad, message in [
         (("context_weight", "abc"), "must be JSON"),
         (("context_weight", "2"), "between 0 and 1"),
         (("confidence_thresholds.giant", "0.5"), "unknown level"),
-        (("min_faces.x", "1"), "only confidence_thresholds has parts"),
+        (("min_faces.x", "1"), "only confidence_thresholds and data_levels have parts"),
         (("colour", "1"), "unknown config key 'colour'"),
     ]:
         with pytest.raises(ConfigError, match=message):

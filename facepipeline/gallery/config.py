@@ -1,7 +1,8 @@
 """The gallery's ``face_recognition_config`` table: parsed, validated, and remembered locally.
 
-Each row is a key and a JSON value (SPEC section 2). facepipeline knows five keys and validates
-them as SPEC section 3 says; keys it does not know belong to the gallery app and are left alone.
+Each row is a key and a JSON value (SPEC section 2). facepipeline knows six keys and validates
+them as SPEC section 3 says (``data_levels``, the face counts that divide people into the three
+threshold levels, is facepipeline's own addition); keys it does not know belong to the gallery app and are left alone.
 The last good copy is kept under ``FACEPIPELINE_HOME`` so a retrain can still start, with a
 warning, while the database is unreachable.
 """
@@ -38,8 +39,34 @@ class ConfidenceThresholds:
 
 
 @dataclass(frozen=True)
+class DataLevels:
+    """How much data a person has, by the number of their faces in the index.
+
+    Fewer than ``medium_data`` faces: ``low_data``; from ``medium_data``: ``medium_data``; from
+    ``high_data``: ``high_data``. The defaults follow the SPEC's statistics buckets (3-4 faces are
+    few, 5-9 some, 10 and more many).
+    """
+
+    medium_data: int = 5
+    high_data: int = 10
+
+    def level(self, faces: int) -> str:
+        if faces >= self.high_data:
+            return "high_data"
+        return "medium_data" if faces >= self.medium_data else "low_data"
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "low_data": f"1-{self.medium_data - 1} faces" if self.medium_data > 1 else "none",
+            "medium_data": f"{self.medium_data}-{self.high_data - 1} faces" if self.high_data > self.medium_data else "none",
+            "high_data": f"{self.high_data}+ faces",
+        }
+
+
+@dataclass(frozen=True)
 class GalleryConfig:
     confidence_thresholds: ConfidenceThresholds = field(default_factory=ConfidenceThresholds)
+    data_levels: DataLevels = field(default_factory=DataLevels)
     context_weight: float = 0.1
     min_faces_per_person: int = 3
     auto_retrain_threshold: int = 25
@@ -97,8 +124,19 @@ def _thresholds(key: str, value: Any) -> ConfidenceThresholds:
     return ConfidenceThresholds(**{level: _number(f"{key}.{level}", value[level]) for level in THRESHOLD_LEVELS})
 
 
+def _levels(key: str, value: Any) -> DataLevels:
+    names = ("medium_data", "high_data")
+    if not isinstance(value, Mapping) or set(value) != set(names):
+        raise ConfigError(f"{key} must be an object with exactly {', '.join(names)} (minimum faces), got {json.dumps(value)}")
+    levels = DataLevels(**{name: _whole(f"{key}.{name}", value[name], minimum=1) for name in names})
+    if levels.medium_data > levels.high_data:
+        raise ConfigError(f"{key}.medium_data ({levels.medium_data}) must not exceed {key}.high_data ({levels.high_data})")
+    return levels
+
+
 _PARSERS = {
     "confidence_thresholds": _thresholds,
+    "data_levels": _levels,
     "context_weight": _number,
     "min_faces_per_person": _whole,
     "auto_retrain_threshold": _whole,
@@ -115,26 +153,35 @@ def parse_value(key: str, value: Any) -> Any:
 
 
 def to_json(key: str, value: Any) -> Any:
-    return asdict(value) if isinstance(value, ConfidenceThresholds) else value
+    return asdict(value) if isinstance(value, (ConfidenceThresholds, DataLevels)) else value
 
 
-def parse_assignment(key: str, text: str, current: ConfidenceThresholds) -> tuple[str, Any]:
+# Keys whose value is an object: ``config set KEY.PART VALUE`` changes one part and keeps the others.
+OBJECT_KEYS = {"confidence_thresholds": THRESHOLD_LEVELS, "data_levels": ("medium_data", "high_data")}
+
+
+def parse_assignment(key: str, text: str, current: Mapping[str, Any]) -> tuple[str, Any]:
     """``config set KEY VALUE`` from the command line: returns the row to write (key, JSON value).
 
-    VALUE is JSON (``0.2``, ``{"low_data": 0.7, ...}``); a dotted key sets one threshold level
-    (``confidence_thresholds.low_data 0.7``) and keeps the others (``current``).
+    VALUE is JSON (``0.2``, ``{"low_data": 0.7, ...}``); a dotted key sets one part of an object
+    value (``confidence_thresholds.low_data 0.7``) and keeps the other parts from ``current`` (the
+    rows as they are, key -> JSON value; a missing or bad row counts as the defaults).
     """
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
         raise ConfigError(f"{key}: the value must be JSON (a number, or an object), got {text!r}") from None
-    top, _, level = key.partition(".")
-    if level:
-        if top != "confidence_thresholds":
-            raise ConfigError(f"only confidence_thresholds has parts (e.g. confidence_thresholds.low_data); got {key!r}")
-        if level not in THRESHOLD_LEVELS:
-            raise ConfigError(f"unknown level {level!r} (known: {', '.join(THRESHOLD_LEVELS)})")
-        value = {**asdict(current), level: value}
+    top, _, part = key.partition(".")
+    if part:
+        if top not in OBJECT_KEYS:
+            raise ConfigError(f"only {' and '.join(OBJECT_KEYS)} have parts (e.g. confidence_thresholds.low_data); got {key!r}")
+        if part not in OBJECT_KEYS[top]:
+            raise ConfigError(f"unknown level {part!r} of {top} (known: {', '.join(OBJECT_KEYS[top])})")
+        try:
+            base = to_json(top, parse_value(top, current[top]))
+        except (KeyError, ConfigError):
+            base = to_json(top, getattr(GalleryConfig(), top))
+        value = {**base, part: value}
     return top, to_json(top, parse_value(top, value))
 
 
@@ -197,13 +244,10 @@ class ConfigStore:
         """Validate ``KEY VALUE`` and write it; returns the row written."""
         # Only the key written is validated: a bad value elsewhere in the table must not block its repair.
         if self.gallery is not None:
-            try:
-                current = _thresholds("confidence_thresholds", self.gallery.read_config()["confidence_thresholds"])
-            except (KeyError, ConfigError):
-                current = ConfidenceThresholds()
+            current = self.gallery.read_config()
         else:
             local = self.load()[0]
-            current = local.confidence_thresholds
+            current = local.to_rows()
         top, value = parse_assignment(key, text, current)
         if self.gallery is not None:
             self.gallery.write_config(top, value)

@@ -24,10 +24,12 @@ create table photo_faces (
 create table face_training_sessions (id uuid primary key default gen_random_uuid(), created_at timestamptz default now(), model_version text, training_mode text, faces_count integer, people_count integer, context_weight real, min_faces_per_person integer, metrics jsonb, status text);
 create table face_recognition_config (id uuid primary key default gen_random_uuid(), key text unique not null, value jsonb not null, updated_at timestamptz default now());
 
--- The initial config rows (SPEC section 2).
+-- The initial config rows (SPEC section 2), and facepipeline's data_levels: the face counts from
+-- which a person counts as medium_data and high_data (a gallery without the row gets these defaults).
 insert into face_recognition_config (key, value) values
   ('confidence_thresholds', '{"low_data": 0.75, "medium_data": 0.65, "high_data": 0.55}'),
   ('context_weight', '0.1'),
   ('min_faces_per_person', '3'),
   ('auto_retrain_threshold', '25'),
-  ('auto_retrain_percentage', '0.1');
+  ('auto_retrain_percentage', '0.1'),
+  ('data_levels', '{"medium_data": 5, "high_data": 10}');
