@@ -1,15 +1,20 @@
 """The face index: hnswlib (cosine) over embeddings, stored as immutable versions.
 
     index/
-      v1/ index.bin  entries.parquet  manifest.json  metrics.json
+      v1/ index.bin  entries.parquet  manifest.json  metrics.json  evaluations/
       v2/ ...
+      promoted.json      the version recognition uses
+      promotions.jsonl   every promotion and rollback: which version, who, when, why
 
 A version is written to a temporary folder and renamed into place, so a reader never sees half a
-version and an existing version is never overwritten.
+version and an existing version is never overwritten. Publishing a version does not promote it:
+recognition keeps using the promoted one until a promotion (by the pipeline, once the version's
+evaluation is in, or by a person) switches it.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
@@ -27,6 +32,8 @@ import pyarrow.parquet as pq
 from facepipeline.errors import FacePipelineError
 
 ENTRY_COLUMNS = ("face_id", "person_id", "person_name")
+# Where each indexed face is, for search results; kept when the embeddings table has them.
+LOCATION_COLUMNS = ("photo_ref", "event_id", "bbox_x", "bbox_y", "bbox_width", "bbox_height")
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 
 
@@ -55,7 +62,8 @@ class FaceIndex:
         if len(vectors):
             index.add_items(vectors, np.arange(len(vectors)), num_threads=threads)
         index.set_ef(params.ef_search)
-        return cls(index, entries.select(list(ENTRY_COLUMNS)), params)
+        kept = list(ENTRY_COLUMNS) + [name for name in LOCATION_COLUMNS if name in entries.column_names]
+        return cls(index, entries.select(kept), params)
 
     def __len__(self) -> int:
         return self._index.get_current_count()
@@ -106,6 +114,16 @@ class IndexVersion:
         params = IndexParams(**self.manifest["params"])
         return FaceIndex.load(self.path, self.manifest["dim"], params)
 
+    @property
+    def model(self) -> dict | None:
+        """The model pack whose vectors this version holds (``model_pack``, ``model_sha256``, ...)."""
+        return self.manifest.get("model")
+
+    def metrics(self) -> dict | None:
+        """Its latest evaluation, or None before one."""
+        path = self.path / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def record_evaluation(self, evaluation_id: str, metrics: dict) -> Path:
         """Keep an evaluation of this version: ``evaluations/<id>.json``, and ``metrics.json`` = the latest.
 
@@ -154,6 +172,54 @@ class IndexStore:
         versions = self.versions()
         return versions[-1] if versions else None
 
+    # -- promotion -------------------------------------------------------------------------------
+
+    @property
+    def _promoted_file(self) -> Path:
+        return self.root / "promoted.json"
+
+    def promoted(self) -> IndexVersion | None:
+        """The version recognition uses, or None when none was promoted yet."""
+        try:
+            record = json.loads(self._promoted_file.read_text())
+        except FileNotFoundError:
+            return None
+        return self.get(record["version"])
+
+    def require_promoted(self) -> IndexVersion:
+        promoted = self.promoted()
+        if promoted is None:
+            raise FacePipelineError(
+                f"no promoted index version in {self.root}: run a retrain first (facepipeline retrain), "
+                "or promote a version (facepipeline promote VERSION)"
+            )
+        return promoted
+
+    def promote(self, version: int, *, reason: str, by: str | None = None) -> dict:
+        """Make ``version`` the one recognition uses; the switch is appended to ``promotions.jsonl``."""
+        target = self.get(version)  # raises when it does not exist
+        previous = self.promoted()
+        record = {
+            "version": target.version,
+            "previous": previous.version if previous else None,
+            "by": by or _who(),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "reason": reason,
+        }
+        staging = self._promoted_file.with_name(f".promoted-{os.getpid()}.json")
+        staging.write_text(json.dumps(record, indent=2, sort_keys=True))
+        os.replace(staging, self._promoted_file)
+        with open(self.root / "promotions.jsonl", "a") as ledger:
+            ledger.write(json.dumps(record, sort_keys=True) + "\n")
+        return record
+
+    def promotions(self) -> list[dict]:
+        """Every promotion, oldest first."""
+        path = self.root / "promotions.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
     def publish(self, index: FaceIndex, manifest: dict) -> IndexVersion:
         """Write ``index`` as the next version ``vN``; returns it. Safe against concurrent writers."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -180,3 +246,10 @@ class IndexStore:
                 return self.get(number)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return f"uid {os.getuid()}"

@@ -27,7 +27,7 @@ class TableStore:
     def write(self, name: str, table: pa.Table) -> Path:
         target = self.path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}-", suffix=".parquet")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".parquet")
         os.close(fd)
         try:
             pq.write_table(table, tmp, compression="zstd")
