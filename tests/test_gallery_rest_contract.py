@@ -5,8 +5,11 @@ transport sends (method, path, decoded query, headers, JSON body) and how it rea
 answers (JSON arrays, pgvector as text, ``real`` rounded to float32, ``Content-Range``, PGRST error
 bodies). The fake is a real HTTP server on 127.0.0.1. It keeps its tables in memory and evaluates
 the filters the transport uses (``eq``, ``is``, ``not.is``, ``in``, ``gt``, ``gte``, ``lte``,
-``cs``, embedded ``a.b.col`` paths with PostgREST's ``!inner`` semantics), so write-back can run
-twice against the same rows and a guard that does not hold really matches nothing.
+``cs``, jsonb ``eq``, ``col->>key``, embedded ``a.b.col`` paths with PostgREST's ``!inner``
+semantics), so write-back can run twice against the same rows and a guard that does not hold really
+matches nothing. Embeds are projected to the columns asked for; ``photos`` embed their ``events`` and
+all their ``photo_faces``, and ``photo_faces`` rows seeded without a stored ``photos`` embed get
+theirs from the ``photos`` table. Inserts into ``photo_faces`` check the foreign keys.
 """
 
 from __future__ import annotations
@@ -30,11 +33,18 @@ import pytest
 
 from facepipeline.faces import VerifiedFace
 from facepipeline.gallery.base import (
+    SUGGESTED_BY,
     DescriptorUpdate,
+    EventPhotos,
+    ExistingFace,
     FaceLabel,
     Gallery,
     GalleryError,
     GalleryUnavailable,
+    PendingPhoto,
+    SuggestionReport,
+    SuggestionRow,
+    UnknownFaceRow,
     WriteBackInterrupted,
 )
 from facepipeline.gallery.rest import RestGallery
@@ -120,23 +130,44 @@ def _matches(value: Any, op: str, arg: str) -> bool:
         return _json_contains(value, json.loads(arg))
     if value is None:
         return False
+    if isinstance(value, (dict, list)):  # jsonb: ``eq`` compares values, as ``col = '{...}'::jsonb`` does
+        if op != "eq":
+            raise PostgrestError(400, "42883", f"operator does not exist: jsonb {op}")
+        wanted = json.loads(arg)
+        return _json_contains(value, wanted) and _json_contains(wanted, value)
     if op == "in":
         return _text(value) in {v.strip('"') for v in arg.strip("()").split(",")}
     text = _text(value)
     return {"eq": text == arg, "gt": text > arg, "gte": text >= arg, "lte": text <= arg}[op]
 
 
-def _select_keys(select: str) -> list[str]:
-    """Top-level names of a select list: ``photos!inner(id,url)`` -> ``photos``."""
-    keys, depth, current = [], 0, ""
+def _select_items(select: str) -> list[tuple[str, str | None]]:
+    """Top-level items of a select list: ``id,photos!inner(id,url)`` -> ``[("id", None), ("photos", "id,url")]``."""
+    items, depth, current = [], 0, ""
     for char in select + ",":
         if char == "," and depth == 0:
-            keys.append(current.split("(")[0].split("!")[0])
+            name, paren, inner = current.partition("(")
+            items.append((name.split("!")[0], inner[:-1] if paren else None))
             current = ""
             continue
         depth += (char == "(") - (char == ")")
         current += char
-    return keys
+    return items
+
+
+def _project_row(row: dict[str, Any], select: str) -> dict[str, Any]:
+    items = _select_items(select)
+    if [name for name, _ in items] == ["*"]:
+        return dict(row)
+    shown = {}
+    for name, inner in items:
+        value = row.get(name)
+        if inner is not None and isinstance(value, dict):
+            value = _project_row(value, inner)
+        elif inner is not None and isinstance(value, list):
+            value = [_project_row(v, inner) for v in value]
+        shown[name] = value
+    return shown
 
 
 def _is_inner(select: str, embed: str) -> bool:
@@ -157,7 +188,8 @@ class FakePostgrest:
 
     def __init__(self) -> None:
         self.tables: dict[str, list[dict[str, Any]]] = {
-            "photo_faces": [], "face_training_sessions": [], "face_recognition_config": [],
+            "photo_faces": [], "face_training_sessions": [], "face_recognition_config": [], "photos": [], "events": [],
+            "people": [],
         }
         self.requests: list[Seen] = []
         self.faults: list[Fault] = []
@@ -201,7 +233,7 @@ class FakePostgrest:
         prefer = seen.headers.get("prefer", "")
         if seen.method == "POST":
             return self._insert(table, seen, prefer, select)
-        matched = [shown for _, shown in self._filter(rows, seen.query, select)]
+        matched = [shown for _, shown in self._filter(table, rows, seen.query, select)]
         if seen.method == "GET":
             if seen.param("order"):
                 column = seen.param("order").removesuffix(".asc")
@@ -212,7 +244,8 @@ class FakePostgrest:
             content_range = f"{offset}-{offset + len(matched) - 1}/*" if matched else "*/*"
             return 200, {"Content-Range": content_range}, self._project(matched, select)
         if seen.method == "PATCH":
-            updated = [original for original, _ in self._filter(rows, seen.query, select)]
+            updated = [original for original, _ in self._filter(table, rows, seen.query, select)]
+            self._check_references(table, seen.body)
             for row in updated:
                 row.update(self._stored(seen.body))
             content_range = f"0-{len(updated) - 1}/*" if updated else "*/*"
@@ -222,26 +255,68 @@ class FakePostgrest:
         raise PostgrestError(405, "PGRST117", f"Unsupported HTTP method: {seen.method}")
 
     def _insert(self, table: str, seen: Seen, prefer: str, select: str) -> tuple[int, dict[str, str], Any]:
-        values = self._stored(seen.body)
-        conflict = seen.param("on_conflict")
-        existing = next((r for r in self.tables[table] if conflict and r.get(conflict) == values.get(conflict)), None)
-        if existing is not None and "resolution=merge-duplicates" in prefer:
-            existing.update(values)
-            row = existing
-        elif existing is not None:
+        """One statement: a conflict or a missing reference fails every row of a bulk insert."""
+        bodies = seen.body if isinstance(seen.body, list) else [seen.body]
+        rows = [self._stored(body) for body in bodies]
+        for values in rows:
+            self._check_references(table, values)
+        conflict = seen.param("on_conflict") or "id"
+
+        def existing(values: dict[str, Any]) -> dict[str, Any] | None:
+            key = values.get(conflict)
+            return next((r for r in self.tables[table] if key is not None and r.get(conflict) == key), None)
+
+        merge, ignore = "resolution=merge-duplicates" in prefer, "resolution=ignore-duplicates" in prefer
+        if not (merge or ignore) and any(existing(values) is not None for values in rows):
             raise PostgrestError(409, "23505", "duplicate key value violates unique constraint")
-        else:
-            row = {"id": str(uuid.uuid4()), "created_at": datetime.now(UTC).isoformat(), **values}
-            self.tables[table].append(row)
+        written = []
+        for values in rows:
+            row = existing(values)
+            if row is not None and ignore:
+                continue  # on conflict do nothing: not returned either
+            if row is not None:
+                row.update(values)
+            else:
+                row = {"id": str(uuid.uuid4()), "created_at": datetime.now(UTC).isoformat(), **values}
+                self.tables[table].append(row)
+            written.append(row)
         if "return=representation" in prefer:
-            return 201, {"Content-Range": "*/*"}, self._project([row], select)
+            return 201, {"Content-Range": "*/*"}, self._project(written, select)
         return 201, {"Content-Range": "*/*"}, None
 
-    def _filter(self, rows: list[dict[str, Any]], query: list[tuple[str, str]], select: str) -> list[tuple[dict, dict]]:
+    def _find(self, table: str, row_id: Any) -> dict[str, Any] | None:
+        return next((r for r in self.tables[table] if row_id is not None and r["id"] == row_id), None)
+
+    def _check_references(self, table: str, values: dict[str, Any]) -> None:
+        """``photo_faces``' foreign keys to ``photos`` and ``people``."""
+        if table != "photo_faces":
+            return
+        for column, target in (("photo_id", "photos"), ("person_id", "people")):
+            if values.get(column) is not None and self._find(target, values[column]) is None:
+                raise PostgrestError(
+                    409, "23503", f'insert or update on table "photo_faces" violates foreign key constraint "photo_faces_{column}_fkey"',
+                    f'Key ({column})=({values[column]}) is not present in table "{target}".',
+                )
+
+    def _view(self, table: str, row: dict[str, Any]) -> dict[str, Any]:
+        """The row with the embeds PostgREST would join to it."""
+        view = dict(row)
+        if table == "photos":
+            if "events" not in view:
+                view["events"] = self._find("events", view.get("event_id"))
+            view["photo_faces"] = [dict(f) for f in self.tables["photo_faces"] if f.get("photo_id") == view["id"]]
+        elif table == "photo_faces" and "photos" not in view:
+            photo = self._find("photos", view.get("photo_id"))
+            view["photos"] = None if photo is None else {**photo, "events": self._find("events", photo.get("event_id"))}
+        return view
+
+    def _filter(
+        self, table: str, rows: list[dict[str, Any]], query: list[tuple[str, str]], select: str
+    ) -> list[tuple[dict, dict]]:
         """``(stored row, row as shown)`` for the rows the filters keep."""
         kept = []
         for original in rows:
-            row: dict[str, Any] | None = original
+            row: dict[str, Any] | None = self._view(table, original)
             for column, expression in query:
                 if column in ("select", "order", "limit", "offset", "on_conflict", "columns"):
                     continue
@@ -253,10 +328,14 @@ class FakePostgrest:
                     message = f'"failed to parse filter ({expression})"'
                     raise PostgrestError(400, "PGRST100", message, f"unexpected operator {op}")
                 *path, name = column.split(".")
+                name, arrow, key = name.partition("->>")
                 holder: Any = row
                 for embed in path:
                     holder = holder.get(embed) if isinstance(holder, dict) else None
                 value = holder.get(name) if isinstance(holder, dict) else None
+                if arrow:  # ``->>``: the key's value as text
+                    value = value.get(key) if isinstance(value, dict) else None
+                    value = json.dumps(value) if isinstance(value, (dict, list)) else _text(value)
                 if _matches(value, op, arg):
                     continue
                 row = self._miss(row, path, select)
@@ -281,8 +360,7 @@ class FakePostgrest:
 
     @staticmethod
     def _project(rows: list[dict[str, Any]], select: str) -> list[dict[str, Any]]:
-        keys = _select_keys(select)
-        return [dict(r) if keys == ["*"] else {k: r.get(k) for k in keys} for r in rows]
+        return [_project_row(r, select) for r in rows]
 
 
 @pytest.fixture()
@@ -955,3 +1033,387 @@ def test_rest_contract_config_read_and_upsert(postgrest: FakePostgrest, gallery:
     }
     assert postgrest.row("face_recognition_config", ids(5, 1))["value"] == 5  # updated in place, not a second row
     assert len(postgrest.tables["face_recognition_config"]) == 3
+
+
+# -- recognition: pending events and photos, suggestions, unknown faces ----------------------------
+
+
+WINTER = {"id": ids(3, 3), "name": "Winter fair", "date": "2023-12-24"}
+AUTUMN = {"id": ids(3, 4), "name": "Autumn walk", "date": "2024-10-05"}
+PICNIC = {"id": ids(3, 5), "name": "Spring picnic", "date": "2024-03-10"}  # SPRING's date: after it by id
+GONE_PERSON = ids(1, 9)
+PHOTOS_SELECT = "id,event_id,url,created_at,photo_faces(id,bbox,person_id,verified,insightface_bbox,training_context)"
+SUGGESTION_SELECT = (
+    "id,verified,person_id,bbox,confidence,insightface_descriptor,insightface_confidence,insightface_bbox,training_context"
+)
+OURS = {"suggested_by": SUGGESTED_BY, "suggested_person_id": ANN, "index_version": "v1"}
+OLD_BOX = {"x": 100, "y": 200, "width": 150, "height": 150}
+NEW_BOX = {"x": 104, "y": 198, "width": 149, "height": 152}
+
+
+def photo(n: int) -> str:
+    return ids(6, n)
+
+
+def face(n: int) -> str:
+    return ids(7, n)
+
+
+# photo -> (event, created_at as PostgREST sends timestamptz); stored out of id order
+RECOGNITION_PHOTOS = {
+    5: (SUMMER, "2024-07-02T08:00:00+02:00"),
+    1: (SPRING, "2024-03-10T18:00:00.5+00:00"),
+    10: (PICNIC, "2024-03-10T12:00:00+00:00"),
+    3: (SPRING, "2024-03-10T20:00:00.500000+02:00"),  # the same instant as photo 1: id decides
+    2: (SPRING, "2024-03-10T17:59:59.999999+00:00"),  # before photo 1 although its id is after
+    4: (SPRING, "2024-03-12T09:00:00+00:00"),  # has verified faces: not pending, not the latest
+    8: (None, "2023-01-01T00:00:00+00:00"),
+    6: (WINTER, "2023-12-24T21:15:30.25+00:00"),
+    9: (AUTUMN, "2024-10-05T10:00:00+00:00"),  # a verified face: the event is not pending
+    7: (None, "2024-01-05T00:00:00.000001+00:00"),
+}
+
+
+def put_face(fake: FakePostgrest, n: int, photo_n: int, *, person: str | None = None, verified: bool | None = False,
+             bbox: Any = None, **columns: Any) -> str:
+    """A ``photo_faces`` row as the gallery stores it (its ``photos`` embed comes from the photos table)."""
+    row = {
+        "confidence": None, "insightface_descriptor": None, "insightface_confidence": None, "insightface_bbox": None,
+        "training_used": False, "training_context": None, **columns,
+    }
+    fake.put("photo_faces", id=face(n), photo_id=photo(photo_n), person_id=person, verified=verified,
+             bbox=copy.deepcopy(OLD_BOX if bbox is None else bbox), **row)
+    return face(n)
+
+
+def ours(n: int, photo_n: int, **changes: Any) -> ExistingFace:
+    """One of facepipeline's rows as ``pending_photos`` reads it: Ann on OLD_BOX, unverified."""
+    values = {"face_id": face(n), "bbox": dict(OLD_BOX), "person_id": ANN, "verified": False,
+              "insightface_bbox": {"x": 100.4, "y": 199.6, "width": 150.2, "height": 149.8}, "context": dict(OURS)}
+    return ExistingFace(**{**values, **changes})
+
+
+@pytest.fixture()
+def recognition_gallery(postgrest: FakePostgrest) -> FakePostgrest:
+    for event in (PICNIC, SUMMER, WINTER, SPRING, AUTUMN):
+        postgrest.put("events", **event, created_at="2023-01-01T00:00:00+00:00")
+    for person in (ANN, BOB, CAROL, DAN):
+        postgrest.put("people", id=person, **PEOPLE[person])
+    for n, (event, created) in RECOGNITION_PHOTOS.items():
+        postgrest.put(
+            "photos", id=photo(n), event_id=event and event["id"], storage_path=f"events/{n}.jpg",
+            url=f"https://cdn.example/r{n}.jpg", width=4000, height=3000, created_at=created,
+        )
+    existing = ours(1, 1)
+    # photo 1: a nobody face a person drew, and one of ours (stored after it although its id is first)
+    put_face(postgrest, 2, 1, bbox={"x": 5, "y": 6, "width": 70, "height": 80})
+    put_face(postgrest, 1, 1, person=ANN, insightface_bbox=existing.insightface_bbox, training_context=dict(OURS),
+             confidence=0.71, insightface_confidence=0.88, insightface_descriptor=unit_vector(1).tolist())
+    put_face(postgrest, 3, 4, person=ANN, verified=True)
+    put_face(postgrest, 4, 4, person=BOB, verified=True)
+    put_face(postgrest, 5, 9, person=CAROL, verified=True)
+    put_face(postgrest, 6, 5, verified=None)  # verified null: the photo is still pending
+    return postgrest
+
+
+def paged(fake: FakePostgrest, page_size: int) -> RestGallery:
+    return RestGallery(fake.url, KEY, page_size=page_size)
+
+
+def test_rest_contract_rest_gallery_is_a_gallery(gallery: RestGallery) -> None:
+    assert isinstance(gallery, Gallery)
+    for name in ("pending_events", "pending_photos", "write_suggestions", "unknown_faces"):
+        assert callable(getattr(gallery, name))
+
+
+def test_rest_contract_pending_events_groups_counts_and_orders_like_the_sql(recognition_gallery: FakePostgrest) -> None:
+    rest = paged(recognition_gallery, 3)
+    try:
+        events = rest.pending_events()
+    finally:
+        rest.close()
+
+    assert events == [
+        EventPhotos(WINTER["id"], "Winter fair", "2023-12-24", 1, "2023-12-24T21:15:30.250000Z"),
+        EventPhotos(SPRING["id"], "Spring party", "2024-03-10", 3, "2024-03-10T18:00:00.500000Z"),
+        EventPhotos(PICNIC["id"], "Spring picnic", "2024-03-10", 1, "2024-03-10T12:00:00.000000Z"),
+        EventPhotos(SUMMER["id"], "Summer camp", "2024-07-01", 1, "2024-07-02T06:00:00.000000Z"),
+        EventPhotos(None, None, None, 2, "2024-01-05T00:00:00.000001Z"),
+    ]
+    verified = recognition_gallery.seen("GET", "/rest/v1/photo_faces")
+    # three verified faces, pages of 3: a full page, then an empty one
+    assert [v.query for v in verified] == [
+        [("select", "id,photo_id"), ("verified", "is.true"), ("order", "id.asc"), ("limit", "3")],
+        [("select", "id,photo_id"), ("verified", "is.true"), ("id", f"gt.{face(5)}"), ("order", "id.asc"), ("limit", "3")],
+    ]
+    photos = recognition_gallery.seen("GET", "/rest/v1/photos")
+    assert [p.query for p in photos] == [
+        [("select", "id,event_id,created_at,events(name,date)"), *([("id", f"gt.{photo(last)}")] if last else []),
+         ("order", "id.asc"), ("limit", "3")]
+        for last in (None, 3, 6, 9)
+    ]
+    assert len(recognition_gallery.requests) == 6
+    assert_authenticated(photos[0])
+
+
+def test_rest_contract_pending_photos_of_an_event(recognition_gallery: FakePostgrest, gallery: RestGallery) -> None:
+    photos = gallery.pending_photos(SPRING["id"])
+
+    nobody = ExistingFace(face(2), {"x": 5, "y": 6, "width": 70, "height": 80}, None, False, None, None)
+    assert photos == [
+        PendingPhoto(photo(2), SPRING["id"], "https://cdn.example/r2.jpg", ()),
+        PendingPhoto(photo(1), SPRING["id"], "https://cdn.example/r1.jpg", (ours(1, 1), nobody)),
+        PendingPhoto(photo(3), SPRING["id"], "https://cdn.example/r3.jpg", ()),
+    ]
+    assert photos[1].existing[0].ours and not photos[1].existing[0].edited
+    (seen,) = recognition_gallery.requests
+    assert (seen.method, seen.path) == ("GET", "/rest/v1/photos")
+    assert seen.query == [
+        ("select", PHOTOS_SELECT), ("event_id", f"eq.{SPRING['id']}"), ("order", "id.asc"), ("limit", "1000"),
+    ]
+
+
+def test_rest_contract_pending_photos_without_an_event_and_with_an_unset_verified(
+    recognition_gallery: FakePostgrest, gallery: RestGallery
+) -> None:
+    assert [p.photo_id for p in gallery.pending_photos(None)] == [photo(8), photo(7)]
+    assert recognition_gallery.requests[-1].query == [
+        ("select", PHOTOS_SELECT), ("event_id", "is.null"), ("order", "id.asc"), ("limit", "1000"),
+    ]
+    (summer,) = gallery.pending_photos(SUMMER["id"])
+    assert summer.existing == (ExistingFace(face(6), OLD_BOX, None, False, None, None),)  # verified null reads as False
+
+
+def test_rest_contract_pending_photos_paginates(recognition_gallery: FakePostgrest) -> None:
+    rest = paged(recognition_gallery, 2)
+    try:
+        photos = rest.pending_photos(SPRING["id"])
+    finally:
+        rest.close()
+
+    assert [p.photo_id for p in photos] == [photo(2), photo(1), photo(3)]
+    pages = recognition_gallery.seen("GET", "/rest/v1/photos")
+    assert [p.param("id") for p in pages] == [None, f"gt.{photo(2)}", f"gt.{photo(4)}"]  # photo 4 is read, then dropped
+
+
+def suggestion(n: int, photo_n: int, person: str | None, *, replaces: ExistingFace | None = None, seed: int = 50,
+               bbox: dict[str, int] = NEW_BOX) -> SuggestionRow:
+    return SuggestionRow(
+        face_id=face(n), photo_id=photo(photo_n), person_id=person, confidence=None if person is None else 0.734567,
+        bbox=dict(bbox), descriptor=unit_vector(seed + n), det_score=0.912345,
+        detected_bbox={k: v + 0.25 for k, v in bbox.items()},
+        context={**OURS, "suggested_person_id": person, "candidates": [{"person_id": ANN, "similarity": 0.61}]},
+        replaces=replaces,
+    )
+
+
+def inserted_row(row: SuggestionRow, person: str | None) -> dict[str, Any]:
+    return {
+        "id": row.face_id, "photo_id": row.photo_id, "verified": False, "person_id": person,
+        "confidence": row.confidence, "bbox": dict(row.bbox), "insightface_descriptor": row.vector_literal(),
+        "insightface_confidence": row.det_score, "insightface_bbox": dict(row.detected_bbox),
+        "training_context": json.loads(json.dumps(row.context)),
+    }
+
+
+def test_rest_contract_write_suggestions_inserts_new_rows_ignoring_duplicates(
+    recognition_gallery: FakePostgrest, gallery: RestGallery
+) -> None:
+    rows = [
+        suggestion(11, 2, ANN),
+        suggestion(12, 7, None),
+        suggestion(13, 4, BOB),  # photo 4 has a verified face: skipped
+        suggestion(14, 99, ANN),  # photo 99 does not exist: skipped
+        suggestion(15, 6, GONE_PERSON),  # the person was deleted since: written without one
+    ]
+
+    report = gallery.write_suggestions(rows)
+
+    assert report == SuggestionReport(rows=5, inserted=3, updated=0, unchanged=0, skipped=2, skipped_ids=[face(13), face(14)])
+    check, people, insert = recognition_gallery.requests
+    assert (check.method, check.path) == ("GET", "/rest/v1/photos")
+    assert check.query == [("select", "id,photo_faces(verified)"), ("id", f"in.({','.join(photo(n) for n in (2, 7, 4, 99, 6))})")]
+    assert (people.method, people.path) == ("GET", "/rest/v1/people")
+    assert people.query == [("select", "id"), ("id", f"in.({ANN},{GONE_PERSON})")]
+    assert (insert.method, insert.path) == ("POST", "/rest/v1/photo_faces")
+    assert insert.param("on_conflict") == "id" and insert.param("select") == "id"
+    assert set(insert.param("columns").replace('"', "").split(",")) == set(inserted_row(rows[0], ANN))
+    assert set(insert.headers["prefer"].split(",")) == {"resolution=ignore-duplicates", "return=representation"}
+    assert_authenticated(insert)
+    assert insert.body == [inserted_row(rows[0], ANN), inserted_row(rows[1], None), inserted_row(rows[4], None)]
+    stored = recognition_gallery.row("photo_faces", face(11))
+    assert np.array_equal(np.array(json.loads(stored["insightface_descriptor"]), dtype=np.float32), rows[0].descriptor)
+    assert stored["verified"] is False and stored["person_id"] == ANN
+    assert recognition_gallery.row("photo_faces", face(15))["person_id"] is None
+
+    # a rerun: the ids are there already, nothing is inserted twice
+    again = gallery.write_suggestions(rows)
+
+    assert again.as_dict() == {"rows": 5, "inserted": 0, "updated": 0, "unchanged": 3, "skipped": 2}
+    assert len([f for f in recognition_gallery.tables["photo_faces"] if f["id"] == face(11)]) == 1
+
+
+def test_rest_contract_write_suggestions_goes_batch_by_batch(recognition_gallery: FakePostgrest, gallery: RestGallery) -> None:
+    rows = [suggestion(20 + n, 2, None) for n in range(5)]
+
+    report = gallery.write_suggestions(rows, batch_size=2)
+
+    assert report.as_dict() == {"rows": 5, "inserted": 5, "updated": 0, "unchanged": 0, "skipped": 0}
+    assert [(r.method, r.path) for r in recognition_gallery.requests] == [
+        ("GET", "/rest/v1/photos"), ("POST", "/rest/v1/photo_faces")
+    ] * 3  # no people to look up: none is suggested
+    assert [[row["id"] for row in r.body] for r in recognition_gallery.seen("POST")] == [
+        [face(20), face(21)], [face(22), face(23)], [face(24)]
+    ]
+
+
+def test_rest_contract_write_suggestions_updates_own_rows_behind_guards(
+    recognition_gallery: FakePostgrest, gallery: RestGallery
+) -> None:
+    # photo 3: one of ours that already holds what is offered, and one a person labelled since the read
+    same = suggestion(31, 3, ANN, bbox=OLD_BOX)
+    held = inserted_row(same, ANN)
+    put_face(recognition_gallery, 31, 3, person=ANN, insightface_descriptor=same.descriptor.tolist(),
+             **{k: v for k, v in held.items() if k not in ("id", "photo_id", "verified", "person_id", "insightface_descriptor")})
+    put_face(recognition_gallery, 32, 3, person=CAROL, training_context=dict(OURS))
+    # photo 5: one of ours without a person, and a person's own row (never one of ours to update)
+    put_face(recognition_gallery, 33, 5, training_context={**OURS, "suggested_person_id": None})
+    put_face(recognition_gallery, 34, 5, training_context={"note": "drawn by hand"})
+    rows = [
+        suggestion(1, 1, BOB, replaces=ours(1, 1)),
+        suggestion(31, 3, ANN, replaces=ours(31, 3), bbox=OLD_BOX),
+        suggestion(32, 3, ANN, replaces=ours(32, 3, person_id=None)),
+        suggestion(33, 5, DAN, replaces=ours(33, 5, person_id=None)),
+        suggestion(34, 5, DAN, replaces=ours(34, 5, person_id=None)),
+    ]
+
+    report = gallery.write_suggestions(rows)
+
+    assert report == SuggestionReport(rows=5, inserted=0, updated=2, unchanged=1, skipped=2, skipped_ids=[face(32), face(34)])
+    check, people, current, first, second = recognition_gallery.requests
+    assert (check.path, people.path) == ("/rest/v1/photos", "/rest/v1/people")
+    assert people.query == [("select", "id"), ("id", f"in.({BOB},{ANN},{DAN})")]
+    assert (current.method, current.path) == ("GET", "/rest/v1/photo_faces")
+    assert current.query == [("select", SUGGESTION_SELECT), ("id", f"in.({','.join(face(n) for n in (1, 31, 32, 33, 34))})")]
+    assert (first.method, first.path) == ("PATCH", "/rest/v1/photo_faces")
+    assert first.query == [
+        ("id", f"eq.{face(1)}"), ("verified", "is.false"), ("person_id", f"eq.{ANN}"),
+        ("bbox", 'eq.{"x":100,"y":200,"width":150,"height":150}'), ("training_context->>suggested_by", "eq.facepipeline"),
+        ("select", "id"),
+    ]
+    assert first.headers["prefer"] == "return=representation"
+    assert_authenticated(first)
+    assert first.body == {k: v for k, v in inserted_row(rows[0], BOB).items() if k not in ("id", "photo_id", "verified")}
+    assert second.param("id") == f"eq.{face(33)}" and second.param("person_id") == "is.null"
+    updated = recognition_gallery.row("photo_faces", face(1))
+    assert (updated["person_id"], updated["bbox"], updated["verified"]) == (BOB, NEW_BOX, False)
+    assert recognition_gallery.row("photo_faces", face(33))["person_id"] == DAN
+    for n in (32, 34):  # the edited row and the person's own row are left, without a PATCH
+        assert recognition_gallery.row("photo_faces", face(n))["insightface_descriptor"] is None
+
+
+def test_rest_contract_write_suggestions_counts_a_row_verified_before_the_patch_as_skipped(
+    recognition_gallery: FakePostgrest, gallery: RestGallery
+) -> None:
+    def verify_before_patch(seen: Seen) -> None:
+        if seen.method == "PATCH":
+            recognition_gallery.row("photo_faces", face(1))["verified"] = True
+
+    recognition_gallery.before.append(verify_before_patch)
+
+    report = gallery.write_suggestions([suggestion(1, 1, BOB, replaces=ours(1, 1))])
+
+    assert (report.updated, report.skipped, report.skipped_ids) == (0, 1, [face(1)])
+    assert len(recognition_gallery.seen("PATCH")) == 1
+    assert recognition_gallery.row("photo_faces", face(1))["person_id"] == ANN
+
+
+def test_rest_contract_write_suggestions_skips_a_photo_that_got_a_verified_face(
+    recognition_gallery: FakePostgrest, gallery: RestGallery
+) -> None:
+    (pending,) = [p for p in gallery.pending_photos(SPRING["id"]) if p.photo_id == photo(1)]
+    recognition_gallery.row("photo_faces", face(2))["verified"] = True  # a person verified a face since the read
+    recognition_gallery.requests.clear()
+
+    report = gallery.write_suggestions(
+        [suggestion(1, 1, BOB, replaces=pending.existing[0]), suggestion(40, 1, ANN), suggestion(41, 2, ANN)]
+    )
+
+    assert report == SuggestionReport(rows=3, inserted=1, updated=0, unchanged=0, skipped=2, skipped_ids=[face(1), face(40)])
+    assert [row["id"] for row in recognition_gallery.seen("POST")[0].body] == [face(41)]
+    assert recognition_gallery.seen("PATCH") == []
+    assert recognition_gallery.row("photo_faces", face(1))["person_id"] == ANN
+    assert not any(f["id"] == face(40) for f in recognition_gallery.tables["photo_faces"])
+
+
+def test_rest_contract_unknown_faces(recognition_gallery: FakePostgrest) -> None:
+    put_face(recognition_gallery, 51, 1, insightface_descriptor=unit_vector(51).tolist())
+    put_face(recognition_gallery, 52, 5, verified=None, insightface_descriptor=unit_vector(52).tolist())
+    put_face(recognition_gallery, 53, 1, person=ANN, insightface_descriptor=unit_vector(53).tolist())  # has a person
+    put_face(recognition_gallery, 54, 1)  # no descriptor
+    put_face(recognition_gallery, 55, 2, verified=True, insightface_descriptor=unit_vector(55).tolist())  # verified
+    put_face(recognition_gallery, 56, 7, insightface_descriptor=unit_vector(56).tolist())  # a photo without an event
+    rest = paged(recognition_gallery, 2)
+    try:
+        faces = rest.unknown_faces()
+    finally:
+        rest.close()
+
+    assert [(f.face_id, f.photo_id, f.event_id) for f in faces] == [
+        (face(51), photo(1), SPRING["id"]), (face(52), photo(5), SUMMER["id"]), (face(56), photo(7), None),
+    ]
+    for f, n in zip(faces, (51, 52, 56), strict=True):
+        assert f.descriptor.dtype == np.float32 and np.array_equal(f.descriptor, unit_vector(n))
+        assert isinstance(f, UnknownFaceRow)
+    first, second = recognition_gallery.requests
+    expected = [
+        ("select", "id,photo_id,insightface_descriptor,photos!inner(event_id)"), ("verified", "not.is.true"),
+        ("person_id", "is.null"), ("insightface_descriptor", "not.is.null"),
+    ]
+    assert (first.method, first.path) == ("GET", "/rest/v1/photo_faces")
+    assert first.query == [*expected, ("order", "id.asc"), ("limit", "2")]
+    assert second.query == [*expected, ("id", f"gt.{face(52)}"), ("order", "id.asc"), ("limit", "2")]
+
+
+RECOGNITION_CALLS = {
+    "pending_events": lambda g: g.pending_events(),
+    "pending_photos": lambda g: g.pending_photos(SPRING["id"]),
+    "write_suggestions": lambda g: g.write_suggestions([suggestion(11, 2, ANN)]),
+    "unknown_faces": lambda g: g.unknown_faces(),
+}
+
+
+@pytest.mark.parametrize("name", list(RECOGNITION_CALLS))
+def test_rest_contract_recognition_connection_refused_is_unavailable(closed_port: int, name: str) -> None:
+    rest = RestGallery(f"http://127.0.0.1:{closed_port}", KEY, timeout_s=2)
+
+    with pytest.raises(GalleryUnavailable) as caught:
+        RECOGNITION_CALLS[name](rest)
+
+    assert f"127.0.0.1:{closed_port}" in str(caught.value) and "cannot reach" in str(caught.value)
+    assert_no_key(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "fault", "error", "expected"),
+    [
+        *[(name, Fault("GET", status=503, body={"code": "PGRST001", "message": f"Database client error {KEY}"}),
+           GalleryUnavailable, "PGRST001: Database client error ***") for name in RECOGNITION_CALLS],
+        ("write_suggestions", Fault("POST", status=502, body="<html>502 Bad Gateway</html>"), GalleryUnavailable, "502"),
+        ("write_suggestions", Fault("POST", status=400, body={"code": "22000", "message": "expected 512 dimensions"}),
+         GalleryError, "22000: expected 512 dimensions"),
+    ],
+    ids=[*(f"{name}-503" for name in RECOGNITION_CALLS), "insert-502", "insert-400"],
+)
+def test_rest_contract_recognition_errors_are_mapped_without_the_key(
+    recognition_gallery: FakePostgrest, gallery: RestGallery, name: str, fault: Fault, error: type, expected: str
+) -> None:
+    recognition_gallery.faults.append(fault)
+
+    with pytest.raises(GalleryError) as caught:
+        RECOGNITION_CALLS[name](gallery)
+
+    assert type(caught.value) is error
+    assert expected in str(caught.value)
+    assert recognition_gallery.url.removeprefix("http://") in str(caught.value)
+    assert_no_key(caught.value)

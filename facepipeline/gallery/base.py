@@ -141,6 +141,130 @@ def write_in_batches(
     return report
 
 
+# -- recognition: new photos, their faces, and the suggestions facepipeline writes -----------------
+
+SUGGESTED_BY = "facepipeline"
+"""``training_context.suggested_by`` of the rows recognition writes: how its own rows are told apart."""
+
+
+@dataclass(frozen=True)
+class EventPhotos:
+    """An event with photos awaiting recognition (no verified face yet)."""
+
+    event_id: str | None
+    name: str | None
+    date: str | None
+    photos: int
+    """Photos of the event without a verified face."""
+    latest_photo_at: str
+    """When the newest photo of the event was added (ISO 8601): it changes when photos arrive."""
+
+
+@dataclass(frozen=True)
+class ExistingFace:
+    """A ``photo_faces`` row already on a photo awaiting recognition."""
+
+    face_id: str
+    bbox: Mapping[str, Any] | None
+    person_id: str | None
+    verified: bool
+    insightface_bbox: Mapping[str, Any] | None
+    context: Mapping[str, Any] | None
+
+    @property
+    def ours(self) -> bool:
+        """Written by facepipeline's recognition."""
+        return isinstance(self.context, Mapping) and self.context.get("suggested_by") == SUGGESTED_BY
+
+    @property
+    def edited(self) -> bool:
+        """One of ours that a person changed since (another person, or a moved box): never touched again."""
+        if not self.ours:
+            return False
+        written_box = rounded_box(self.insightface_bbox) if self.insightface_bbox else None
+        return self.person_id != self.context.get("suggested_person_id") or not _same_box(self.bbox, written_box)
+
+
+@dataclass(frozen=True)
+class PendingPhoto:
+    photo_id: str
+    event_id: str | None
+    url: str
+    existing: tuple[ExistingFace, ...] = ()
+
+
+@dataclass(frozen=True)
+class SuggestionRow:
+    """One detected face as facepipeline writes it: a new row, or an update of one of its own rows."""
+
+    face_id: str
+    photo_id: str
+    person_id: str | None
+    confidence: float | None
+    bbox: Mapping[str, int]
+    descriptor: np.ndarray
+    det_score: float
+    detected_bbox: Mapping[str, float]
+    context: Mapping[str, Any]
+    replaces: ExistingFace | None = None
+    """The row of ours this one updates (it must still be as read), or None for a new row."""
+
+    def __post_init__(self) -> None:
+        vector = np.asarray(self.descriptor, dtype=np.float32)
+        if vector.shape != (DESCRIPTOR_DIM,) or not np.isfinite(vector).all():
+            raise ValueError(f"face {self.face_id}: a descriptor must be {DESCRIPTOR_DIM} finite values; nothing is written")
+        for value in (self.det_score, self.confidence):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"face {self.face_id}: a score is not finite; nothing is written")
+        object.__setattr__(self, "descriptor", vector)
+
+    def vector_literal(self) -> str:
+        return "[" + ",".join(repr(v) for v in self.descriptor.tolist()) + "]"
+
+
+@dataclass
+class SuggestionReport:
+    rows: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    """Rows not written: the photo got a verified face, or the row was edited, since the read."""
+    skipped_ids: list[str] = field(default_factory=list)
+
+    def add(self, other: SuggestionReport) -> None:
+        for name in ("rows", "inserted", "updated", "unchanged", "skipped"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.skipped_ids.extend(other.skipped_ids)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in ("rows", "inserted", "updated", "unchanged", "skipped")}
+
+
+@dataclass(frozen=True)
+class UnknownFaceRow:
+    """An unverified face without a person, with the descriptor facepipeline wrote for it."""
+
+    face_id: str
+    photo_id: str
+    event_id: str | None
+    descriptor: np.ndarray
+
+
+def rounded_box(box: Mapping[str, Any]) -> dict[str, int]:
+    """A detected box in the gallery's own form: whole pixels."""
+    return {key: int(round(float(box[key]))) for key in ("x", "y", "width", "height")}
+
+
+def _same_box(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    try:
+        return all(float(a[key]) == float(b[key]) for key in ("x", "y", "width", "height"))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 @runtime_checkable
 class Gallery(FaceSource, Protocol):
     """A source that is the gallery's own database."""
@@ -175,6 +299,27 @@ class Gallery(FaceSource, Protocol):
 
     def write_config(self, key: str, value: Any) -> None:
         """Insert or replace one config row (already validated by the caller)."""
+        ...
+
+    def pending_events(self) -> list[EventPhotos]:
+        """Events with photos that have no verified face yet (``event_id`` None: photos without an event)."""
+        ...
+
+    def pending_photos(self, event_id: str | None) -> list[PendingPhoto]:
+        """The event's photos without a verified face, each with the rows already on it."""
+        ...
+
+    def write_suggestions(self, rows: Sequence[SuggestionRow], *, batch_size: int = 500) -> SuggestionReport:
+        """Insert new suggestion rows and update facepipeline's own unedited ones, batch by batch.
+
+        A row is written only while its photo still has no verified face; an update only while the
+        row is still unverified and as it was read (same person, same box). Rerunning with the same
+        rows changes nothing.
+        """
+        ...
+
+    def unknown_faces(self) -> list[UnknownFaceRow]:
+        """Unverified faces without a person that have a descriptor (recognition's unknowns)."""
         ...
 
 

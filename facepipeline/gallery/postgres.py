@@ -15,16 +15,24 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import psycopg
+from pgvector.psycopg import register_vector
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from facepipeline.faces import VerifiedFace
 from facepipeline.gallery.base import (
     DescriptorUpdate,
+    EventPhotos,
+    ExistingFace,
     FaceLabel,
     GalleryError,
     GalleryUnavailable,
+    PendingPhoto,
+    SuggestionReport,
+    SuggestionRow,
+    UnknownFaceRow,
     WriteBackReport,
     session_fields,
     write_in_batches,
@@ -89,6 +97,87 @@ written as (
     returning f.id
 )
 select (select array_agg(id::text) from eligible), (select count(*) from written)
+"""
+
+
+_PENDING_EVENTS = """
+select p.event_id::text, e.name, e.date::text, count(*),
+       to_char(max(p.created_at) at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+from photos p left join events e on e.id = p.event_id
+where not exists (select 1 from photo_faces v where v.photo_id = p.id and v.verified)
+group by p.event_id, e.name, e.date
+order by e.date nulls last, p.event_id nulls last
+"""
+
+_PENDING_PHOTOS = """
+select p.id::text, p.event_id::text, p.url,
+       coalesce(jsonb_agg(jsonb_build_object(
+           'id', f.id, 'bbox', f.bbox, 'person_id', f.person_id, 'verified', coalesce(f.verified, false),
+           'insightface_bbox', f.insightface_bbox, 'training_context', f.training_context) order by f.id)
+         filter (where f.id is not null), '[]'::jsonb)
+from photos p left join photo_faces f on f.photo_id = p.id
+where p.event_id is not distinct from %(event_id)s::uuid
+group by p.id
+having not coalesce(bool_or(f.verified), false)
+order by p.created_at, p.id
+"""
+
+# One batch of suggestions. Rows go only to photos that still exist and still have no verified
+# face; updates only to facepipeline's own rows that are still unverified and as they were read.
+# Ids are deterministic, so a row already inserted by an earlier run conflicts and is left as is.
+_SUGGESTION_BATCH = """
+with incoming as (
+    select * from unnest(%(ids)s::uuid[], %(photo_ids)s::uuid[], %(person_ids)s::uuid[], %(confidences)s::real[],
+                         %(bboxes)s::jsonb[], %(descriptors)s::text[], %(det_scores)s::real[], %(detected)s::jsonb[],
+                         %(contexts)s::jsonb[], %(updates)s::boolean[], %(read_persons)s::uuid[], %(read_bboxes)s::jsonb[])
+           as t(id, photo_id, person_id, confidence, bbox, descriptor, det_score, detected_bbox, context,
+                is_update, read_person, read_bbox)
+),
+pending as (
+    select i.* from incoming i
+    where exists (select 1 from photos p where p.id = i.photo_id)
+      and not exists (select 1 from photo_faces v where v.photo_id = i.photo_id and v.verified)
+),
+inserted as (
+    insert into photo_faces (id, photo_id, person_id, bbox, confidence, verified, insightface_descriptor,
+                             insightface_confidence, insightface_bbox, training_context)
+    select i.id, i.photo_id, (select pe.id from people pe where pe.id = i.person_id), i.bbox, i.confidence, false,
+           i.descriptor::vector, i.det_score, i.detected_bbox, i.context
+    from pending i where not i.is_update
+    on conflict (id) do nothing
+    returning id
+),
+eligible as (
+    select f.id from photo_faces f join pending i on i.id = f.id
+    where i.is_update and not f.verified and f.person_id is not distinct from i.read_person and f.bbox = i.read_bbox
+      and f.training_context ->> 'suggested_by' = 'facepipeline'
+    for no key update of f
+),
+updated as (
+    update photo_faces f
+    set person_id = (select pe.id from people pe where pe.id = i.person_id), confidence = i.confidence, bbox = i.bbox,
+        insightface_descriptor = i.descriptor::vector, insightface_confidence = i.det_score,
+        insightface_bbox = i.detected_bbox, training_context = i.context
+    from pending i
+    where f.id = i.id and f.id in (select id from eligible)
+      and not f.verified and f.person_id is not distinct from i.read_person and f.bbox = i.read_bbox
+      and (f.person_id is distinct from i.person_id or f.confidence is distinct from i.confidence
+           or f.bbox is distinct from i.bbox or f.insightface_descriptor is distinct from i.descriptor::vector
+           or f.insightface_confidence is distinct from i.det_score or f.insightface_bbox is distinct from i.detected_bbox
+           or f.training_context is distinct from i.context)
+    returning f.id
+)
+select (select count(*) from incoming i where not i.is_update and i.id in (select id from pending)),
+       (select count(*) from inserted), (select count(*) from eligible), (select count(*) from updated),
+       (select array_agg(i.id::text) from incoming i
+         where i.id not in (select id from pending) or (i.is_update and i.id not in (select id from eligible)))
+"""
+
+_UNKNOWN_FACES = """
+select f.id::text, f.photo_id::text, p.event_id::text, f.insightface_descriptor
+from photo_faces f join photos p on p.id = f.photo_id
+where not coalesce(f.verified, false) and f.person_id is null and f.insightface_descriptor is not null
+order by f.id
 """
 
 
@@ -230,6 +319,67 @@ class PostgresGallery:
                 "on conflict (key) do update set value = excluded.value, updated_at = now()",
                 [key, Jsonb(value)],
             )
+
+
+    # -- recognition -----------------------------------------------------------------------------
+
+    def pending_events(self) -> list[EventPhotos]:
+        with self._connection() as conn:
+            return [EventPhotos(*row) for row in conn.execute(_PENDING_EVENTS)]
+
+    def pending_photos(self, event_id: str | None) -> list[PendingPhoto]:
+        with self._connection() as conn:
+            rows = conn.execute(_PENDING_PHOTOS, {"event_id": event_id}).fetchall()
+        return [
+            PendingPhoto(photo_id, event, url, tuple(_existing_face(face) for face in faces))
+            for photo_id, event, url, faces in rows
+        ]
+
+    def write_suggestions(self, rows: Sequence[SuggestionRow], *, batch_size: int = 500) -> SuggestionReport:
+        report = SuggestionReport(rows=len(rows))
+        with self._connection() as conn:
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start : start + batch_size]
+                with conn.transaction():
+                    offered, inserted, eligible, updated, skipped = conn.execute(
+                        _SUGGESTION_BATCH, _suggestion_params(batch)
+                    ).fetchone()
+                report.inserted += inserted
+                report.updated += updated
+                report.unchanged += (offered - inserted) + (eligible - updated)
+                report.skipped += len(skipped or ())
+                report.skipped_ids.extend(skipped or ())
+        return report
+
+    def unknown_faces(self) -> list[UnknownFaceRow]:
+        with self._connection() as conn:
+            register_vector(conn)
+            rows = conn.execute(_UNKNOWN_FACES).fetchall()
+        return [UnknownFaceRow(face_id, photo_id, event_id, np.asarray(vector.to_numpy(), dtype=np.float32)) for face_id, photo_id, event_id, vector in rows]
+
+
+def _existing_face(face: Mapping[str, Any]) -> ExistingFace:
+    return ExistingFace(
+        face_id=face["id"], bbox=face["bbox"], person_id=face["person_id"], verified=bool(face["verified"]),
+        insightface_bbox=face["insightface_bbox"], context=face["training_context"],
+    )
+
+
+def _suggestion_params(batch: Sequence[SuggestionRow]) -> dict[str, list]:
+    return {
+        "ids": [r.face_id for r in batch],
+        "photo_ids": [r.photo_id for r in batch],
+        "person_ids": [r.person_id for r in batch],
+        "confidences": [r.confidence for r in batch],
+        "bboxes": [Jsonb(dict(r.bbox)) for r in batch],
+        "descriptors": [r.vector_literal() for r in batch],
+        "det_scores": [float(r.det_score) for r in batch],
+        "detected": [Jsonb(dict(r.detected_bbox)) for r in batch],
+        "contexts": [Jsonb(dict(r.context)) for r in batch],
+        "updates": [r.replaces is not None for r in batch],
+        "read_persons": [r.replaces.person_id if r.replaces else None for r in batch],
+        "read_bboxes": [Jsonb(dict(r.replaces.bbox)) if r.replaces and r.replaces.bbox is not None else None for r in batch],
+    }
 
 
 def _write_batch(conn: psycopg.Connection, batch: Sequence[DescriptorUpdate], report: WriteBackReport) -> None:

@@ -12,6 +12,11 @@ It behaves as :mod:`facepipeline.gallery.postgres` does, with the limits of Post
   (``id``, ``verified``, ``person_id`` and ``bbox`` containment in the filter). Read, compare and
   write are not one transaction, but the guard means a row changed in between is not written, and
   a PATCH that matches nothing counts as skipped. Each PATCH is its own transaction.
+* PostgREST cannot group or say "no row exists": recognition's reads (pending events and photos)
+  fetch the rows and group and filter them in Python, as the Postgres transport's SQL does.
+  Suggestions are written per batch as one ignore-duplicates insert plus one guarded PATCH per
+  changed row of facepipeline's own; whether each photo still has no verified face is read just
+  before, not in the same transaction as the write (Postgres checks it inside the statement).
 
 Errors name the host, never the key: every error text passes through :func:`redact`.
 """
@@ -34,10 +39,17 @@ from supabase import ClientOptions, SupabaseException, create_client
 
 from facepipeline.faces import VerifiedFace
 from facepipeline.gallery.base import (
+    SUGGESTED_BY,
     DescriptorUpdate,
+    EventPhotos,
+    ExistingFace,
     FaceLabel,
     GalleryError,
     GalleryUnavailable,
+    PendingPhoto,
+    SuggestionReport,
+    SuggestionRow,
+    UnknownFaceRow,
     WriteBackReport,
     session_fields,
     write_in_batches,
@@ -51,6 +63,13 @@ _PEOPLE = "people!inner(real_name,telegram_name,telegram_nickname)"
 _CURRENT = (
     "id,verified,person_id,bbox,insightface_descriptor,insightface_confidence,insightface_bbox,"
     "training_used,training_context"
+)
+# The rows already on a photo, as recognition reads them (postgres.py's ``_PENDING_PHOTOS``).
+_EXISTING = "photo_faces(id,bbox,person_id,verified,insightface_bbox,training_context)"
+# What an update of one of facepipeline's own suggestion rows compares and writes.
+_SUGGESTION_CURRENT = (
+    "id,verified,person_id,bbox,confidence,insightface_descriptor,insightface_confidence,insightface_bbox,"
+    "training_context"
 )
 # ids per ``id=in.(...)`` request: 100 UUIDs keep the URL near 4 KB, under gateways' URL limits.
 _IDS_PER_REQUEST = 100
@@ -228,11 +247,15 @@ class RestGallery:
                 report.skipped += 1
                 report.skipped_ids.append(update.face_id)
 
-    def _current_rows(self, face_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def _current_rows(self, face_ids: Sequence[str], columns: str = _CURRENT) -> dict[str, dict[str, Any]]:
+        return self._rows_by_id("photo_faces", columns, face_ids)
+
+    def _rows_by_id(self, table: str, columns: str, row_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The rows with these ids (lower-cased id -> row), at most ``_IDS_PER_REQUEST`` ids a request."""
         rows: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(face_ids), _IDS_PER_REQUEST):
-            chunk = face_ids[start : start + _IDS_PER_REQUEST]
-            for row in self._rows(self._table("photo_faces").select(_CURRENT).in_("id", chunk)):
+        for start in range(0, len(row_ids), _IDS_PER_REQUEST):
+            chunk = row_ids[start : start + _IDS_PER_REQUEST]
+            for row in self._rows(self._table(table).select(columns).in_("id", chunk)):
                 rows[str(row["id"]).lower()] = row
         return rows
 
@@ -274,8 +297,244 @@ class RestGallery:
         row = {"key": key, "value": value, "updated_at": datetime.now(UTC).isoformat()}
         self._rows(self._table("face_recognition_config").upsert(row, on_conflict="key", returning=ReturnMethod.minimal))
 
+    # -- recognition -----------------------------------------------------------------------------
+
+    def pending_events(self) -> list[EventPhotos]:
+        """postgres.py's ``_PENDING_EVENTS``, grouped here: PostgREST cannot group or aggregate.
+
+        Two paged reads (the photos that have a verified face, then every photo with its event), not
+        one snapshot: a photo verified between the two reads can still be counted as pending.
+        """
+        verified = self._verified_photo_ids()
+        groups: dict[str | None, dict[str, Any]] = {}
+        for photo in self._pages(lambda: self._table("photos").select("id,event_id,created_at,events(name,date)")):
+            if str(photo["id"]).lower() in verified:
+                continue
+            event = photo.get("events") or {}
+            group = groups.setdefault(
+                photo.get("event_id"), {"name": event.get("name"), "date": event.get("date"), "photos": 0, "latest": None}
+            )
+            group["photos"] += 1
+            created = self._timestamp(photo, "created_at")
+            if created is not None and (group["latest"] is None or created > group["latest"]):
+                group["latest"] = created
+        # ``order by e.date nulls last, p.event_id nulls last``: ISO dates and uuid texts sort as the values do.
+        ordered = sorted(
+            groups.items(), key=lambda item: (item[1]["date"] is None, item[1]["date"] or "", item[0] is None, item[0] or "")
+        )
+        return [
+            EventPhotos(event_id, group["name"], group["date"], group["photos"], _utc_text(group["latest"]))
+            for event_id, group in ordered
+        ]
+
+    def _verified_photo_ids(self) -> set[str]:
+        def build():
+            return self._table("photo_faces").select("id,photo_id").is_("verified", True)
+
+        return {str(row["photo_id"]).lower() for row in self._pages(build)}
+
+    def pending_photos(self, event_id: str | None) -> list[PendingPhoto]:
+        """postgres.py's ``_PENDING_PHOTOS``: every row on each photo is embedded, so whether a photo
+        has a verified face is decided here, on the rows it comes with (one consistent read per page)."""
+        columns = f"id,event_id,url,created_at,{_EXISTING}"
+
+        def build():
+            query = self._table("photos").select(columns)
+            return query.is_("event_id", None) if event_id is None else query.eq("event_id", event_id)
+
+        pending = []
+        for row in self._pages(build):
+            faces = sorted((_existing_face(face) for face in row.get("photo_faces") or ()), key=lambda f: f.face_id.lower())
+            if any(face.verified for face in faces):
+                continue
+            created = self._timestamp(row, "created_at")
+            photo = PendingPhoto(str(row["id"]), row.get("event_id"), row["url"], tuple(faces))
+            pending.append(((created is None, created or _EPOCH, photo.photo_id.lower()), photo))
+        # ``order by p.created_at, p.id`` (an ascending order puts nulls last)
+        return [photo for _, photo in sorted(pending, key=lambda item: item[0])]
+
+    def write_suggestions(self, rows: Sequence[SuggestionRow], *, batch_size: int = 500) -> SuggestionReport:
+        """postgres.py's ``_SUGGESTION_BATCH`` over REST, batch by batch.
+
+        Per batch: one read of the batch's photos with the ``verified`` flag of every row on them
+        (a photo that is gone or has a verified face gets nothing: its rows are skipped), one read of
+        the suggested people (a person deleted since is written as null, as the SQL does), one
+        ``ignore-duplicates`` insert of the new rows (an id already there counts as unchanged), and
+        for updates of facepipeline's own rows a read, a comparison, and one guarded PATCH per row
+        that changes. Unlike Postgres, the check of the photos and the writes are not one
+        transaction: a face verified on the photo between the read and the write does not stop it,
+        and a person deleted between the people read and the insert fails the batch with PostgREST's
+        foreign-key error (Postgres resolves the person inside the statement).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        report = SuggestionReport(rows=len(rows))
+        for start in range(0, len(rows), batch_size):
+            self._suggestion_batch(rows[start : start + batch_size], report)
+        return report
+
+    def _suggestion_batch(self, batch: Sequence[SuggestionRow], report: SuggestionReport) -> None:
+        pending = self._pending_photo_ids(list(dict.fromkeys(r.photo_id for r in batch)))
+        ready = [r for r in batch if r.photo_id.lower() in pending]
+        people = self._existing_people(list(dict.fromkeys(r.person_id for r in ready if r.person_id)))
+        skipped = [r.face_id for r in batch if r.photo_id.lower() not in pending]
+
+        new = [r for r in ready if r.replaces is None]
+        if new:
+            body = [_suggestion_insert(r, people) for r in new]
+            # ``on conflict (id) do nothing``: PostgREST returns only the rows it really inserted.
+            query = self._table("photo_faces").upsert(body, on_conflict="id", ignore_duplicates=True).select("id")
+            inserted = len(self._rows(query))
+            report.inserted += inserted
+            report.unchanged += len(new) - inserted
+
+        updates = [r for r in ready if r.replaces is not None]
+        current = self._current_rows([r.face_id for r in updates], _SUGGESTION_CURRENT) if updates else {}
+        for row in updates:
+            stored = current.get(row.face_id.lower())
+            columns = _suggestion_columns(row, people)
+            eligible = stored is not None and _suggestion_eligible(stored, row)
+            if eligible and not _suggestion_changed(stored, columns):
+                report.unchanged += 1
+            elif eligible and self._patch_suggestion(row, columns):
+                report.updated += 1
+            else:  # verified, relabelled, re-boxed or deleted: at the read, or by the time of the PATCH
+                skipped.append(row.face_id)
+        report.skipped += len(skipped)
+        report.skipped_ids.extend(skipped)
+
+    def _pending_photo_ids(self, photo_ids: Sequence[str]) -> set[str]:
+        """Those of the photos that exist and have no verified face (lower-cased)."""
+        photos = self._rows_by_id("photos", "id,photo_faces(verified)", photo_ids)
+        return {
+            photo_id for photo_id, photo in photos.items()
+            if not any(face.get("verified") is True for face in photo.get("photo_faces") or ())
+        }
+
+    def _existing_people(self, person_ids: Sequence[str]) -> set[str]:
+        return set(self._rows_by_id("people", "id", person_ids))
+
+    def _patch_suggestion(self, row: SuggestionRow, columns: dict[str, Any]) -> bool:
+        """One PATCH guarded by what the row was when read; False when it stopped matching since."""
+        read = row.replaces
+        query = self._table("photo_faces").update(columns).eq("id", row.face_id).is_("verified", False)
+        query = query.is_("person_id", None) if read.person_id is None else query.eq("person_id", read.person_id)
+        query = (
+            query.eq("bbox", _plain_json(dict(read.bbox)))  # jsonb equality, as ``f.bbox = i.read_bbox``
+            .eq("training_context->>suggested_by", SUGGESTED_BY)
+            .select("id")  # Prefer: return=representation, so a PATCH that matched nothing shows as []
+        )
+        return bool(self._rows(query))
+
+    def unknown_faces(self) -> list[UnknownFaceRow]:
+        """postgres.py's ``_UNKNOWN_FACES``; ``verified=not.is.true`` is ``not coalesce(f.verified, false)``."""
+
+        def build():
+            return (
+                self._table("photo_faces").select("id,photo_id,insightface_descriptor,photos!inner(event_id)")
+                .not_.is_("verified", True).is_("person_id", None).not_.is_("insightface_descriptor", None)
+            )
+
+        faces = []
+        for row in self._pages(build):
+            vector = _vector(row["insightface_descriptor"])
+            if vector is None or vector.ndim != 1:
+                text = self._clean(str(row["insightface_descriptor"])[:80])
+                raise GalleryError(
+                    f"the gallery's REST API at {self.where} sent an unreadable descriptor for face {row['id']}: {text}"
+                )
+            event_id = (row.get("photos") or {}).get("event_id")
+            faces.append(UnknownFaceRow(str(row["id"]), str(row["photo_id"]), event_id, vector))
+        return faces
+
+    def _timestamp(self, row: Mapping[str, Any], column: str) -> datetime | None:
+        """A timestamptz as PostgREST sends it (``2024-01-01T10:00:00.123456+00:00``), aware, or None."""
+        value = row.get(column)
+        if value is None:
+            return None
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError:
+            text = self._clean(str(value)[:80])
+            raise GalleryError(
+                f"the gallery's REST API at {self.where} sent an unreadable {column} for row {row.get('id')}: {text}"
+            ) from None
+        # a ``timestamp`` without a zone: taken as UTC, as ``at time zone 'UTC'`` does in the SQL
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
 
 # -- deciding what to write, as the Postgres transport's SQL does --------------------------------
+
+
+# -- recognition: what the Postgres transport's recognition SQL computes ---------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _utc_text(moment: datetime | None) -> str | None:
+    """``to_char(t at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')``."""
+    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _existing_face(face: Mapping[str, Any]) -> ExistingFace:
+    return ExistingFace(
+        face_id=str(face["id"]), bbox=face.get("bbox"), person_id=face.get("person_id"),
+        verified=face.get("verified") is True,  # coalesce(f.verified, false)
+        insightface_bbox=face.get("insightface_bbox"), context=face.get("training_context"),
+    )
+
+
+def _plain_json(value: Any) -> Any:
+    """Plain JSON values (tuples as lists, numpy scalars as numbers), as jsonb will hold them."""
+    return json.loads(json.dumps(value, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
+
+
+def _suggestion_columns(row: SuggestionRow, people: set[str]) -> dict[str, Any]:
+    """The columns a suggestion writes; a person deleted since is written as null, as the SQL's
+    ``(select pe.id from people pe where pe.id = i.person_id)``."""
+    return {
+        "person_id": row.person_id if row.person_id and row.person_id.lower() in people else None,
+        "confidence": None if row.confidence is None else float(row.confidence),
+        "bbox": _plain_json(dict(row.bbox)),
+        "insightface_descriptor": row.vector_literal(),
+        "insightface_confidence": float(row.det_score),
+        "insightface_bbox": _plain_json(dict(row.detected_bbox)),
+        "training_context": _plain_json(dict(row.context)),
+    }
+
+
+def _suggestion_insert(row: SuggestionRow, people: set[str]) -> dict[str, Any]:
+    return {"id": row.face_id, "photo_id": row.photo_id, "verified": False, **_suggestion_columns(row, people)}
+
+
+def _suggestion_eligible(stored: Mapping[str, Any], row: SuggestionRow) -> bool:
+    """``not f.verified and f.person_id is not distinct from i.read_person and f.bbox = i.read_bbox
+    and f.training_context ->> 'suggested_by' = 'facepipeline'``."""
+    read = row.replaces
+    context = stored.get("training_context")
+    return (
+        stored.get("verified") is False
+        and str(stored.get("person_id") or "").lower() == str(read.person_id or "").lower()
+        and read.bbox is not None
+        and _json_equal(stored.get("bbox"), _plain_json(dict(read.bbox)))
+        and isinstance(context, dict)
+        and context.get("suggested_by") == SUGGESTED_BY
+    )
+
+
+def _suggestion_changed(stored: Mapping[str, Any], columns: Mapping[str, Any]) -> bool:
+    """Whether any written column ``is distinct from`` what the row holds (``real`` as float32)."""
+    if str(stored.get("person_id") or "").lower() != str(columns["person_id"] or "").lower():
+        return True
+    for name in ("confidence", "insightface_confidence"):
+        held, wanted = stored.get(name), columns[name]
+        if (held is None) != (wanted is None) or (held is not None and np.float32(held) != np.float32(wanted)):
+            return True
+    held_vector = _vector(stored.get("insightface_descriptor"))
+    wanted_vector = _vector(columns["insightface_descriptor"])
+    if held_vector is None or held_vector.shape != wanted_vector.shape or not np.array_equal(held_vector, wanted_vector):
+        return True
+    return not all(_json_equal(stored.get(name), columns[name]) for name in ("bbox", "insightface_bbox", "training_context"))
 
 
 def _host_port(url: str) -> str | None:
