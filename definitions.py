@@ -10,11 +10,11 @@ import os
 
 from dagster import Definitions, EnvVar, FilesystemIOManager
 
-from assets import retrain_assets
+from assets import recognize_assets, retrain_assets
 from facepipeline.errors import SourceError
 from facepipeline.settings import Settings
 from facepipeline.sources.base import connection_string_in
-from jobs import retrain_job
+from jobs import cluster_job, recognize_job, retrain_job
 from resources import (
     ArtifactStoreResource,
     FaceModelResource,
@@ -53,8 +53,8 @@ def face_source_resource(settings: Settings) -> FaceSourceResource:
 def build_definitions(settings: Settings) -> Definitions:
     artifacts = ArtifactStoreResource(home=str(settings.home))
     return Definitions(
-        assets=retrain_assets,
-        jobs=[retrain_job],
+        assets=[*retrain_assets, *recognize_assets],
+        jobs=[retrain_job, recognize_job, cluster_job],
         schedules=schedules,
         sensors=sensors,
         resources={

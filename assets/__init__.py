@@ -1,23 +1,32 @@
-"""The retrain, as software-defined assets:
+"""The pipeline as software-defined assets.
 
-verified_faces -> cached_photos -> face_embeddings -> face_index -> index_metrics
+Retrain (group ``retrain``):
+verified_faces -> cached_photos -> face_embeddings -> face_index -> index_metrics -> promoted_index
                                                    +-> face_descriptors (written back to the gallery)
 all of them -> training_session (the run's record in face_training_sessions)
+
+Use the model (group ``recognize``):
+promoted_index -> face_suggestions (one partition per event) -> unknown_face_clusters
 """
 
 from assets.cached_photos import cached_photos
 from assets.face_descriptors import face_descriptors
 from assets.face_embeddings import face_embeddings
 from assets.face_index import face_index
+from assets.face_suggestions import face_suggestions
 from assets.index_metrics import index_metrics
+from assets.promoted_index import promoted_index
 from assets.training_session import training_session
+from assets.unknown_face_clusters import unknown_face_clusters
 from assets.verified_faces import verified_faces
 
 retrain_assets = [
-    verified_faces, cached_photos, face_embeddings, face_index, index_metrics, face_descriptors, training_session,
+    verified_faces, cached_photos, face_embeddings, face_index, index_metrics, promoted_index, face_descriptors,
+    training_session,
 ]
+recognize_assets = [face_suggestions, unknown_face_clusters]
 
 __all__ = [
-    "cached_photos", "face_descriptors", "face_embeddings", "face_index", "index_metrics", "retrain_assets",
-    "training_session", "verified_faces",
+    "cached_photos", "face_descriptors", "face_embeddings", "face_index", "face_suggestions", "index_metrics",
+    "promoted_index", "recognize_assets", "retrain_assets", "training_session", "unknown_face_clusters", "verified_faces",
 ]

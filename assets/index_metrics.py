@@ -1,25 +1,41 @@
-"""The index metrics: how well the new index names held-out faces, and at which threshold."""
+"""The index metrics: how well the new index names held-out faces, and which thresholds fit it."""
 
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
+from assets.errors import failures_explained
+from facepipeline.calibration import calibrate
 from facepipeline.index import IndexParams, IndexVersion
 from facepipeline.metrics import EvaluationConfig, evaluate
-from resources import RetrainOptionsResource
+from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
 
 
-@asset(group_name="retrain", code_version="2", kinds={"python"})
-def index_metrics(context: AssetExecutionContext, face_index: IndexVersion, retrain_options: RetrainOptionsResource) -> Output[dict]:
-    """Held-out evaluation of this index version (its own vectors and labels), kept beside it."""
-    config = retrain_options.options()
+@asset(group_name="retrain", code_version="3", kinds={"python"})
+def index_metrics(
+    context: AssetExecutionContext,
+    face_index: IndexVersion,
+    retrain_options: RetrainOptionsResource,
+    face_source: FaceSourceResource,
+    artifacts: ArtifactStoreResource,
+) -> Output[dict]:
+    """Held-out evaluation of this index version (its own vectors and labels), kept beside it, and
+    the confidence thresholds per data level that meet the target false-accept rate."""
+    options = retrain_options.options()
+    with failures_explained():
+        source = face_source.open()
+        config, _ = artifacts.config_store(source.description, face_source.gallery()).load()
     index = face_index.load()
-    result = evaluate(
-        index.vectors(),
-        index.entries.column("person_id").to_pylist(),
-        EvaluationConfig(test_fraction=config.test_fraction, seed=config.seed, target_far=config.target_far),
-        IndexParams(**face_index.manifest["params"]),
-        face_ids=index.entries.column("face_id").to_pylist(),
-    )
+    vectors, people, faces = index.vectors(), index.entries.column("person_id").to_pylist(), index.entries.column("face_id").to_pylist()
+    evaluation_config = EvaluationConfig(test_fraction=options.test_fraction, seed=options.seed, target_far=options.target_far)
+    result = evaluate(vectors, people, evaluation_config, IndexParams(**face_index.manifest["params"]), face_ids=faces)
     metrics = {**result.as_dict(), "index_version": face_index.name, "run_id": context.run.run_id}
+    calibration = None
+    if result.status == "ok":
+        calibration = calibrate(
+            vectors, people, faces, levels=config.data_levels, configured=config.confidence_thresholds, config=evaluation_config
+        )
+        metrics["calibration"] = calibration.as_dict()
+        if calibration.warning:
+            context.log.warning(f"{face_index.name}: {calibration.warning}")
     path = face_index.record_evaluation(context.run.run_id, metrics)
     healthy = result.status == "ok" and result.target_met
     (context.log.info if healthy else context.log.warning)(f"{face_index.name}: {result.message}")
@@ -28,6 +44,13 @@ def index_metrics(context: AssetExecutionContext, face_index: IndexVersion, retr
         for key in ("rank1_accuracy", "rank1_accuracy_macro", "precision", "recall", "f1", "recommended_threshold", "far")
         if getattr(result, key) is not None
     }
+    thresholds = {}
+    if calibration is not None:
+        thresholds = {
+            "thresholds_by_level": MetadataValue.md(calibration.markdown()),
+            "configured_thresholds_reject": calibration.configured_rejects,
+            "thresholds_warning": MetadataValue.text(calibration.warning or "none"),
+        }
     return Output(
         metrics,
         metadata={
@@ -39,6 +62,7 @@ def index_metrics(context: AssetExecutionContext, face_index: IndexVersion, retr
             "probe_faces": result.probe_faces,
             "gallery_faces": result.gallery_faces,
             "threshold_sweep": MetadataValue.md(result.markdown()),
+            **thresholds,
             "metrics_path": MetadataValue.path(str(path)),
         },
     )

@@ -144,8 +144,9 @@ def calibrate(
     *,
     levels: DataLevels,
     configured: ConfidenceThresholds,
-    config: EvaluationConfig = EvaluationConfig(),
+    config: EvaluationConfig | None = None,
 ) -> Calibration:
+    config = config or EvaluationConfig()
     scores = _scores(np.asarray(vectors, dtype=np.float32), person_ids, face_ids, levels, config)
     active = [i for i, _ in enumerate(THRESHOLD_LEVELS) if scores.people[i] > 0]
     per_level_target = config.target_far / max(1, len(active))

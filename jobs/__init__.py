@@ -10,10 +10,22 @@ retrain_job = define_asset_job(
     name=RETRAIN_JOB,
     selection=AssetSelection.groups(RETRAIN_GROUP),
     description=(
-        "Read verified faces, cache photos, embed, build a new index version and evaluate it, write the "
+        "Read verified faces, cache photos, embed, build a new index version, evaluate and promote it, write the "
         "descriptors back and record the training session."
     ),
     hooks={mark_session_failed},
 )
 
-__all__ = ["retrain_job"]
+recognize_job = define_asset_job(
+    name="recognize",
+    selection=AssetSelection.assets("face_suggestions"),  # partitioned by event, as the asset is
+    description="Recognize the faces on one event's new photos with the promoted index; write the suggestions.",
+)
+
+cluster_job = define_asset_job(
+    name="cluster_unknown_faces",
+    selection=AssetSelection.assets("unknown_face_clusters"),
+    description="Cluster the faces nobody has named (leaving out rejected clusters) into a new clustering version.",
+)
+
+__all__ = ["cluster_job", "recognize_job", "retrain_job"]

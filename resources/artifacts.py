@@ -3,6 +3,7 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from facepipeline.clustering import ClusterStore
 from facepipeline.gallery.config import ConfigStore
 from facepipeline.index import IndexStore
 from facepipeline.sessions import SessionHistory
@@ -35,6 +36,10 @@ class ArtifactStoreResource(ConfigurableResource):
 
     def index_store(self) -> IndexStore:
         return IndexStore(self.root / "index")
+
+    def cluster_store(self) -> ClusterStore:
+        """Versioned clusterings of unknown faces, and the clusters people rejected."""
+        return ClusterStore(self.root / "clusters")
 
     def history(self) -> SessionHistory:
         """The local ledger of training sessions (readable while the database is down)."""

@@ -1,6 +1,7 @@
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
+from facepipeline.errors import SourceError
 from facepipeline.gallery.base import Gallery
 from facepipeline.sources import FaceSource, open_source
 
@@ -42,3 +43,13 @@ class FaceSourceResource(ConfigurableResource):
         """The source when it is a gallery database (it can be written to), else None."""
         source = self.open()
         return source if isinstance(source, Gallery) else None
+
+    def require_gallery(self, purpose: str) -> Gallery:
+        """The gallery, or a clear error for a source that is not one (a folder has no new photos)."""
+        gallery = self.gallery()
+        if gallery is None:
+            raise SourceError(
+                f"{purpose} needs a gallery database (source embedded, postgres or supabase); "
+                f"{self.open().description} is a folder of verified faces only"
+            )
+        return gallery

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -9,9 +10,24 @@ from facepipeline.index import IndexVersion
 from resources.artifacts import ArtifactStoreResource
 
 
-def table_name(asset_key: AssetKey) -> str:
-    """The file name an asset's table is stored under (shared by the IO manager and its readers)."""
-    return "__".join(asset_key.path)
+_SAFE_PARTITION = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def table_name(asset_key: AssetKey, partition_key: str | None = None) -> str:
+    """The file name an asset's table is stored under (shared by the IO manager and its readers).
+
+    A partition of a partitioned asset is a file of its own: ``<asset>/<partition>``.
+    """
+    name = "__".join(asset_key.path)
+    if partition_key is None:
+        return name
+    if not _SAFE_PARTITION.match(partition_key) or partition_key.startswith("."):
+        raise ValueError(f"partition key {partition_key!r} cannot name a file")
+    return f"{name}/{partition_key}"
+
+
+def _partition(context: OutputContext | InputContext) -> str | None:
+    return context.partition_key if context.has_asset_partitions else None
 
 
 class ParquetTableIOManager(ConfigurableIOManager):
@@ -22,13 +38,13 @@ class ParquetTableIOManager(ConfigurableIOManager):
     def handle_output(self, context: OutputContext, obj: pa.Table) -> None:
         if not isinstance(obj, pa.Table):
             raise TypeError(f"{context.asset_key.to_user_string()} must return a pyarrow.Table, got {type(obj).__name__}")
-        path = self.artifacts.tables().write(table_name(context.asset_key), obj)
+        path = self.artifacts.tables().write(table_name(context.asset_key, _partition(context)), obj)
         context.add_output_metadata(
             {"path": MetadataValue.path(str(path)), "dagster/row_count": obj.num_rows, "file_bytes": path.stat().st_size}
         )
 
     def load_input(self, context: InputContext) -> pa.Table:
-        table = self.artifacts.tables().read(table_name(context.asset_key))
+        table = self.artifacts.tables().read(table_name(context.asset_key, _partition(context)))
         if table is None:
             raise FileNotFoundError(f"{context.asset_key.to_user_string()} has not been materialized yet")
         return table

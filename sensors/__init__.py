@@ -1,6 +1,7 @@
-"""Sensors. None yet: the auto-retrain sensor needs the database source (it counts verified faces
-not yet used in training), so it arrives with that source."""
+"""Sensors: recognition of new event photos (the auto-retrain sensor arrives with the automation work)."""
 
-sensors: list = []
+from sensors.event_photos import new_event_photos
 
-__all__ = ["sensors"]
+sensors = [new_event_photos]
+
+__all__ = ["new_event_photos", "sensors"]

@@ -79,9 +79,9 @@ def postgres_server():
         yield server
 
 
-@pytest.fixture()
-def gallery_dsn(postgres_server, request) -> Iterator[str]:
-    """A fresh database with the SPEC schema and its initial config rows, dropped afterwards."""
+@contextmanager
+def fresh_gallery_database(server) -> Iterator[str]:
+    """A new database on ``server`` with the SPEC schema and its initial config rows, dropped afterwards."""
     import uuid
 
     import psycopg
@@ -89,15 +89,22 @@ def gallery_dsn(postgres_server, request) -> Iterator[str]:
     from facepipeline.gallery.schema import create_schema
 
     name = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server.dsn("postgres"), autocommit=True) as admin:
+    with psycopg.connect(server.dsn("postgres"), autocommit=True) as admin:
         admin.execute(f'create database "{name}"')
-    dsn = postgres_server.dsn(name)
+    dsn = server.dsn(name)
     create_schema(dsn)
     try:
         yield dsn
     finally:
-        with psycopg.connect(postgres_server.dsn("postgres"), autocommit=True) as admin:
+        with psycopg.connect(server.dsn("postgres"), autocommit=True) as admin:
             admin.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture()
+def gallery_dsn(postgres_server) -> Iterator[str]:
+    """A fresh database with the SPEC schema and its initial config rows, dropped afterwards."""
+    with fresh_gallery_database(postgres_server) as dsn:
+        yield dsn
 
 
 @pytest.fixture()

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from dagster import AssetKey
+
 from definitions import defs
 from tests.conftest import REPO
 
@@ -14,7 +16,8 @@ def test_the_code_location_has_the_pipeline_we_expect():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert keys == {
-        "verified_faces", "cached_photos", "face_embeddings", "face_index", "index_metrics", "face_descriptors", "training_session",
+        "verified_faces", "cached_photos", "face_embeddings", "face_index", "index_metrics", "promoted_index", "face_descriptors",
+        "training_session", "face_suggestions", "unknown_face_clusters",
     }
     upstream = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys} for key in graph.get_all_asset_keys()}
     assert upstream == {
@@ -23,11 +26,18 @@ def test_the_code_location_has_the_pipeline_we_expect():
         "face_embeddings": {"verified_faces", "cached_photos"},
         "face_index": {"verified_faces", "face_embeddings"},
         "index_metrics": {"face_index"},
+        "promoted_index": {"face_index", "index_metrics"},
         "face_descriptors": {"verified_faces", "face_embeddings"},
         "training_session": {
             "verified_faces", "cached_photos", "face_embeddings", "face_index", "index_metrics", "face_descriptors",
         },
+        "face_suggestions": {"promoted_index"},
+        "unknown_face_clusters": {"face_suggestions"},
     }
+    assert graph.get(AssetKey("face_suggestions")).partitions_def.name == "events"
+    assert defs.resolve_job_def("recognize").partitions_def.name == "events"
+    sensor = defs.resolve_sensor_def("new_event_photos")
+    assert sensor.job_name == "recognize" and sensor.default_status.value == "RUNNING"
     job = defs.resolve_job_def("retrain")
     assert {hook.name for hook in job.hook_defs} == {"mark_session_failed"}
     schedule = defs.resolve_schedule_def("nightly_full_retrain")
