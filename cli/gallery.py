@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 
 from cli.main import print_json
 from cli.sources import open_configured_source, options_from, settings_for
 from facepipeline.gallery.base import Gallery
 from facepipeline.gallery.config import KNOWN_KEYS, ConfigError, ConfigStore
+from facepipeline.options import RetrainOptions
 from facepipeline.prepare import prepare_dataset
 from facepipeline.sessions import SessionHistory
 from facepipeline.settings import Settings
@@ -84,6 +86,40 @@ def config_set(args: argparse.Namespace) -> int:
     _, store = _config_store(settings_for(args))
     key, value = store.set(args.key, args.value)
     print(f"{key} = {json.dumps(value)}")
+    return 0
+
+
+def config_calibrate(args: argparse.Namespace) -> int:
+    """The thresholds per data level that meet a false-accept rate on the promoted index's faces."""
+    from facepipeline.calibration import calibrate
+    from facepipeline.index import IndexStore
+    from facepipeline.metrics import EvaluationConfig
+
+    options = RetrainOptions.parse({"target_far": args.far} if args.far is not None else {})  # validated, named
+    settings = settings_for(args)
+    _, store = _config_store(settings)
+    config, notes = store.load()
+    version = IndexStore(settings.home / "index").require_promoted()
+    index = version.load()
+    result = calibrate(
+        index.vectors(), index.entries.column("person_id").to_pylist(), index.entries.column("face_id").to_pylist(),
+        levels=config.data_levels, configured=config.confidence_thresholds,
+        config=EvaluationConfig(test_fraction=options.test_fraction, seed=options.seed, target_far=options.target_far),
+    )
+    applied = None
+    if args.apply:
+        applied = store.set("confidence_thresholds", json.dumps(asdict(result.recommended)))[1]
+    if args.json:
+        print_json({"index_version": version.name, **result.as_dict(), "applied": applied, "notes": notes})
+        return 0
+    print(f"thresholds for index {version.name} ({len(index)} faces), target false-accept rate {result.target_far}:")
+    print(f"data levels: {', '.join(f'{level} = {band}' for level, band in config.data_levels.describe().items())}")
+    print(result.markdown().replace("**", ""))
+    for level in result.per_level.values():
+        print(f"  {level.level}: {level.note}")
+    if result.warning:
+        print(f"warning: {result.warning}")
+    print(f"applied: confidence_thresholds = {json.dumps(applied)}" if applied else "not applied (add --apply to write them)")
     return 0
 
 

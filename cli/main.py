@@ -65,6 +65,38 @@ def build_parser() -> argparse.ArgumentParser:
     set_.add_argument("value", help="a JSON value: 0.2, 5, or {\"low_data\": 0.7, ...}")
     set_.set_defaults(handler="cli.gallery:config_set")
 
+    calibrate = config_commands.add_parser(
+        "calibrate", help="recommended thresholds per data level for a false-accept rate, next to the configured ones"
+    )
+    _source_argument(calibrate)
+    calibrate.add_argument("--far", metavar="RATE", help="target false-accept rate (default 0.001)")
+    calibrate.add_argument("--apply", action="store_true", help="write the recommended thresholds to the config")
+    calibrate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    calibrate.set_defaults(handler="cli.gallery:config_calibrate")
+
+    recognize = commands.add_parser("recognize", help="suggest names for the faces on new photos, per event, with the promoted index")
+    _source_argument(recognize)
+    recognize.add_argument("--event-id", dest="event_ids", action="append", metavar="UUID",
+                           help="only this event (repeatable; 'none' = photos without an event); default: every event with new photos")
+    recognize.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    recognize.set_defaults(handler="cli.recognize:recognize")
+
+    clusters = commands.add_parser("clusters", help="cluster the faces nobody has named; show or reject clusters")
+    _source_argument(clusters)
+    clusters.add_argument("action", nargs="?", choices=("show", "reject"), help="show: the latest clustering, without clustering again; "
+                          "reject ID: leave that cluster's faces out of every later clustering")
+    clusters.add_argument("cluster_id", nargs="?", metavar="ID")
+    clusters.add_argument("--reason", help="with reject: why (kept in the rejections ledger)")
+    clusters.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    clusters.set_defaults(handler="cli.recognize:clusters")
+
+    search = commands.add_parser("search", help="the faces of the promoted index most like the faces on a photo")
+    search.add_argument("photo", help="a photo file (JPEG, PNG, WEBP)")
+    search.add_argument("--event", metavar="UUID", help="only faces of this event")
+    search.add_argument("-k", type=int, default=10, help="matches per face (default 10)")
+    search.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    search.set_defaults(handler="cli.search:run")
+
     gallery = commands.add_parser("gallery", help="the embedded demo gallery: up, down or status")
     gallery.add_argument("action", choices=("up", "down", "status"))
     gallery.set_defaults(handler="cli.gallery:embedded")

@@ -7,6 +7,7 @@ import argparse
 from dagster import DagsterInstance
 
 from cli.main import print_json
+from cli.runs import CONSOLE_LOGS, first_error, materialization_metadata
 from cli.sources import options_from, settings_for
 from definitions import build_definitions
 from facepipeline.metrics import SUMMARY_KEYS
@@ -27,16 +28,15 @@ def run(args: argparse.Namespace) -> int:
 
 def retrain(settings: Settings, run_config: dict) -> dict:
     job = build_definitions(settings).resolve_job_def(retrain_job.name)
-    run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    run_config = {**run_config, **CONSOLE_LOGS}
     with DagsterInstance.get() as instance:
         result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
         session = _session_of(settings, result.run_id)
     if not result.success:
-        return {"status": "failure", "run_id": result.run_id, "error": _first_error(result), "training_session": session}
+        return {"status": "failure", "run_id": result.run_id, "error": first_error(result), "training_session": session}
 
     def metadata(asset: str) -> dict:
-        [materialization] = result.asset_materializations_for_node(asset)
-        return {key: value.value for key, value in materialization.metadata.items()}
+        return materialization_metadata(result, asset)
 
     embeddings, photos = metadata("face_embeddings"), metadata("cached_photos")
     metrics, version = result.output_for_node("index_metrics"), result.output_for_node("face_index")
@@ -55,6 +55,7 @@ def retrain(settings: Settings, run_config: dict) -> dict:
         "photos_failed": photos["photos_failed"],
         "people": version.manifest["people"],
         "index_version": version.name,
+        "promoted_index": result.output_for_node("promoted_index")["promoted"],
         "index_path": str(version.path),
         "metrics_path": str(version.path / "metrics.json"),
         "embeddings_path": embeddings["path"],
@@ -76,20 +77,6 @@ def _session_of(settings: Settings, run_id: str) -> dict | None:
             "error": record.error}
 
 
-def _first_error(result) -> str:
-    for event in result.all_events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            # A Failure raised on purpose carries its description; anything else, its message.
-            user = event.step_failure_data.user_failure_data
-            if user and user.description:
-                return user.description
-            while error is not None and error.cause is not None:
-                error = error.cause  # the user's exception, not Dagster's wrapper
-            return error.message.strip() if error else "step failed"
-    return "run failed"
-
-
 def _human_summary(summary: dict) -> str:
     session = summary.get("training_session") or {}
     if summary["status"] != "success":
@@ -103,7 +90,7 @@ def _human_summary(summary: dict) -> str:
         f"  faces:    {summary['faces_total']} verified of {summary['people']} people; "
         f"{summary['faces_embedded']} embedded, {summary['faces_reused']} reused, {summary['faces_failed']} failed",
         f"  photos:   {summary['photos_fetched']} fetched, {summary['photos_failed']} failed",
-        f"  index:    {summary['index_version']} at {summary['index_path']}",
+        f"  index:    {summary['index_version']} at {summary['index_path']} (promoted: {summary['promoted_index']})",
     ]
     if metrics.get("status") == "ok":
         verdict = "met" if metrics["target_met"] else "NOT met"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import uuid
 from dataclasses import replace
 
 from facepipeline.options import RetrainOptions
@@ -45,3 +46,15 @@ def options_from(args: argparse.Namespace, *extra: str) -> RetrainOptions:
     """The validated options of ``args`` (raises OptionsError naming the field)."""
     fields = {name: getattr(args, name, None) for name in (*FILTER_FIELDS, *extra)}
     return RetrainOptions.parse({k: v for k, v in fields.items() if v is not None})
+
+
+def event_id_arg(text: str) -> str | None:
+    """An ``--event-id`` value: an event's UUID, or ``none`` for the photos without an event."""
+    from cli.main import UsageError
+
+    if text == "none":
+        return None
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise UsageError(f"an event id must be a UUID (or 'none' for photos without an event), got {text!r}") from None
