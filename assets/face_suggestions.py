@@ -10,10 +10,10 @@ from assets.errors import failures_explained
 from assets.metadata import bullet_list, counts_table
 from assets.partitions import event_id_of, event_partitions
 from assets.promoted_index import promoted_index
-from facepipeline.event_recognition import EventRecognition, recognize_event
+from facepipeline.event_recognition import EventRecognition, recognize_event, written_ids
 from facepipeline.gallery.base import CoOccurrence
 from facepipeline.recognition import ContextPrior, RecognitionPolicy, Recognizer
-from resources import ArtifactStoreResource, FaceModelResource, FaceSourceResource
+from resources import ArtifactStoreResource, FaceModelResource, FaceSourceResource, table_name
 
 
 @asset(
@@ -51,6 +51,8 @@ def face_suggestions(
                 event_id,
                 nearby=set(co_occurrence.event_people.get(event_id or "", ())),
                 row_context={"index_version": version.name, "model_pack": (version.model or {}).get("model_pack")},
+                # The rows earlier runs wrote: one that is gone now was deleted by a person, and stays so.
+                written_before=written_ids(artifacts.tables().read(table_name(context.asset_key, context.partition_key))),
                 log=context.log.info,
             )
     summary = result.summary()

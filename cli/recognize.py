@@ -47,8 +47,8 @@ def recognize(args: argparse.Namespace) -> int:
             for total in TOTALS:
                 summary[total] += found[total]
             summary["events"].append({"event": key, "status": "success", "run_id": result.run_id,
-                                      **{name: found[name] for name in (*TOTALS, "rows_inserted", "rows_updated",
-                                                                       "rows_unchanged", "index_version")}})
+                                      **{name: found[name] for name in (*TOTALS, "kept_existing", "rows_inserted",
+                                                                       "rows_updated", "rows_unchanged", "index_version")}})
     if args.json:
         print_json(summary)
     else:

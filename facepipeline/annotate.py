@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from facepipeline.geometry import BBox
 
-SUGGESTED, UNKNOWN, KEPT = (46, 204, 113), (241, 196, 15), (149, 165, 166)
+GREEN, YELLOW, GREY = (46, 204, 113), (241, 196, 15), (149, 165, 166)  # suggested, unknown, a person's
 
 
 @dataclass(frozen=True)

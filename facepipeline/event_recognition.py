@@ -11,18 +11,18 @@ and a photo with no face on it each get a row in the result table, with the reas
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from facepipeline.annotate import KEPT, SUGGESTED, UNKNOWN, Box, annotate
+from facepipeline.annotate import GREEN, GREY, YELLOW, Box, annotate
 from facepipeline.errors import FacePipelineError
 from facepipeline.gallery.base import Gallery, PendingPhoto, SuggestionReport, SuggestionRow
 from facepipeline.images import decode_image
 from facepipeline.photos import PhotoCache
-from facepipeline.recognition import Recognizer
-from facepipeline.suggestions import KEPT_EDITED, KEPT_OTHERS, FaceOutcome, reconcile
+from facepipeline.recognition import PhotoRecognition, RecognizedFace, Recognizer
+from facepipeline.suggestions import KEPT, WRITTEN, FaceOutcome, is_kept, match_rows, reconcile
 
 # Photo statuses in the result table.
 RECOGNIZED, NO_FACE, PHOTO_FAILED = "recognized", "no_face", "photo_failed"
@@ -53,7 +53,7 @@ class EventRecognition:
     suggested: int = 0
     unknown: int = 0
     kept: int = 0
-    """Faces that already had a row someone else wrote or edited: left as they are."""
+    """Faces whose row a person wrote, edited or deleted: left as they are."""
     ignored: int = 0
     """Detections too small or too unsure to recognize."""
     failures: Counter = field(default_factory=Counter)
@@ -83,13 +83,15 @@ def recognize_event(
     *,
     nearby: set[str] = frozenset(),
     row_context: dict | None = None,
+    written_before: Collection[str] = frozenset(),
     annotate_sample: int = 6,
     log: Callable[[str], None] = lambda _: None,
 ) -> EventRecognition:
     """Recognize every photo of the event that has no verified face; write the suggestions.
 
     ``nearby``: people already known at this event (its verified faces). ``row_context`` goes into
-    every written row's ``training_context`` (which index version, which model).
+    every written row's ``training_context`` (which index version, which model). ``written_before``:
+    ids of the rows facepipeline wrote for this event before (a deleted one is not written again).
     """
     photos = gallery.pending_photos(event_id)
     log(f"{len(photos)} photos without a verified face")
@@ -108,18 +110,30 @@ def recognize_event(
         except (OSError, FacePipelineError) as exc:
             _photo_failed(result, rows, photo, f"photo unreadable: {exc}")
             continue
-        recognition = recognizer.recognize(image, present)
-        result.ignored += recognition.ignored
-        if not recognition.faces:
+        found, ignored = recognizer.find(image)
+        result.ignored += ignored
+        if not found:
             result.photos_without_faces.append(photo.photo_id)
             rows.append(_photo_row(photo, NO_FACE, None))
             continue
-        offered, outcomes = reconcile(photo, recognition, row_context or {})
+        # Faces on rows a person wrote or edited keep them; their people are on the photo already.
+        matches = match_rows(found, photo.existing)
+        kept = [is_kept(row) for row in matches]
+        on_photo = {row.person_id for row, keep in zip(matches, kept, strict=True) if keep and row.person_id}
+        open_faces = [face for face, keep in zip(found, kept, strict=True) if not keep]
+        suggestions = iter(recognizer.suggest(open_faces, present | on_photo, taken=on_photo))
+        recognition = PhotoRecognition(
+            tuple(RecognizedFace(**vars(face), suggestion=None if keep else next(suggestions))
+                  for face, keep in zip(found, kept, strict=True)),
+            ignored,
+        )
+        offered, outcomes = reconcile(photo, recognition, matches, row_context or {}, written_before)
         to_write.extend(offered)
+        present |= on_photo
         for outcome in outcomes:
             _count(result, outcome)
-            rows.append(_face_row(photo, outcome, recognizer))
-            if outcome.face.person_id and outcome.action not in (KEPT_EDITED, KEPT_OTHERS):
+            rows.append(_face_row(photo, outcome))
+            if outcome.face.person_id and outcome.action not in KEPT:
                 present.add(outcome.face.person_id)
         if len(result.annotated) < annotate_sample:
             result.annotated.append((photo.photo_id, annotate(image, _boxes(outcomes))))
@@ -130,7 +144,7 @@ def recognize_event(
 
 def _count(result: EventRecognition, outcome: FaceOutcome) -> None:
     result.faces += 1
-    if outcome.action in (KEPT_EDITED, KEPT_OTHERS):
+    if outcome.action in KEPT:
         result.kept += 1
     elif outcome.face.suggestion:
         result.suggested += 1
@@ -148,7 +162,7 @@ def _photo_row(photo: PendingPhoto, status: str, error: str | None) -> dict:
     return {"photo_id": photo.photo_id, "event_id": photo.event_id, "photo_url": photo.url, "photo_status": status, "error": error}
 
 
-def _face_row(photo: PendingPhoto, outcome: FaceOutcome, recognizer: Recognizer) -> dict:
+def _face_row(photo: PendingPhoto, outcome: FaceOutcome) -> dict:
     face, suggestion = outcome.face, outcome.face.suggestion
     best = face.candidates[0] if face.candidates else None
     return {
@@ -172,13 +186,21 @@ def _boxes(outcomes: list[FaceOutcome]) -> list[Box]:
     boxes = []
     for outcome in outcomes:
         face = outcome.face
-        if outcome.action in (KEPT_EDITED, KEPT_OTHERS):
-            boxes.append(Box(face.bbox, "kept (labelled by a person)", KEPT))
+        if outcome.action in KEPT:
+            boxes.append(Box(face.bbox, "kept (a person's)", GREY))
         elif face.suggestion:
             name = face.suggestion.person_name or face.suggestion.person_id[:8]
-            boxes.append(Box(face.bbox, f"{name} {face.suggestion.similarity:.2f}", SUGGESTED))
+            boxes.append(Box(face.bbox, f"{name} {face.suggestion.similarity:.2f}", GREEN))
         else:
             best = f" (best {face.candidates[0].similarity:.2f})" if face.candidates else ""
-            boxes.append(Box(face.bbox, f"unknown{best}", UNKNOWN))
+            boxes.append(Box(face.bbox, f"unknown{best}", YELLOW))
     return boxes
 
+
+
+def written_ids(previous: pa.Table | None) -> set[str]:
+    """The rows an earlier result table says facepipeline wrote (or kept deleted)."""
+    if previous is None:
+        return set()
+    return {face for face, action in zip(previous.column("face_id").to_pylist(), previous.column("action").to_pylist(), strict=True)
+            if action in WRITTEN}

@@ -190,8 +190,7 @@ class IndexStore:
         promoted = self.promoted()
         if promoted is None:
             raise FacePipelineError(
-                f"no promoted index version in {self.root}: run a retrain first (facepipeline retrain), "
-                "or promote a version (facepipeline promote VERSION)"
+                f"no promoted index version in {self.root}: run a retrain first (facepipeline retrain)"
             )
         return promoted
 

@@ -66,6 +66,11 @@ class RetrainOptions:
             context_weight=config.context_weight if self.context_weight is None else self.context_weight,
         )
 
+    @property
+    def partial(self) -> bool:
+        """True when the faces are a selection (events, people, dates): the index covers only them."""
+        return bool(self.event_ids or self.person_ids or self.date_from or self.date_to)
+
     def filters(self) -> FaceFilters:
         return FaceFilters(
             event_ids=self.event_ids,

@@ -162,14 +162,16 @@ def assign(
     prior: ContextPrior,
     policy: RecognitionPolicy,
     nearby: Collection[str] = (),
+    taken: Collection[str] = (),
 ) -> list[Candidate | None]:
     """The suggestion for each face of one photo (None: unknown); no person twice.
 
     ``nearby``: people already known to be at this photo's event (its verified faces, earlier
-    suggestions), who give context to everyone on the photo.
+    suggestions), who give context to everyone on the photo. ``taken``: people already on this
+    photo (rows a person labelled): never suggested again, and context for the others.
     """
     chosen: list[Candidate | None] = [None] * len(faces)
-    taken: set[str] = set()
+    taken = set(taken)
     open_faces = set(range(len(faces)))
     while open_faces:
         present = set(nearby) | taken
@@ -192,12 +194,18 @@ def assign(
 
 
 @dataclass(frozen=True)
-class RecognizedFace:
+class FoundFace:
+    """A face detected on a photo, embedded and searched: its candidates, not yet a suggestion."""
+
     bbox: BBox
     det_score: float
     descriptor: np.ndarray
     candidates: tuple[Candidate, ...]
-    suggestion: Candidate | None
+
+
+@dataclass(frozen=True)
+class RecognizedFace(FoundFace):
+    suggestion: Candidate | None = None
 
     @property
     def person_id(self) -> str | None:
@@ -223,23 +231,31 @@ class Recognizer:
         self.policy = policy
         self.prior = prior
 
-    def recognize(self, image: np.ndarray, nearby: Collection[str] = ()) -> PhotoRecognition:
-        """Every face on a decoded BGR photo, with its suggestion (or none)."""
+    def find(self, image: np.ndarray) -> tuple[list[FoundFace], int]:
+        """Every usable face on a decoded BGR photo with its candidates, and how many detections were ignored."""
         detections = self.model.detect(image)
         kept = [d for d in detections if self.policy.usable(d)]
         if not kept:
-            return PhotoRecognition((), ignored=len(detections))
+            return [], len(detections)
         vectors = self.model.embed(np.stack([self.model.align(image, d) for d in kept]))
         finite = np.isfinite(vectors).all(axis=1)
         kept = [d for d, ok in zip(kept, finite, strict=True) if ok]
         vectors = vectors[finite]
         candidates = candidates_for(self.index, vectors, self.directory, self.policy)
-        suggestions = assign(candidates, self.prior, self.policy, nearby)
-        faces = tuple(
-            RecognizedFace(d.bbox, d.score, v, tuple(c[:5]), s)
-            for d, v, c, s in zip(kept, vectors, candidates, suggestions, strict=True)
+        faces = [FoundFace(d.bbox, d.score, v, tuple(c[:5])) for d, v, c in zip(kept, vectors, candidates, strict=True)]
+        return faces, len(detections) - len(kept)
+
+    def suggest(self, faces: Sequence[FoundFace], nearby: Collection[str] = (), taken: Collection[str] = ()) -> list[Candidate | None]:
+        """One suggestion (or None) per face of one photo; see :func:`assign`."""
+        return assign([face.candidates for face in faces], self.prior, self.policy, nearby, taken)
+
+    def recognize(self, image: np.ndarray, nearby: Collection[str] = ()) -> PhotoRecognition:
+        """Every face on a decoded BGR photo, with its suggestion (or none)."""
+        faces, ignored = self.find(image)
+        suggestions = self.suggest(faces, nearby)
+        return PhotoRecognition(
+            tuple(RecognizedFace(**vars(f), suggestion=s) for f, s in zip(faces, suggestions, strict=True)), ignored
         )
-        return PhotoRecognition(faces, ignored=len(detections) - len(kept))
 
 
 def check_same_model(version: IndexVersion, model: FaceModel) -> None:

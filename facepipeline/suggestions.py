@@ -10,7 +10,10 @@ overlap, IoU >= ``MATCH_IOU``, each row matched once):
 * facepipeline's own row, unedited: **rewritten** in place when the suggestion changed (a new index
   version), left alone when it did not;
 * facepipeline's own row that a person edited since (another person, a moved box), or a row
-  someone else wrote: **kept**, never touched, and no second row is added for that face.
+  someone else wrote: **kept**, never touched, and no second row is added for that face (its
+  person, if any, is on the photo: recognition will not suggest them for another face);
+* no row there, but facepipeline wrote this face's row before (``written_before``): a person
+  deleted it, and it stays deleted.
 
 Verified rows are never touched: a photo with a verified face is not a photo awaiting recognition.
 """
@@ -18,7 +21,7 @@ Verified rows are never touched: a photo with a verified face is not a photo awa
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from facepipeline.gallery.base import (
@@ -29,19 +32,22 @@ from facepipeline.gallery.base import (
     rounded_box,
 )
 from facepipeline.geometry import BBox, BBoxError
-from facepipeline.recognition import PhotoRecognition, RecognizedFace
+from facepipeline.recognition import FoundFace, PhotoRecognition, RecognizedFace
 
 MATCH_IOU = 0.5
 _ROW_IDS = uuid.UUID("6f1d2c3e-8a4b-4c5d-9e6f-7a8b9c0d1e2f")
 
-NEW, REWRITE, KEPT_EDITED, KEPT_OTHERS = "new", "rewrite", "kept_edited", "kept_others"
+NEW, REWRITE, KEPT_EDITED, KEPT_OTHERS, KEPT_DELETED = "new", "rewrite", "kept_edited", "kept_others", "kept_deleted"
+KEPT = frozenset({KEPT_EDITED, KEPT_OTHERS, KEPT_DELETED})
+WRITTEN = frozenset({NEW, REWRITE, KEPT_DELETED})
+"""Actions whose row facepipeline wrote at some time: the memory that makes a deletion stick."""
 
 
 @dataclass(frozen=True)
 class FaceOutcome:
     face: RecognizedFace
     action: str
-    """``new`` / ``rewrite`` (a row is offered to the gallery), ``kept_edited`` / ``kept_others`` (not)."""
+    """``new`` / ``rewrite`` (a row is offered to the gallery), or one of :data:`KEPT` (nothing is written)."""
     face_id: str
     """The row this face is (new or existing)."""
 
@@ -52,19 +58,34 @@ def row_id(photo_id: str, box: BBox) -> str:
     return str(uuid.uuid5(_ROW_IDS, f"{photo_id}|{corners}"))
 
 
-def reconcile(photo: PendingPhoto, recognition: PhotoRecognition, context: dict) -> tuple[list[SuggestionRow], list[FaceOutcome]]:
+def is_kept(existing: ExistingFace | None) -> bool:
+    """A row on the face that recognition must leave as it is (a person's, or edited by one)."""
+    return existing is not None and (existing.edited or not existing.ours)
+
+
+def reconcile(
+    photo: PendingPhoto,
+    recognition: PhotoRecognition,
+    matches: Sequence[ExistingFace | None],
+    context: dict,
+    written_before: Collection[str] = frozenset(),
+) -> tuple[list[SuggestionRow], list[FaceOutcome]]:
     """The rows to offer the gallery for one photo, and what became of each detected face.
 
-    ``context`` goes into every row's ``training_context`` (index version, model pack): whatever
-    identifies the suggestion, but nothing that changes from run to run, or reruns would rewrite.
+    ``matches``: each face's row on the photo (:func:`match_rows`). ``context`` goes into every
+    row's ``training_context`` (index version, model pack): whatever identifies the suggestion, but
+    nothing that changes from run to run, or reruns would rewrite. ``written_before``: ids of rows
+    facepipeline wrote in earlier runs.
     """
-    matches = _match(recognition.faces, photo.existing)
     rows, outcomes = [], []
     for face, existing in zip(recognition.faces, matches, strict=True):
-        if existing is not None and (existing.edited or not existing.ours):
+        if is_kept(existing):
             outcomes.append(FaceOutcome(face, KEPT_EDITED if existing.ours else KEPT_OTHERS, existing.face_id))
             continue
         face_id = existing.face_id if existing else row_id(photo.photo_id, face.bbox)
+        if existing is None and face_id in written_before:
+            outcomes.append(FaceOutcome(face, KEPT_DELETED, face_id))
+            continue
         rows.append(_row(photo.photo_id, face_id, face, context, existing))
         outcomes.append(FaceOutcome(face, REWRITE if existing else NEW, face_id))
     return rows, outcomes
@@ -96,7 +117,7 @@ def _row(photo_id: str, face_id: str, face: RecognizedFace, context: dict, repla
     )
 
 
-def _match(faces: Sequence[RecognizedFace], existing: Sequence[ExistingFace]) -> list[ExistingFace | None]:
+def match_rows(faces: Sequence[FoundFace], existing: Sequence[ExistingFace]) -> list[ExistingFace | None]:
     """Each face's row on the photo: the best-overlapping one, greedily by IoU, each row once."""
     boxes = []
     for row in existing:

@@ -145,3 +145,24 @@ def test_index_metrics_can_be_evaluated_again_alone_and_each_evaluation_is_kept(
     assert evaluations == sorted([first.run_id, again.run_id])
     assert json.loads((version / "metrics.json").read_text())["target_far"] == 0.05
     assert not (settings.home / "index" / "v2").exists()
+
+
+def test_a_filtered_retrain_is_kept_for_inspection_but_not_promoted(settings, instance):
+    import pyarrow.parquet as pq
+
+    from facepipeline.index import IndexStore
+
+    assert run(settings, instance).success
+    store = IndexStore(settings.home / "index")
+    assert store.promoted().name == "v1"
+    people = sorted(set(pq.read_table(settings.home / "tables" / "verified_faces.parquet").column("person_id").to_pylist()))
+    filtered = run(settings, instance, person_ids=people[:3])
+    assert filtered.success
+    promoted = metadata(filtered, "promoted_index")
+    assert (promoted["candidate_version"], promoted["promoted_version"], promoted["switched"]) == ("v2", "v1", False)
+    assert "filtered" in promoted["reason"]
+    assert store.promoted().name == "v1" and store.get(2).manifest["people"] == 3
+
+    full = run(settings, instance)
+    assert metadata(full, "promoted_index")["switched"] and store.promoted().name == "v3"
+    assert [p["version"] for p in store.promotions()] == [1, 3]

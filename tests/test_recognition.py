@@ -252,7 +252,9 @@ def test_rows_people_edited_or_verified_are_never_touched_and_our_own_rows_follo
     castro = next(r for r in rows.values() if r["person"] == "Fidel_Castro")
     berry = next(r for r in rows.values() if r["person"] == "Halle_Berry")
     ivanov = next(r for r in rows.values() if r["person"] == "Igor_Ivanov")
+    stranger_row = next(r for r in rows.values() if r["photo"] == "edit_me.jpg" and r["person"] is None)
     with psycopg.connect(gallery.dsn) as conn:
+        conn.execute("delete from photo_faces where id = %s", [stranger_row["id"]])  # "not a face I care about"
         conn.execute("update photo_faces set person_id = %s where id = %s", [person_id(gallery, "Jiang_Zemin"), gates["id"]])
         conn.execute("update photo_faces set bbox = bbox || '{\"x\": 3}'::jsonb where id = %s", [castro["id"]])
         conn.execute("update photo_faces set verified = true where id = %s", [ivanov["id"]])
@@ -267,12 +269,29 @@ def test_rows_people_edited_or_verified_are_never_touched_and_our_own_rows_follo
     finally:
         assert gallery.cli("config", "set", "--source", gallery.source, "confidence_thresholds", thresholds).returncode == 0
     after = {r["id"]: r for r in face_rows(gallery, event)}
-    assert set(after) == set(rows)  # no second row for any face
+    assert set(after) == set(rows) - {stranger_row["id"]}  # no second row for any face; the deleted one stays deleted
     for untouched in (gates["id"], castro["id"]):
         assert after[untouched] == edited[untouched]  # edited by a person: same values, not even rewritten
     assert all(after[i] == edited[i] for i, r in rows.items() if r["photo"] == "verify_me.jpg")  # has a verified face now
     assert after[berry["id"]]["person"] is None and after[berry["id"]]["xmin"] != berry["xmin"]
     assert rerun["photos"] == 1 and rerun["rows_updated"] == 1
+
+
+def test_a_person_on_a_row_someone_else_wrote_is_not_suggested_again_on_that_photo(gallery):
+    photo = collage("app_labelled.jpg", [("Bill_Gates", held_out("Bill_Gates", 3)), ("Fidel_Castro", held_out("Fidel_Castro", 3))])
+    event = add_event(gallery, [photo])
+    with psycopg.connect(gallery.dsn) as conn:
+        # The gallery app's own (wrong) unverified row on the first face: it says Fidel Castro.
+        conn.execute(
+            "insert into photo_faces (photo_id, person_id, bbox, verified) select id, %s, %s, false from photos where event_id = %s",
+            [person_id(gallery, "Fidel_Castro"), json.dumps({"x": 68, "y": 68, "width": 115, "height": 115}), event],
+        )
+    result = recognize(gallery, event)
+    rows = face_rows(gallery, event)
+    assert [r["person"] for r in rows].count("Fidel_Castro") == 1  # the app's row; not suggested a second time
+    assert len(rows) == 2 and result["kept_existing"] == 1 and result["rows_inserted"] == 1
+    castro_face = next(r for r in rows if photo.truth_at(r["bbox"]) == "Fidel_Castro")
+    assert castro_face["person"] is None and castro_face["context"]["best_similarity"] >= gallery.calibration["recommended"]["high_data"]
 
 
 def test_search_finds_a_persons_faces_from_one_sample_and_within_one_event(gallery, tmp_path):
