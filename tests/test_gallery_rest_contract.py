@@ -22,7 +22,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -46,6 +46,7 @@ from facepipeline.gallery.base import (
     SuggestionRow,
     UnknownFaceRow,
     WriteBackInterrupted,
+    photos_fingerprint,
 )
 from facepipeline.gallery.rest import RestGallery
 from facepipeline.geometry import BBox
@@ -1133,6 +1134,11 @@ def test_rest_contract_pending_events_groups_counts_and_orders_like_the_sql(reco
     finally:
         rest.close()
 
+    pending = {n for n in RECOGNITION_PHOTOS if n not in (4, 9)}  # photos 4 and 9 have a verified face
+    for found in events:
+        ids = [photo(n) for n in pending if (RECOGNITION_PHOTOS[n][0] or {}).get("id") == found.event_id]
+        assert found.photos_fingerprint == photos_fingerprint(ids) and len(ids) == found.photos
+    events = [replace(e, photos_fingerprint="") for e in events]
     assert events == [
         EventPhotos(WINTER["id"], "Winter fair", "2023-12-24", 1, "2023-12-24T21:15:30.250000Z"),
         EventPhotos(SPRING["id"], "Spring party", "2024-03-10", 3, "2024-03-10T18:00:00.500000Z"),

@@ -398,3 +398,25 @@ def test_the_event_sensor_adds_partitions_and_requests_each_new_set_of_photos_on
         third, cursor, _ = tick(cursor)
         assert [r.partition_key for r in third] == [event]
         assert set(instance.get_dynamic_partitions("events")) == pending | {event}
+
+        # A photo committed late, stamped before the event's newest one: still new photos.
+        with psycopg.connect(gallery.dsn) as conn:
+            conn.execute("insert into photos (event_id, storage_path, url, created_at) values (%s, 'old.jpg', %s, now() - interval '1 day')",
+                         [event, gallery.url_for(f"new/{event}/late.jpg")])
+        fourth, cursor, _ = tick(cursor)
+        assert [r.partition_key for r in fourth] == [event] and fourth[0].run_key != third[0].run_key
+
+        # A run of that request failed (the gallery was unreachable): requested again, up to 3 attempts.
+        def failed_run():
+            with monkeypatch.context() as unreachable:
+                unreachable.setenv("SUPABASE_DB_URL", "postgresql://postgres@127.0.0.1:1/gallery")
+                job = build_definitions(settings).resolve_job_def("recognize")
+                assert not job.execute_in_process(partition_key=event, instance=instance, raise_on_error=False).success
+
+        for attempt in (2, 3):
+            failed_run()
+            retried, cursor, _ = tick(cursor)
+            assert [(r.partition_key, r.tags["facepipeline/attempt"]) for r in retried] == [(event, str(attempt))]
+        failed_run()
+        given_up, cursor, skipped = tick(cursor)
+        assert not given_up and "failed 3 times" in skipped

@@ -7,9 +7,10 @@ protocol and share the records below, so the pipeline never knows which one it t
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -157,7 +158,15 @@ class EventPhotos:
     photos: int
     """Photos of the event without a verified face."""
     latest_photo_at: str
-    """When the newest photo of the event was added (ISO 8601): it changes when photos arrive."""
+    """When the newest photo of the event was added (ISO 8601)."""
+    photos_fingerprint: str = ""
+    """md5 of the pending photos' ids (sorted, comma-joined): changes whenever the set changes, even
+    when a photo arrives with an older ``created_at`` than the newest one (a late commit, an import)."""
+
+
+def photos_fingerprint(photo_ids: Iterable[str]) -> str:
+    """:attr:`EventPhotos.photos_fingerprint` of these photo ids (Postgres computes the same in SQL)."""
+    return hashlib.md5(",".join(sorted(str(i).lower() for i in photo_ids)).encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from facepipeline.gallery.base import (
     SuggestionRow,
     UnknownFaceRow,
     WriteBackReport,
+    photos_fingerprint,
     session_fields,
     write_in_batches,
 )
@@ -312,9 +313,10 @@ class RestGallery:
                 continue
             event = photo.get("events") or {}
             group = groups.setdefault(
-                photo.get("event_id"), {"name": event.get("name"), "date": event.get("date"), "photos": 0, "latest": None}
+                photo.get("event_id"), {"name": event.get("name"), "date": event.get("date"), "photos": 0, "latest": None, "ids": []}
             )
             group["photos"] += 1
+            group["ids"].append(str(photo["id"]))
             created = self._timestamp(photo, "created_at")
             if created is not None and (group["latest"] is None or created > group["latest"]):
                 group["latest"] = created
@@ -323,7 +325,7 @@ class RestGallery:
             groups.items(), key=lambda item: (item[1]["date"] is None, item[1]["date"] or "", item[0] is None, item[0] or "")
         )
         return [
-            EventPhotos(event_id, group["name"], group["date"], group["photos"], _utc_text(group["latest"]))
+            EventPhotos(event_id, group["name"], group["date"], group["photos"], _utc_text(group["latest"]), photos_fingerprint(group["ids"]))
             for event_id, group in ordered
         ]
 
