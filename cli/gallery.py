@@ -108,6 +108,11 @@ def config_calibrate(args: argparse.Namespace) -> int:
     )
     applied = None
     if args.apply:
+        if not result.trusted:
+            raise ConfigError(
+                f"nothing to apply: {len(index)} faces cannot show FAR <= {result.target_far} at any level "
+                f"({next(iter(result.per_level.values())).note}); choose a larger --far"
+            )
         applied = store.set("confidence_thresholds", json.dumps(asdict(result.recommended)))[1]
     if args.json:
         print_json({"index_version": version.name, **result.as_dict(), "applied": applied, "notes": notes})

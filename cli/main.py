@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     recognize = commands.add_parser("recognize", help="suggest names for the faces on new photos, per event, with the promoted index")
     _source_argument(recognize)
-    recognize.add_argument("--event-id", dest="event_ids", action="append", metavar="UUID",
+    recognize.add_argument("--event-id", "--event", dest="event_ids", action="append", metavar="UUID",
                            help="only this event (repeatable; 'none' = photos without an event); default: every event with new photos")
     recognize.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     recognize.set_defaults(handler="cli.recognize:recognize")

@@ -18,14 +18,16 @@ from definitions import build_definitions
 from facepipeline.clustering import ClusterStore
 from facepipeline.errors import FacePipelineError
 from facepipeline.gallery.base import Gallery
+from facepipeline.index import IndexStore
 from jobs import cluster_job, recognize_job
 
 TOTALS = ("photos", "faces_found", "suggested", "unknown", "photos_without_faces", "photos_failed")
 
 
 def recognize(args: argparse.Namespace) -> int:
-    events = [event_id_arg(text) for text in args.event_ids or ()]  # before any work
+    events = list(dict.fromkeys(event_id_arg(text) for text in args.event_ids or ()))  # before any work
     settings = settings_for(args)
+    IndexStore(settings.home / "index").require_promoted()  # one clear error, not one per event
     if not events:
         source = open_configured_source(settings)
         if not isinstance(source, Gallery):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dagster import DagsterInstance
 
@@ -21,6 +22,8 @@ def run(args: argparse.Namespace) -> int:
     summary = retrain(settings_for(args), options_run_config(options))
     if args.json:
         print_json(summary)
+        if summary.get("thresholds_warning"):
+            print(f"facepipeline: warning: {summary['thresholds_warning']}", file=sys.stderr)
     else:
         print(_human_summary(summary))
     return 0 if summary["status"] == "success" else 1
@@ -64,6 +67,7 @@ def retrain(settings: Settings, run_config: dict) -> dict:
         "write_back": result.output_for_node("face_descriptors"),
         "training_session": session,
         "metrics": {key: metrics.get(key) for key in SUMMARY_KEYS},
+        "thresholds_warning": (metrics.get("calibration") or {}).get("warning"),
     }
 
 
@@ -113,6 +117,8 @@ def _human_summary(summary: dict) -> str:
         lines.append(f"  training session {session['id']}: {session['status']}"
                      + ("" if session["synced_to_gallery"] else " (locally; the gallery was not updated)"))
     lines.append(f"  metrics file: {summary['metrics_path']}")
+    if summary.get("thresholds_warning"):
+        lines.append(f"WARNING: {summary['thresholds_warning']}")
     lines.append(f"  embeddings:   {summary['embeddings_path']}")
     lines.append(f"  photo cache:  {summary['photo_cache']}")
     return "\n".join(lines)

@@ -82,14 +82,22 @@ class Calibration:
         return round(1.0 - (self.at_configured.accept_rate or 0.0), 4)
 
     @property
+    def trusted(self) -> bool:
+        """At least one level has a recommendation these faces can back (else there is nothing to apply)."""
+        return any(c.recommended is not None for c in self.per_level.values())
+
+    @property
     def warning(self) -> str | None:
-        if self.at_configured.accept_rate is not None and self.configured_rejects > MAX_REJECTED_GENUINE:
-            return (
-                f"the configured confidence_thresholds reject {self.configured_rejects:.1%} of genuine matches "
-                f"(more than {MAX_REJECTED_GENUINE:.0%}); recommended for FAR <= {self.target_far}: "
-                f"{_thresholds_text(self.recommended)} - run `facepipeline config calibrate --apply`"
-            )
-        return None
+        if self.at_configured.accept_rate is None or self.configured_rejects <= MAX_REJECTED_GENUINE:
+            return None
+        problem = (f"the configured confidence_thresholds reject {self.configured_rejects:.1%} of genuine matches "
+                   f"(more than {MAX_REJECTED_GENUINE:.0%})")
+        if self.trusted:
+            return (f"{problem}; recommended for FAR <= {self.target_far}: {_thresholds_text(self.recommended)} - "
+                    "run `facepipeline config calibrate --apply`")
+        trials = next(iter(self.per_level.values())).trials
+        return (f"{problem}; {trials} faces are too few to recommend thresholds for FAR <= {self.target_far} - "
+                f"`facepipeline config calibrate --far {_round_up(3 / max(trials, 1))}` can, for that rate")
 
     def as_dict(self) -> dict:
         return {
@@ -248,6 +256,12 @@ def _combined_rates(scores: _Scores, thresholds: ConfidenceThresholds) -> Rates:
 def _rates(rates: Rates) -> str:
     accept = "-" if rates.accept_rate is None else f"{rates.accept_rate:.4f}"
     return f"{accept} / {rates.far:.5f}"
+
+
+def _round_up(rate: float) -> str:
+    """A false-accept rate ``N`` faces can show, written short: 3/480 -> 0.007."""
+    digits = max(0, -math.floor(math.log10(rate)))
+    return f"{math.ceil(rate * 10**digits) / 10**digits:g}"
 
 
 def _thresholds_text(thresholds: ConfidenceThresholds) -> str:

@@ -38,6 +38,7 @@ class Gallery:
     url_for: object
     home: Path
     calibration: dict = field(default_factory=dict)
+    retrain: dict = field(default_factory=dict)
     strangers: list[str] = field(default_factory=list)
 
     def cli(self, *args: str):
@@ -63,7 +64,8 @@ def gallery(tmp_path_factory, postgres_server):
         g.strangers = sorted(p.name for p in DISTRACTORS.iterdir() if p.is_dir() and len(list(p.glob("*.jpg"))) == 3)
         trained = g.cli("retrain", "--source", g.source, "--json")
         assert trained.returncode == 0, trained.stderr[-3000:]
-        assert json.loads(trained.stdout)["promoted_index"] == "v1"
+        g.retrain = json.loads(trained.stdout)
+        assert g.retrain["promoted_index"] == "v1"
         calibrated = g.cli("config", "calibrate", "--source", g.source, "--far", "0.01", "--apply", "--json")
         assert calibrated.returncode == 0, calibrated.stderr[-3000:]
         g.calibration = json.loads(calibrated.stdout)
@@ -174,6 +176,10 @@ def test_calibrate_recommends_thresholds_per_data_level_and_apply_writes_them(ga
     assert report["configured"] == {"low_data": 0.75, "medium_data": 0.65, "high_data": 0.55}
     assert report["configured_rejects"] > 0.1 and "reject" in report["warning"]
     assert report["applied"] == report["recommended"]
+    # The retrain said so too, and which rate its 480 faces can back (3/480 = 0.00625): its default 0.001 needs 3,000.
+    assert "reject" in gallery.retrain["thresholds_warning"] and "--far 0.007" in gallery.retrain["thresholds_warning"]
+    refused = gallery.cli("config", "calibrate", "--source", gallery.source, "--far", "0.001", "--apply")
+    assert refused.returncode == 2 and "nothing to apply" in refused.stderr and "3000 are needed" in refused.stderr
     with psycopg.connect(gallery.dsn) as conn:
         [(stored,)] = conn.execute("select value from face_recognition_config where key = 'confidence_thresholds'")
     assert stored == report["recommended"]
@@ -420,3 +426,11 @@ def test_the_event_sensor_adds_partitions_and_requests_each_new_set_of_photos_on
         failed_run()
         given_up, cursor, skipped = tick(cursor)
         assert not given_up and "failed 3 times" in skipped
+
+
+def test_recognize_without_a_promoted_index_or_with_a_bad_event_id_is_one_clear_line(gallery, tmp_path):
+    empty_home = facepipeline("recognize", "--source", gallery.source, home=tmp_path / "home", cwd=tmp_path)
+    assert empty_home.returncode == 1 and "no promoted index version" in empty_home.stderr
+    assert empty_home.stderr.strip().count("\n") == 0
+    bad = gallery.cli("recognize", "--source", gallery.source, "--event", "42")
+    assert bad.returncode == 2 and "must be a UUID" in bad.stderr and "Traceback" not in bad.stderr
