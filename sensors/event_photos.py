@@ -57,10 +57,10 @@ def new_event_photos(context: SensorEvaluationContext, face_source: FaceSourceRe
             new_partitions.append(key)
         state = f"{event.photos_fingerprint}|{promoted.name}"
         last = requested.get(key)
-        if last is None or last["state"] != state:
+        if not isinstance(last, dict) or last.get("state") != state:
             attempt = 1
         elif _last_run_failed(context.instance, key):
-            if last["attempt"] >= MAX_ATTEMPTS:
+            if last.get("attempt", MAX_ATTEMPTS) >= MAX_ATTEMPTS:
                 gave_up.append(key)
                 continue
             attempt = last["attempt"] + 1

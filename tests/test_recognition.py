@@ -434,3 +434,19 @@ def test_recognize_without_a_promoted_index_or_with_a_bad_event_id_is_one_clear_
     assert empty_home.stderr.strip().count("\n") == 0
     bad = gallery.cli("recognize", "--source", gallery.source, "--event", "42")
     assert bad.returncode == 2 and "must be a UUID" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_thresholds_out_of_range_in_the_config_table_stop_recognition_with_the_key_named(gallery):
+    event = add_event(gallery, [collage("bad_config.jpg", [("Bill_Gates", held_out("Bill_Gates", 4))])])
+    with psycopg.connect(gallery.dsn, autocommit=True) as conn:
+        [(good,)] = conn.execute("select value from face_recognition_config where key = 'confidence_thresholds'")
+        conn.execute("update face_recognition_config set value = %s where key = 'confidence_thresholds'",
+                     [json.dumps({**good, "low_data": 1.5})])
+        try:
+            done = gallery.cli("recognize", "--source", gallery.source, "--event-id", event, "--json")
+        finally:
+            conn.execute("update face_recognition_config set value = %s where key = 'confidence_thresholds'", [json.dumps(good)])
+    assert done.returncode == 1
+    [failed] = json.loads(done.stdout)["events"]
+    assert "confidence_thresholds.low_data must be between 0 and 1, got 1.5" in failed["error"]
+    assert face_rows(gallery, event) == []  # nothing written
