@@ -75,11 +75,6 @@ refused with a message (cluster per event or date range).
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import re
-import shutil
-import tempfile
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -90,6 +85,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facepipeline.errors import FacePipelineError
+from facepipeline.versions import Version, VersionedStore, append_json_line, json_lines
 
 MIN_SAMPLES = 1  # hdbscan counts neighbours without the point itself; 2+ breaks up people seen twice
 CLUSTER_SELECTION_EPSILON = 1.0  # euclidean on unit vectors, = cosine 0.5 (measured, see above)
@@ -108,7 +104,6 @@ TABLE_SCHEMA = pa.schema(
     ]
 )
 CLUSTERED, NOISE, REJECTED = "clustered", "noise", "rejected"
-_VERSION_DIR = re.compile(r"^v(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -342,15 +337,7 @@ def pairwise_scores(true_labels: Sequence, predicted: Sequence[str | None]) -> t
 
 
 @dataclass(frozen=True)
-class ClusteringVersion:
-    version: int
-    path: Path
-    manifest: dict
-
-    @property
-    def name(self) -> str:
-        return f"v{self.version}"
-
+class ClusteringVersion(Version):
     def table(self) -> pa.Table:
         return pq.read_table(self.path / "clusters.parquet")
 
@@ -376,7 +363,7 @@ class ClusteringVersion:
         return sorted(found.values(), key=lambda c: (-c["size"], c["cluster_id"]))
 
 
-class ClusterStore:
+class ClusterStore(VersionedStore[ClusteringVersion]):
     """Immutable clusterings under ``root/vN/`` and the ledger of rejected clusters.
 
         clusters/
@@ -384,66 +371,23 @@ class ClusterStore:
           v2/ ...
           rejected.jsonl
 
-    A version is written to a staging folder and renamed into place (as :class:`IndexStore` does):
-    a reader never sees half a version and a version is never overwritten. ``rejected.jsonl`` gets
-    one JSON line per rejection, appended in a single write.
+    Versions are published as :class:`~facepipeline.versions.VersionedStore` does for the index
+    too. ``rejected.jsonl`` gets one JSON line per rejection, appended in a single write.
     """
 
+    version_type = ClusteringVersion
+    kind = "clustering version"
+
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        super().__init__(root)
         self.ledger = self.root / "rejected.jsonl"
-
-    def versions(self) -> list[ClusteringVersion]:
-        if not self.root.is_dir():
-            return []
-        found = []
-        for child in self.root.iterdir():
-            match = _VERSION_DIR.match(child.name)
-            if match and (child / "manifest.json").is_file():
-                found.append(self.get(int(match.group(1))))
-        return sorted(found, key=lambda v: v.version)
-
-    def _taken_numbers(self) -> list[int]:
-        """Every ``vN`` folder, complete or not: a number once used is never reused."""
-        return [int(m.group(1)) for child in self.root.iterdir() if (m := _VERSION_DIR.match(child.name))]
-
-    def get(self, version: int) -> ClusteringVersion:
-        path = self.root / f"v{version}"
-        try:
-            manifest = json.loads((path / "manifest.json").read_text())
-        except FileNotFoundError as exc:
-            raise FacePipelineError(f"clustering version v{version} not found in {self.root}") from exc
-        return ClusteringVersion(version, path, manifest)
-
-    def latest(self) -> ClusteringVersion | None:
-        versions = self.versions()
-        return versions[-1] if versions else None
 
     def publish(self, clustering: Clustering, faces: Sequence[UnknownFace], manifest: dict) -> ClusteringVersion:
         """Write ``clustering`` as the next version ``vN``; returns it. Safe against concurrent writers."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
-        try:
-            pq.write_table(clustering.to_table(faces), staging / "clusters.parquet")
-            while True:
-                number = max(self._taken_numbers(), default=0) + 1
-                full_manifest = {
-                    **manifest,
-                    "version": number,
-                    "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "summary": clustering.summary(),
-                    "params": clustering.params,
-                }
-                (staging / "manifest.json").write_text(json.dumps(full_manifest, indent=2, sort_keys=True))
-                try:
-                    os.rename(staging, self.root / f"v{number}")  # fails if vN exists: never overwrite
-                except OSError:
-                    if (self.root / f"v{number}").exists():
-                        continue  # another writer took vN first
-                    raise
-                return self.get(number)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        return self._publish(
+            lambda folder: pq.write_table(clustering.to_table(faces), folder / "clusters.parquet"),
+            {**manifest, "summary": clustering.summary(), "params": clustering.params},
+        )
 
     def reject(self, cluster_id: str, *, by: str, reason: str | None = None) -> list[str]:
         """Reject a cluster of the latest version: its faces are left out of later clusterings."""
@@ -466,12 +410,8 @@ class ClusterStore:
             "reason": reason,
             "version": latest.version,
         }
-        with open(self.ledger, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, sort_keys=True) + "\n")  # one write: lines never interleave
+        append_json_line(self.ledger, entry)
         return face_ids
 
     def rejected_face_ids(self) -> set[str]:
-        if not self.ledger.is_file():
-            return set()
-        lines = self.ledger.read_text(encoding="utf-8").splitlines()
-        return {face_id for line in lines if line.strip() for face_id in json.loads(line)["face_ids"]}
+        return {face_id for entry in json_lines(self.ledger) for face_id in entry["face_ids"]}

@@ -17,9 +17,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,11 +27,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facepipeline.errors import FacePipelineError
+from facepipeline.versions import Version, VersionedStore, append_json_line, json_lines
 
 ENTRY_COLUMNS = ("face_id", "person_id", "person_name")
 # Where each indexed face is, for search results; kept when the embeddings table has them.
 LOCATION_COLUMNS = ("photo_ref", "event_id", "bbox_x", "bbox_y", "bbox_width", "bbox_height")
-_VERSION_DIR = re.compile(r"^v(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -101,15 +98,7 @@ class FaceIndex:
 
 
 @dataclass(frozen=True)
-class IndexVersion:
-    version: int
-    path: Path
-    manifest: dict
-
-    @property
-    def name(self) -> str:
-        return f"v{self.version}"
-
+class IndexVersion(Version):
     def load(self) -> FaceIndex:
         params = IndexParams(**self.manifest["params"])
         return FaceIndex.load(self.path, self.manifest["dim"], params)
@@ -142,35 +131,15 @@ class IndexVersion:
         return latest
 
 
-class IndexStore:
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+class IndexStore(VersionedStore[IndexVersion]):
+    version_type = IndexVersion
+    kind = "index version"
 
-    def versions(self) -> list[IndexVersion]:
-        if not self.root.is_dir():
-            return []
-        found = []
-        for child in self.root.iterdir():
-            match = _VERSION_DIR.match(child.name)
-            if match and (child / "manifest.json").is_file():
-                found.append(self.get(int(match.group(1))))
-        return sorted(found, key=lambda v: v.version)
-
-    def _taken_numbers(self) -> list[int]:
-        """Every ``vN`` folder, complete or not: a number once used is never reused."""
-        return [int(m.group(1)) for child in self.root.iterdir() if (m := _VERSION_DIR.match(child.name))]
-
-    def get(self, version: int) -> IndexVersion:
-        path = self.root / f"v{version}"
-        try:
-            manifest = json.loads((path / "manifest.json").read_text())
-        except FileNotFoundError as exc:
-            raise FacePipelineError(f"index version v{version} not found in {self.root}") from exc
-        return IndexVersion(version, path, manifest)
-
-    def latest(self) -> IndexVersion | None:
-        versions = self.versions()
-        return versions[-1] if versions else None
+    def publish(self, index: FaceIndex, manifest: dict) -> IndexVersion:
+        """Write ``index`` as the next version ``vN``; returns it. Safe against concurrent writers."""
+        return self._publish(
+            index.save, {**manifest, "count": len(index), "dim": index.dim, "params": index.params.__dict__}
+        )
 
     # -- promotion -------------------------------------------------------------------------------
 
@@ -208,43 +177,12 @@ class IndexStore:
         staging = self._promoted_file.with_name(f".promoted-{os.getpid()}.json")
         staging.write_text(json.dumps(record, indent=2, sort_keys=True))
         os.replace(staging, self._promoted_file)
-        with open(self.root / "promotions.jsonl", "a") as ledger:
-            ledger.write(json.dumps(record, sort_keys=True) + "\n")
+        append_json_line(self.root / "promotions.jsonl", record)
         return record
 
     def promotions(self) -> list[dict]:
         """Every promotion, oldest first."""
-        path = self.root / "promotions.jsonl"
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-    def publish(self, index: FaceIndex, manifest: dict) -> IndexVersion:
-        """Write ``index`` as the next version ``vN``; returns it. Safe against concurrent writers."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
-        try:
-            index.save(staging)
-            while True:
-                number = max(self._taken_numbers(), default=0) + 1
-                full_manifest = {
-                    **manifest,
-                    "version": number,
-                    "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "count": len(index),
-                    "dim": index.dim,
-                    "params": index.params.__dict__,
-                }
-                (staging / "manifest.json").write_text(json.dumps(full_manifest, indent=2, sort_keys=True))
-                try:
-                    os.rename(staging, self.root / f"v{number}")  # fails if vN exists: never overwrite
-                except OSError:
-                    if (self.root / f"v{number}").exists():
-                        continue  # another writer took vN first
-                    raise
-                return self.get(number)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        return json_lines(self.root / "promotions.jsonl")
 
 
 def _who() -> str:

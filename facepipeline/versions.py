@@ -1,0 +1,109 @@
+"""Immutable numbered versions in a folder (``root/v1/``, ``root/v2/``, ...), and JSON-lines ledgers.
+
+The index store and the clustering store both keep their outputs this way. A version is written to
+a staging folder and renamed into place: a reader never sees half a version, an existing version is
+never overwritten, and two writers never get the same number (a number once taken, even by a
+folder left incomplete, is never reused).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from facepipeline.errors import FacePipelineError
+
+_VERSION_DIR = re.compile(r"^v(\d+)$")
+
+
+@dataclass(frozen=True)
+class Version:
+    version: int
+    path: Path
+    manifest: dict
+
+    @property
+    def name(self) -> str:
+        return f"v{self.version}"
+
+
+V = TypeVar("V", bound=Version)
+
+
+class VersionedStore(Generic[V]):
+    """``root/vN/`` folders, each holding a ``manifest.json`` and what :meth:`_publish` wrote."""
+
+    version_type: type[V]
+    kind: str
+    """What a version is, for messages: "index version", "clustering version"."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def versions(self) -> list[V]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for child in self.root.iterdir():
+            match = _VERSION_DIR.match(child.name)
+            if match and (child / "manifest.json").is_file():
+                found.append(self.get(int(match.group(1))))
+        return sorted(found, key=lambda v: v.version)
+
+    def get(self, version: int) -> V:
+        path = self.root / f"v{version}"
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+        except FileNotFoundError as exc:
+            raise FacePipelineError(f"{self.kind} v{version} not found in {self.root}") from exc
+        return self.version_type(version, path, manifest)
+
+    def latest(self) -> V | None:
+        versions = self.versions()
+        return versions[-1] if versions else None
+
+    def _taken_numbers(self) -> list[int]:
+        """Every ``vN`` folder, complete or not: a number once used is never reused."""
+        return [int(m.group(1)) for child in self.root.iterdir() if (m := _VERSION_DIR.match(child.name))]
+
+    def _publish(self, write: Callable[[Path], None], manifest: dict) -> V:
+        """``write(folder)`` the version's files, then publish them as the next ``vN`` with ``manifest``
+        (plus its number and creation time). Safe against concurrent writers."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        try:
+            write(staging)
+            while True:
+                number = max(self._taken_numbers(), default=0) + 1
+                full_manifest = {**manifest, "version": number, "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
+                (staging / "manifest.json").write_text(json.dumps(full_manifest, indent=2, sort_keys=True))
+                try:
+                    os.rename(staging, self.root / f"v{number}")  # fails if vN exists: never overwrite
+                except OSError:
+                    if (self.root / f"v{number}").exists():
+                        continue  # another writer took vN first
+                    raise
+                return self.get(number)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def append_json_line(path: Path, record: dict) -> None:
+    """Append one record to a JSON-lines ledger, in a single write (lines never interleave)."""
+    with open(path, "a", encoding="utf-8") as ledger:
+        ledger.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def json_lines(path: Path) -> list[dict]:
+    """Every record of a JSON-lines ledger, oldest first; none when it does not exist yet."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
