@@ -68,3 +68,22 @@ def test_no_promoted_index_and_an_index_of_another_pack_are_clear_errors(tmp_pat
     blair = decode_image(sorted((FACES / "Tony_Blair").glob("*.jpg"))[5].read_bytes())
     [face] = [f for f in recognizer.recognize(blair).faces if f.person_id]
     assert face.person_id == "tb" and face.suggestion.similarity >= 0.4
+
+
+def test_a_suggestion_with_a_non_finite_or_misshapen_vector_or_score_is_refused_before_any_write():
+    from facepipeline.gallery.base import SuggestionRow
+
+    box = {"x": 1, "y": 2, "width": 30, "height": 40}
+    good = dict(face_id="f", photo_id="p", person_id=None, confidence=None, bbox=box, descriptor=np.ones(512) / np.sqrt(512),
+                det_score=0.9, detected_bbox=box, context={})
+    assert SuggestionRow(**good).vector_literal().count(",") == 511
+    nan = np.ones(512)
+    nan[7] = np.nan
+    for bad, message in [
+        ({"descriptor": nan}, "descriptor is not finite"),
+        ({"descriptor": np.ones(128)}, "must have 512 values"),
+        ({"det_score": float("inf")}, "score is not finite"),
+        ({"confidence": float("nan")}, "score is not finite"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            SuggestionRow(**{**good, **bad})

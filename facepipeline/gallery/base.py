@@ -45,6 +45,22 @@ class WriteBackInterrupted(GalleryUnavailable):
         self.report = report
 
 
+def checked_descriptor(face_id: str, values: Any) -> np.ndarray:
+    """The descriptor as 512 finite float32 values, or a ValueError naming the face: a vector that is
+    not one is never written, whichever row it was meant for."""
+    vector = np.asarray(values, dtype=np.float32)
+    if vector.shape != (DESCRIPTOR_DIM,):
+        raise ValueError(f"face {face_id}: descriptor must have {DESCRIPTOR_DIM} values, got shape {vector.shape}")
+    if not np.isfinite(vector).all():
+        raise ValueError(f"face {face_id}: descriptor is not finite; nothing is written")
+    return vector
+
+
+def pgvector_text(vector: np.ndarray) -> str:
+    """pgvector's text form; float32 values written so they read back bit for bit."""
+    return "[" + ",".join(repr(v) for v in vector.tolist()) + "]"
+
+
 @dataclass(frozen=True)
 class FaceLabel:
     """Who is on which photo of which event: the raw material of co-occurrence."""
@@ -70,16 +86,12 @@ class DescriptorUpdate:
     context: Mapping[str, Any]
 
     def __post_init__(self) -> None:
-        vector = np.asarray(self.descriptor, dtype=np.float32)
-        if vector.shape != (DESCRIPTOR_DIM,):
-            raise ValueError(f"face {self.face_id}: descriptor must have {DESCRIPTOR_DIM} values, got shape {vector.shape}")
-        if not np.isfinite(vector).all() or not math.isfinite(self.confidence):
-            raise ValueError(f"face {self.face_id}: descriptor or confidence is not finite; nothing is written")
-        object.__setattr__(self, "descriptor", vector)
+        object.__setattr__(self, "descriptor", checked_descriptor(self.face_id, self.descriptor))
+        if not math.isfinite(self.confidence):
+            raise ValueError(f"face {self.face_id}: confidence is not finite; nothing is written")
 
     def vector_literal(self) -> str:
-        """pgvector's text form; float32 values written so they read back bit for bit."""
-        return "[" + ",".join(repr(v) for v in self.descriptor.tolist()) + "]"
+        return pgvector_text(self.descriptor)
 
 
 @dataclass
@@ -219,16 +231,13 @@ class SuggestionRow:
     """The row of ours this one updates (it must still be as read), or None for a new row."""
 
     def __post_init__(self) -> None:
-        vector = np.asarray(self.descriptor, dtype=np.float32)
-        if vector.shape != (DESCRIPTOR_DIM,) or not np.isfinite(vector).all():
-            raise ValueError(f"face {self.face_id}: a descriptor must be {DESCRIPTOR_DIM} finite values; nothing is written")
+        object.__setattr__(self, "descriptor", checked_descriptor(self.face_id, self.descriptor))
         for value in (self.det_score, self.confidence):
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"face {self.face_id}: a score is not finite; nothing is written")
-        object.__setattr__(self, "descriptor", vector)
 
     def vector_literal(self) -> str:
-        return "[" + ",".join(repr(v) for v in self.descriptor.tolist()) + "]"
+        return pgvector_text(self.descriptor)
 
 
 @dataclass
@@ -240,11 +249,6 @@ class SuggestionReport:
     skipped: int = 0
     """Rows not written: the photo got a verified face, or the row was edited, since the read."""
     skipped_ids: list[str] = field(default_factory=list)
-
-    def add(self, other: SuggestionReport) -> None:
-        for name in ("rows", "inserted", "updated", "unchanged", "skipped"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.skipped_ids.extend(other.skipped_ids)
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in ("rows", "inserted", "updated", "unchanged", "skipped")}
