@@ -68,10 +68,6 @@ class RecognitionPolicy:
     def threshold(self, level: str) -> float:
         return getattr(self.thresholds, level)
 
-    def usable(self, detection: Detection) -> bool:
-        """A detection big and sure enough to be recognized."""
-        return min(detection.bbox.width, detection.bbox.height) >= self.min_face_px and detection.score >= self.min_det_score
-
 
 @dataclass(frozen=True)
 class Candidate:
@@ -233,17 +229,12 @@ class Recognizer:
 
     def find(self, image: np.ndarray) -> tuple[list[FoundFace], int]:
         """Every usable face on a decoded BGR photo with its candidates, and how many detections were ignored."""
-        detections = self.model.detect(image)
-        kept = [d for d in detections if self.policy.usable(d)]
-        if not kept:
-            return [], len(detections)
-        vectors = self.model.embed(np.stack([self.model.align(image, d) for d in kept]))
-        finite = np.isfinite(vectors).all(axis=1)
-        kept = [d for d, ok in zip(kept, finite, strict=True) if ok]
-        vectors = vectors[finite]
+        kept, vectors, ignored = embed_faces_on_photo(
+            self.model, image, min_face_px=self.policy.min_face_px, min_det_score=self.policy.min_det_score
+        )
         candidates = candidates_for(self.index, vectors, self.directory, self.policy)
         faces = [FoundFace(d.bbox, d.score, v, tuple(c[:5])) for d, v, c in zip(kept, vectors, candidates, strict=True)]
-        return faces, len(detections) - len(kept)
+        return faces, ignored
 
     def suggest(self, faces: Sequence[FoundFace], nearby: Collection[str] = (), taken: Collection[str] = ()) -> list[Candidate | None]:
         """One suggestion (or None) per face of one photo; see :func:`assign`."""
@@ -256,6 +247,21 @@ class Recognizer:
         return PhotoRecognition(
             tuple(RecognizedFace(**vars(f), suggestion=s) for f, s in zip(faces, suggestions, strict=True)), ignored
         )
+
+
+def embed_faces_on_photo(
+    model: FaceModel, image: np.ndarray, *, min_face_px: int = MIN_FACE_PX, min_det_score: float = MIN_DET_SCORE
+) -> tuple[list[Detection], np.ndarray, int]:
+    """The faces on a whole photo big and sure enough to recognize, with their embeddings (a face
+    whose vector is not finite is dropped), and how many detections were left out."""
+    detections = model.detect(image)
+    kept = [d for d in detections if min(d.bbox.width, d.bbox.height) >= min_face_px and d.score >= min_det_score]
+    if not kept:
+        return [], np.empty((0, model.embedding_dim), dtype=np.float32), len(detections)
+    vectors = model.embed(np.stack([model.align(image, d) for d in kept]))
+    finite = np.isfinite(vectors).all(axis=1)
+    kept = [d for d, ok in zip(kept, finite, strict=True) if ok]
+    return kept, vectors[finite], len(detections) - len(kept)
 
 
 def check_same_model(version: IndexVersion, model: FaceModel) -> None:

@@ -16,7 +16,7 @@ from facepipeline.geometry import BBox
 from facepipeline.images import decode_image
 from facepipeline.index import FaceIndex, IndexVersion
 from facepipeline.model.face_model import FaceModel
-from facepipeline.recognition import MIN_DET_SCORE, MIN_FACE_PX, check_same_model
+from facepipeline.recognition import check_same_model, embed_faces_on_photo
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,11 @@ def search_photo(
         raise ValueError(f"k must be at least 1, got {k}")
     check_same_model(version, model)
     image = decode_image(photo)
-    detections = [d for d in model.detect(image) if min(d.bbox.width, d.bbox.height) >= MIN_FACE_PX and d.score >= MIN_DET_SCORE]
-    detections.sort(key=lambda d: -d.bbox.width * d.bbox.height)
+    detections, vectors, _ = embed_faces_on_photo(model, image)
     if not detections:
         return []
-    vectors = model.embed(np.stack([model.align(image, d) for d in detections]))
+    largest_first = np.argsort([-d.bbox.width * d.bbox.height for d in detections], kind="stable")
+    detections, vectors = [detections[i] for i in largest_first], vectors[largest_first]
     index = version.load()
     found = _within_event(index, vectors, k, event_id) if event_id else index.search(vectors, k=k)
     return [
