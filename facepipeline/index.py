@@ -108,11 +108,6 @@ class IndexVersion(Version):
         """The model pack whose vectors this version holds (``model_pack``, ``model_sha256``, ...)."""
         return self.manifest.get("model")
 
-    def metrics(self) -> dict | None:
-        """Its latest evaluation, or None before one."""
-        path = self.path / "metrics.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
     def record_evaluation(self, evaluation_id: str, metrics: dict) -> Path:
         """Keep an evaluation of this version: ``evaluations/<id>.json``, and ``metrics.json`` = the latest.
 

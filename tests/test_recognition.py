@@ -411,6 +411,14 @@ def test_the_event_sensor_adds_partitions_and_requests_each_new_set_of_photos_on
                          [event, gallery.url_for(f"new/{event}/late.jpg")])
         fourth, cursor, _ = tick(cursor)
         assert [r.partition_key for r in fourth] == [event] and fourth[0].run_key != third[0].run_key
+        # The SQL's md5 is the one the REST transport computes in Python, over the same photo ids.
+        from facepipeline.gallery.base import photos_fingerprint
+        from facepipeline.gallery.postgres import PostgresGallery
+
+        with psycopg.connect(gallery.dsn) as conn:
+            ids = [r[0] for r in conn.execute("select id::text from photos where event_id = %s", [event])]
+        [pending] = [e for e in PostgresGallery(gallery.dsn).pending_events() if e.event_id == event]
+        assert (pending.photos, pending.photos_fingerprint) == (2, photos_fingerprint(ids))
 
         # A run of that request failed (the gallery was unreachable): requested again, up to 3 attempts.
         def failed_run():

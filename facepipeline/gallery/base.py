@@ -169,9 +169,7 @@ class EventPhotos:
     date: str | None
     photos: int
     """Photos of the event without a verified face."""
-    latest_photo_at: str
-    """When the newest photo of the event was added (ISO 8601)."""
-    photos_fingerprint: str = ""
+    photos_fingerprint: str
     """md5 of the pending photos' ids (sorted, comma-joined): changes whenever the set changes, even
     when a photo arrives with an older ``created_at`` than the newest one (a late commit, an import)."""
 

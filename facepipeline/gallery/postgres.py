@@ -101,9 +101,7 @@ select (select array_agg(id::text) from eligible), (select count(*) from written
 
 
 _PENDING_EVENTS = """
-select p.event_id::text, e.name, e.date::text, count(*),
-       to_char(max(p.created_at) at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-       md5(string_agg(p.id::text, ',' order by p.id))
+select p.event_id::text, e.name, e.date::text, count(*), md5(string_agg(p.id::text, ',' order by p.id))
 from photos p left join events e on e.id = p.event_id
 where not exists (select 1 from photo_faces v where v.photo_id = p.id and v.verified)
 group by p.event_id, e.name, e.date

@@ -308,24 +308,20 @@ class RestGallery:
         """
         verified = self._verified_photo_ids()
         groups: dict[str | None, dict[str, Any]] = {}
-        for photo in self._pages(lambda: self._table("photos").select("id,event_id,created_at,events(name,date)")):
+        for photo in self._pages(lambda: self._table("photos").select("id,event_id,events(name,date)")):
             if str(photo["id"]).lower() in verified:
                 continue
             event = photo.get("events") or {}
             group = groups.setdefault(
-                photo.get("event_id"), {"name": event.get("name"), "date": event.get("date"), "photos": 0, "latest": None, "ids": []}
+                photo.get("event_id"), {"name": event.get("name"), "date": event.get("date"), "ids": []}
             )
-            group["photos"] += 1
             group["ids"].append(str(photo["id"]))
-            created = self._timestamp(photo, "created_at")
-            if created is not None and (group["latest"] is None or created > group["latest"]):
-                group["latest"] = created
         # ``order by e.date nulls last, p.event_id nulls last``: ISO dates and uuid texts sort as the values do.
         ordered = sorted(
             groups.items(), key=lambda item: (item[1]["date"] is None, item[1]["date"] or "", item[0] is None, item[0] or "")
         )
         return [
-            EventPhotos(event_id, group["name"], group["date"], group["photos"], _utc_text(group["latest"]), photos_fingerprint(group["ids"]))
+            EventPhotos(event_id, group["name"], group["date"], len(group["ids"]), photos_fingerprint(group["ids"]))
             for event_id, group in ordered
         ]
 
@@ -471,11 +467,6 @@ class RestGallery:
 # -- recognition: what the Postgres transport's recognition SQL computes ---------------------------
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _utc_text(moment: datetime | None) -> str | None:
-    """``to_char(t at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')``."""
-    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _existing_face(face: Mapping[str, Any]) -> ExistingFace:
