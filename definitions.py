@@ -10,7 +10,7 @@ import os
 
 from dagster import Definitions, EnvVar, FilesystemIOManager
 
-from assets import recognize_assets, retrain_assets
+from assets import recognize_assets, retrain_assets, retrain_checks
 from facepipeline.errors import SourceError
 from facepipeline.settings import Settings
 from facepipeline.sources.base import connection_string_in
@@ -54,6 +54,7 @@ def build_definitions(settings: Settings) -> Definitions:
     artifacts = ArtifactStoreResource(home=str(settings.home))
     return Definitions(
         assets=[*retrain_assets, *recognize_assets],
+        asset_checks=retrain_checks,
         jobs=[retrain_job, recognize_job, cluster_job],
         schedules=schedules,
         sensors=sensors,

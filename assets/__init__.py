@@ -4,12 +4,14 @@ Retrain (group ``retrain``):
 verified_faces -> cached_photos -> face_embeddings -> face_index -> index_metrics -> promoted_index
                                                    +-> face_descriptors (written back to the gallery)
 all of them -> training_session (the run's record in face_training_sessions)
+Blocking checks: dataset_valid, embeddings_sane, index_consistent, no_regression (assets/checks.py).
 
 Use the model (group ``recognize``):
 promoted_index -> face_suggestions (one partition per event) -> unknown_face_clusters
 """
 
 from assets.cached_photos import cached_photos
+from assets.checks import dataset_valid, embeddings_sane, index_consistent, no_regression, retrain_checks
 from assets.face_descriptors import face_descriptors
 from assets.face_embeddings import face_embeddings
 from assets.face_index import face_index
@@ -27,6 +29,6 @@ retrain_assets = [
 recognize_assets = [face_suggestions, unknown_face_clusters]
 
 __all__ = [
-    "cached_photos", "face_descriptors", "face_embeddings", "face_index", "face_suggestions", "index_metrics",
+    "cached_photos", "dataset_valid", "embeddings_sane", "index_consistent", "no_regression", "retrain_checks", "face_descriptors", "face_embeddings", "face_index", "face_suggestions", "index_metrics",
     "promoted_index", "recognize_assets", "retrain_assets", "training_session", "unknown_face_clusters", "verified_faces",
 ]

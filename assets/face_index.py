@@ -1,53 +1,94 @@
-"""The face index: an immutable hnswlib version over the usable embeddings."""
+"""The face index: an immutable hnswlib version over the usable embeddings, with its lineage."""
 
+import hashlib
 import time
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
 from assets.errors import failures_explained
+from assets.lineage import code_versions, software
 from facepipeline.dataset import dataset_fingerprint
 from facepipeline.embedding_store import embedding_matrix, model_of, usable
-from facepipeline.faces import table_to_faces
-from facepipeline.index import FaceIndex, IndexVersion
+from facepipeline.faces import facts_of, table_to_faces
+from facepipeline.index import DATASET_FILE, FaceIndex, IndexVersion
+from facepipeline.snapshots import snapshot_counts, with_embedding_outcome
 from resources import ArtifactStoreResource
 
 
-@asset(group_name="retrain", io_manager_key="index_io_manager", code_version="1", kinds={"python", "hnswlib"})
+@asset(group_name="retrain", io_manager_key="index_io_manager", code_version="2", kinds={"python", "hnswlib"})
 def face_index(
     context: AssetExecutionContext, verified_faces: pa.Table, face_embeddings: pa.Table, artifacts: ArtifactStoreResource
 ) -> Output[IndexVersion]:
-    """Index every usable embedding (cosine) and publish it as the next version, index/vN."""
+    """Index every usable embedding (cosine) and publish it as the next version, index/vN.
+
+    The version keeps what made it: the dataset snapshot (every row read, and what became of each),
+    the model pack and its file hashes, the code versions, the run and the training session.
+    """
     rows = usable(face_embeddings)
     with failures_explained():
         model = model_of(face_embeddings)  # the model that made these vectors, not today's setting
+    facts = {"partial": False, "min_faces_per_person": None, **facts_of(verified_faces)}
+    if "dataset_fingerprint" not in facts:  # a table written before tables carried their facts
+        facts["dataset_fingerprint"] = dataset_fingerprint(table_to_faces(verified_faces))
+    vectors = embedding_matrix(rows)
     started = time.perf_counter()
-    index = FaceIndex.build(embedding_matrix(rows), rows)
+    index = FaceIndex.build(vectors, rows)
     build_seconds = time.perf_counter() - started
+    snapshot = artifacts.dataset_snapshots().read(facts["dataset_fingerprint"])
+    dataset = with_embedding_outcome(snapshot, face_embeddings) if snapshot is not None else None
+    session = artifacts.history().for_run(context.run.run_id)
+    content = _content_fingerprint(rows, vectors)
     version = artifacts.index_store().publish(
         index,
         {
             "model": model,
-            "dataset_fingerprint": dataset_fingerprint(table_to_faces(verified_faces)),
+            "dataset_fingerprint": facts["dataset_fingerprint"],
+            "content_fingerprint": content,
+            "partial": facts["partial"],
+            "min_faces_per_person": facts["min_faces_per_person"],
             "faces": rows.num_rows,
             "people": len(set(rows.column("person_id").to_pylist())),
             "faces_failed": face_embeddings.num_rows - rows.num_rows,
+            "dataset": snapshot_counts(dataset) if dataset is not None else None,
             "run_id": context.run.run_id,
+            "training_session_id": session.id if session else None,
+            "code_versions": code_versions(context),
+            "software": software(),
         },
+        dataset=dataset,
     )
     context.log.info(f"published index {version.name} with {len(index)} faces at {version.path}")
+    manifest = version.manifest
     return Output(
         version,
+        data_version=DataVersion(content),
         metadata={
             "index_version": version.name,
             "index_path": MetadataValue.path(str(version.path)),
-            "faces": version.manifest["faces"],
-            "people": version.manifest["people"],
-            "faces_failed": version.manifest["faces_failed"],
+            "faces": manifest["faces"],
+            "people": manifest["people"],
+            "faces_failed": manifest["faces_failed"],
+            "photos": (manifest["dataset"] or {}).get("photos", 0),
             "index_bytes": (version.path / "index.bin").stat().st_size,
             "build_seconds": round(build_seconds, 3),
-            "model_fingerprint": MetadataValue.text(model["model_fingerprint"] if model else "none"),
-            "dataset_fingerprint": MetadataValue.text(version.manifest["dataset_fingerprint"]),
-            "manifest": MetadataValue.json(version.manifest),
+            "model_pack": MetadataValue.text(model["model_pack"] if model else "none"),
+            "model_files": MetadataValue.json(
+                {"recognizer_sha256": model["model_sha256"], "detector_sha256": model["detector_sha256"]} if model else {}
+            ),
+            "dataset_fingerprint": MetadataValue.text(manifest["dataset_fingerprint"]),
+            "dataset_snapshot": MetadataValue.path(str(version.path / DATASET_FILE)),
+            "training_session_id": MetadataValue.text(manifest["training_session_id"] or "none"),
+            "partial": manifest["partial"],
+            "manifest": MetadataValue.json(manifest),
         },
     )
+
+
+def _content_fingerprint(rows: pa.Table, vectors) -> str:
+    """The same faces, labels and vectors, the same fingerprint: the index's Dagster data version."""
+    digest = hashlib.sha256()
+    for face_id, person_id in zip(rows.column("face_id").to_pylist(), rows.column("person_id").to_pylist(), strict=True):
+        digest.update(f"{face_id}|{person_id}\n".encode())
+    digest.update(vectors.tobytes())
+    return digest.hexdigest()[:16]

@@ -3,7 +3,8 @@
 A run "trains" when it materializes ``training_session``; previews of single assets open none.
 """
 
-from dagster import AssetExecutionContext, AssetKey, HookContext, failure_hook
+from dagster import AssetExecutionContext, AssetKey, DagsterEventType, DagsterInstance, HookContext, failure_hook
+from dagster._core.errors import DagsterAssetCheckFailedError
 
 from facepipeline.sessions import TrainingSessions
 from resources import ArtifactStoreResource, FaceSourceResource
@@ -38,7 +39,10 @@ def mark_session_failed(context: HookContext) -> None:
     if history.for_run(context.run_id) is None:
         return  # this run opened no session (a preview, or the database was down at start)
     error = context.op_exception
-    message = getattr(error, "description", None) or (f"{type(error).__name__}: {error}" if error else "step failed")
+    if isinstance(error, DagsterAssetCheckFailedError):
+        message = failed_checks(context.instance, context.run_id) or str(error)
+    else:
+        message = getattr(error, "description", None) or (f"{type(error).__name__}: {error}" if error else "step failed")
     sessions = training_sessions(context.resources.face_source, context.resources.artifacts)
     record, warning = sessions.finish(
         context.run_id, "failed", {"metrics": {"error": message, "failed_step": context.step_key, "run_id": context.run_id}}
@@ -46,3 +50,13 @@ def mark_session_failed(context: HookContext) -> None:
     context.log.error(f"training session {record.id} failed: {message}")
     if warning:
         context.log.warning(warning)
+
+
+def failed_checks(instance: DagsterInstance, run_id: str) -> str | None:
+    """What the run's failed blocking checks said, one clause each: "check no_regression failed: ..."."""
+    said = []
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION):
+        evaluation = entry.asset_check_evaluation
+        if evaluation is not None and not evaluation.passed and evaluation.blocking:
+            said.append(f"check {evaluation.check_name} failed: {evaluation.description}")
+    return "; ".join(said) or None

@@ -1,26 +1,29 @@
 """The verified faces: every face people confirmed, with its person, photo and box, as filtered."""
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, Failure, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
 from assets.errors import failures_explained
 from assets.metadata import bullet_list, markdown_table
 from assets.sessions import run_trains_model, training_sessions
-from facepipeline.faces import faces_to_table
+from facepipeline.faces import faces_to_table, with_facts
 from facepipeline.prepare import prepare_dataset
+from facepipeline.snapshots import snapshot_counts, snapshot_of
 from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
 
 
-@asset(group_name="retrain", io_manager_key="table_io_manager", code_version="2", kinds={"python", "parquet"})
+@asset(group_name="retrain", io_manager_key="table_io_manager", code_version="3", kinds={"python", "parquet"})
 def verified_faces(
     context: AssetExecutionContext,
     face_source: FaceSourceResource,
     retrain_options: RetrainOptionsResource,
     artifacts: ArtifactStoreResource,
 ) -> Output[pa.Table]:
-    """The training set read from the source with the run's filters, validated (SPEC section 3).
+    """The training set read from the source with the run's filters (SPEC section 3).
 
-    In a retrain run this step also opens the run's training session.
+    Its check ``dataset_valid`` stops the retrain when the set cannot make an index. Every row read
+    (also those left out, and why) is kept as the dataset snapshot, under the set's fingerprint. In
+    a retrain run this step also opens the run's training session.
     """
     with failures_explained():
         options = retrain_options.options()
@@ -54,14 +57,20 @@ def verified_faces(
                 },
             )
         context.log.info(f"training session {session.id} is running")
-    if not validation.ok:
-        raise Failure(
-            description="; ".join(validation.errors),
-            metadata={"source": source.description, "people": stats.people, "faces": stats.faces},
-        )
+    for error in validation.errors:
+        context.log.error(f"{error}: the check dataset_valid stops this retrain")
     context.log.info(f"{stats.faces} verified faces of {stats.people} people from {source.description}")
-    return Output(
+    snapshot = snapshot_of(read)
+    snapshot_path = artifacts.dataset_snapshots().write(prepared.fingerprint, snapshot)
+    table = with_facts(
         faces_to_table(prepared.faces),
+        dataset_fingerprint=prepared.fingerprint,
+        min_faces_per_person=prepared.options.min_faces_per_person,
+        partial=prepared.options.partial,
+    )
+    return Output(
+        table,
+        data_version=DataVersion(prepared.fingerprint[:16]),
         metadata={
             "source": source.description,
             "people": stats.people,
@@ -80,5 +89,7 @@ def verified_faces(
             "config_notes": bullet_list(prepared.notes),
             "training_session_id": MetadataValue.text(session.id if session else "none (not a retrain run)"),
             "dataset_fingerprint": MetadataValue.text(prepared.fingerprint),
+            "dataset_snapshot": MetadataValue.path(str(snapshot_path)),
+            **snapshot_counts(snapshot),
         },
     )

@@ -7,6 +7,8 @@ def first_error(result) -> str:
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
+            if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
+                return failed_checks(result) or error.message.strip()
             # A Failure raised on purpose carries its description; anything else, its message.
             user = event.step_failure_data.user_failure_data
             if user and user.description:
@@ -15,6 +17,19 @@ def first_error(result) -> str:
                 error = error.cause  # the user's exception, not Dagster's wrapper
             return error.message.strip() if error else "step failed"
     return "run failed"
+
+
+def failed_checks(result) -> str | None:
+    """The run's failed blocking checks, one clause each: "check no_regression failed: ..."."""
+    said = [
+        f"check {evaluation.check_name} failed: {evaluation.description}"
+        for event in result.all_events
+        if event.event_type_value == "ASSET_CHECK_EVALUATION"
+        and (evaluation := event.asset_check_evaluation_data) is not None
+        and not evaluation.passed
+        and evaluation.blocking
+    ]
+    return "; ".join(said) or None
 
 
 def materialization_metadata(result, asset: str) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -86,3 +87,25 @@ def table_to_faces(table: pa.Table) -> list[VerifiedFace]:
             )
         )
     return faces
+
+
+_FACTS_PREFIX = "facepipeline."
+
+
+def with_facts(table: pa.Table, **facts: object) -> pa.Table:
+    """``table`` carrying ``facts`` (JSON values) in its schema metadata, which Parquet keeps.
+
+    The verified-faces table says how it was selected (``min_faces_per_person``, ``partial``) and
+    what it is (``dataset_fingerprint``), so any later step, in any run, reads it from the data.
+    """
+    metadata = dict(table.schema.metadata or {})
+    metadata.update({f"{_FACTS_PREFIX}{key}".encode(): json.dumps(value).encode() for key, value in facts.items()})
+    return table.replace_schema_metadata(metadata)
+
+
+def facts_of(table: pa.Table) -> dict[str, object]:
+    return {
+        key.decode().removeprefix(_FACTS_PREFIX): json.loads(value)
+        for key, value in (table.schema.metadata or {}).items()
+        if key.decode().startswith(_FACTS_PREFIX)
+    }

@@ -1,7 +1,7 @@
 """The face index: hnswlib (cosine) over embeddings, stored as immutable versions.
 
     index/
-      v1/ index.bin  entries.parquet  manifest.json  metrics.json  evaluations/
+      v1/ index.bin  entries.parquet  dataset.parquet  manifest.json  metrics.json  evaluations/  checks/
       v2/ ...
       promoted.json      the version recognition uses
       promotions.jsonl   every promotion and rollback: which version, who, when, why
@@ -30,6 +30,8 @@ from facepipeline.errors import FacePipelineError
 from facepipeline.versions import Version, VersionedStore, append_json_line, json_lines
 
 ENTRY_COLUMNS = ("face_id", "person_id", "person_name")
+DATASET_FILE = "dataset.parquet"
+"""Every row the retrain read, and what became of it (facepipeline.snapshots)."""
 # Where each indexed face is, for search results; kept when the embeddings table has them.
 LOCATION_COLUMNS = ("photo_ref", "event_id", "bbox_x", "bbox_y", "bbox_width", "bbox_height")
 
@@ -126,15 +128,43 @@ class IndexVersion(Version):
         return latest
 
 
+    def record_check(self, name: str, result: dict) -> None:
+        """Keep the latest outcome of a quality check of this version: ``checks/<name>.json``."""
+        folder = self.path / "checks"
+        folder.mkdir(exist_ok=True)
+        staging = folder / f".{name}-{os.getpid()}.json"
+        staging.write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
+        os.replace(staging, folder / f"{name}.json")
+
+    def checks(self) -> dict[str, dict]:
+        """The latest outcome of each quality check of this version, by check name."""
+        folder = self.path / "checks"
+        if not folder.is_dir():
+            return {}
+        return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+
+    def metrics(self) -> dict | None:
+        """The latest evaluation of this version (``metrics.json``), None before the first."""
+        try:
+            return json.loads((self.path / "metrics.json").read_text())
+        except FileNotFoundError:
+            return None
+
+
 class IndexStore(VersionedStore[IndexVersion]):
     version_type = IndexVersion
     kind = "index version"
 
-    def publish(self, index: FaceIndex, manifest: dict) -> IndexVersion:
-        """Write ``index`` as the next version ``vN``; returns it. Safe against concurrent writers."""
-        return self._publish(
-            index.save, {**manifest, "count": len(index), "dim": index.dim, "params": index.params.__dict__}
-        )
+    def publish(self, index: FaceIndex, manifest: dict, dataset: pa.Table | None = None) -> IndexVersion:
+        """Write ``index`` (and the ``dataset`` snapshot it was made from, as ``dataset.parquet``) as
+        the next version ``vN``; returns it. Safe against concurrent writers."""
+
+        def write(folder: Path) -> None:
+            index.save(folder)
+            if dataset is not None:
+                pq.write_table(dataset, folder / DATASET_FILE, compression="zstd")
+
+        return self._publish(write, {**manifest, "count": len(index), "dim": index.dim, "params": index.params.__dict__})
 
     # -- promotion -------------------------------------------------------------------------------
 

@@ -34,6 +34,10 @@ class ArtifactStoreResource(ConfigurableResource):
     def tables(self) -> TableStore:
         return TableStore(self.root / "tables")
 
+    def dataset_snapshots(self) -> TableStore:
+        """Every row a retrain read, by dataset fingerprint (see facepipeline.snapshots)."""
+        return TableStore(self.root / "datasets")
+
     def index_store(self) -> IndexStore:
         return IndexStore(self.root / "index")
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, materialize
 
-from assets import retrain_assets
+from assets import retrain_assets, retrain_checks
+from cli.runs import first_error
 from definitions import build_definitions
 from tests.conftest import FACES
 
@@ -14,7 +15,9 @@ from tests.conftest import FACES
 def run(settings, instance, **options):
     resources = build_definitions(settings).resources
     run_config = {"resources": {"retrain_options": {"config": options}}}
-    return materialize(retrain_assets, resources=resources, instance=instance, run_config=run_config, raise_on_error=False)
+    return materialize(
+        [*retrain_assets, *retrain_checks], resources=resources, instance=instance, run_config=run_config, raise_on_error=False
+    )
 
 
 def metadata(result, asset: str) -> dict:
@@ -67,7 +70,7 @@ def test_retrain_end_to_end_then_nothing_to_redo_then_full(settings, instance, s
     assert metadata(full, "face_index")["index_version"] == "v3"
 
 
-def test_a_single_person_is_refused_before_any_photo_is_fetched(settings, instance, small_faces: Path):
+def test_a_single_person_is_stopped_by_the_dataset_check_before_any_photo_is_fetched(settings, instance, small_faces: Path):
     for person in sorted(small_faces.iterdir())[1:]:
         for photo in person.iterdir():
             photo.unlink()
@@ -75,8 +78,11 @@ def test_a_single_person_is_refused_before_any_photo_is_fetched(settings, instan
     result = run(settings, instance)
     assert not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure]
-    assert failure.step_key == "verified_faces"
-    assert failure.step_failure_data.user_failure_data.description == "need at least 2 people with verified faces, found 1"
+    assert failure.step_key == "verified_faces_dataset_valid"  # the dataset is materialized, its check blocks
+    [check] = result.get_asset_check_evaluations()
+    assert (check.check_name, check.passed) == ("dataset_valid", False)
+    assert check.description == "need at least 2 people with verified faces, found 1"
+    assert first_error(result) == "check dataset_valid failed: need at least 2 people with verified faces, found 1"
     assert not (settings.home / "photos").exists()
     # materialize() runs the implicit asset job, which has no failure hook: it must open no session
     # that nothing would close.

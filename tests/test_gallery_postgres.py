@@ -93,6 +93,17 @@ def test_read_joins_people_photos_events_and_applies_every_filter(gallery):
     assert {f.person_id for f in at_least_3.faces} == {ids["ada"], ids["bob"]} and at_least_3.dropped_by_min_faces == 1
 
 
+def test_untrained_faces_are_verified_labelled_and_not_training_used(gallery):
+    ids = _three_people(gallery)
+    used, unset = ids["faces"][0], ids["faces"][1]
+    gallery.conn.execute("update photo_faces set training_used = true where id = %s", [used])
+    gallery.conn.execute("update photo_faces set training_used = null where id = %s", [unset])
+    untrained = PostgresGallery(gallery.dsn).untrained_face_ids()
+    # not the used face, not the suggestion, not the face of nobody; null counts as not used
+    assert untrained == sorted(set(ids["faces"]) - {used})
+    assert ids["unverified"] not in untrained and ids["nobody"] not in untrained
+
+
 def test_a_malformed_box_is_rejected_with_its_reason_and_the_rest_is_read(gallery):
     ids = _three_people(gallery)
     bad = gallery.face(gallery.photo(ids["spring"]), ids["ada"], bbox={"x": "ten", "y": 0, "width": 5, "height": 5})
@@ -219,7 +230,7 @@ def test_sessions_and_config_round_trip(gallery):
     assert source.read_config()["min_faces_per_person"] == 3
     source.write_config("context_weight", 0.25)
     assert source.read_config()["context_weight"] == 0.25
-    assert gallery.conn.execute("select count(*) from face_recognition_config").fetchone()[0] == 6
+    assert gallery.conn.execute("select count(*) from face_recognition_config").fetchone()[0] == 7  # the initial rows, the one updated in place
 
 
 def _day(text: str):

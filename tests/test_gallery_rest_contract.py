@@ -639,6 +639,26 @@ def test_rest_contract_face_labels(small_gallery: FakePostgrest) -> None:
     assert second.param("id") == f"gt.{ids(0, 3)}"
 
 
+def test_rest_contract_untrained_face_ids_are_verified_labelled_and_not_training_used(postgrest: FakePostgrest) -> None:
+    seed_face(postgrest, 1, ANN, 1, training_used=True)
+    seed_face(postgrest, 2, BOB, 1)                       # training_used false
+    seed_face(postgrest, 3, ANN, 2, training_used=None)   # never set: as untrained as false
+    seed_face(postgrest, 4, CAROL, 3, verified=False)     # a suggestion, not a label
+    seed_face(postgrest, 5, None, 3)                      # verified but nobody
+    rest = RestGallery(postgrest.url, KEY, page_size=1)
+    try:
+        untrained = rest.untrained_face_ids()
+    finally:
+        rest.close()
+
+    assert untrained == [ids(0, 2), ids(0, 3)]
+    assert postgrest.requests[0].query == [
+        ("select", "id"), ("verified", "eq.true"), ("person_id", "not.is.null"), ("training_used", "not.is.true"),
+        ("order", "id.asc"), ("limit", "1"),
+    ]
+    assert len(postgrest.requests) == 3  # keyset pages of one row, until a short page
+
+
 # -- writing descriptors ---------------------------------------------------------------------------
 
 

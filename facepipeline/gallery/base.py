@@ -284,6 +284,10 @@ class Gallery(FaceSource, Protocol):
         """Raise :class:`GalleryUnavailable` unless the database answers."""
         ...
 
+    def untrained_face_ids(self) -> list[str]:
+        """Verified faces with a person that no retrain has used yet (``training_used`` not true)."""
+        ...
+
     def face_labels(self) -> list[FaceLabel]:
         """Every verified face with a person: who is on which photo of which event."""
         ...

@@ -1,8 +1,9 @@
 """The gallery's ``face_recognition_config`` table: parsed, validated, and remembered locally.
 
-Each row is a key and a JSON value (SPEC section 2). facepipeline knows six keys and validates
+Each row is a key and a JSON value (SPEC section 2). facepipeline knows seven keys and validates
 them as SPEC section 3 says (``data_levels``, the face counts that divide people into the three
-threshold levels, is facepipeline's own addition); keys it does not know belong to the gallery app and are left alone.
+threshold levels, and ``regression_tolerance``, how much worse a new index may be and still be
+promoted, are facepipeline's own additions); keys it does not know belong to the gallery app and are left alone.
 The last good copy is kept under ``FACEPIPELINE_HOME`` so a retrain can still start, with a
 warning, while the database is unreachable.
 """
@@ -71,6 +72,9 @@ class GalleryConfig:
     min_faces_per_person: int = 3
     auto_retrain_threshold: int = 25
     auto_retrain_percentage: float = 0.1
+    """0 turns the share rule off: only the threshold counts."""
+    regression_tolerance: float = 0.02
+    """How far a new index's rank-1 accuracy may fall below the promoted one's and still be promoted."""
 
     @classmethod
     def from_rows(cls, rows: Mapping[str, Any]) -> tuple[GalleryConfig, list[str]]:
@@ -141,6 +145,7 @@ _PARSERS = {
     "min_faces_per_person": _whole,
     "auto_retrain_threshold": _whole,
     "auto_retrain_percentage": _number,
+    "regression_tolerance": _number,
 }
 KNOWN_KEYS = tuple(_PARSERS)
 

@@ -57,6 +57,12 @@ where f.verified and f.person_id is not null
 order by f.id
 """
 
+_UNTRAINED_FACES = """
+select f.id::text from photo_faces f
+where f.verified and f.person_id is not null and f.training_used is not true
+order by f.id
+"""
+
 _FACE_LABELS = """
 select f.id::text, f.photo_id::text, p.event_id::text, f.person_id::text
 from photo_faces f join photos p on p.id = f.photo_id
@@ -266,6 +272,10 @@ class PostgresGallery:
                         VerifiedFace(face_id, person_id, name, url, box, event_id, event_name, photo_id, event_date)
                     )
         return select_people(faces, rejected, filters)
+
+    def untrained_face_ids(self) -> list[str]:
+        with self._connection() as conn:
+            return [face_id for (face_id,) in conn.execute(_UNTRAINED_FACES)]
 
     def face_labels(self) -> list[FaceLabel]:
         with self._connection() as conn:

@@ -211,6 +211,15 @@ class RestGallery:
             )
         return select_people(faces, rejected, filters)
 
+    def untrained_face_ids(self) -> list[str]:
+        def build():
+            # ``training_used=not.is.true`` is SQL's ``is not true``: false and null alike.
+            return self._table("photo_faces").select("id").eq("verified", True).not_.is_("person_id", None).not_.is_(
+                "training_used", True
+            )
+
+        return [row["id"] for row in self._pages(build)]
+
     def face_labels(self) -> list[FaceLabel]:
         def build():
             return (

@@ -32,4 +32,5 @@ insert into face_recognition_config (key, value) values
   ('min_faces_per_person', '3'),
   ('auto_retrain_threshold', '25'),
   ('auto_retrain_percentage', '0.1'),
-  ('data_levels', '{"medium_data": 5, "high_data": 10}');
+  ('data_levels', '{"medium_data": 5, "high_data": 10}'),
+  ('regression_tolerance', '0.02');

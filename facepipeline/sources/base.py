@@ -44,10 +44,14 @@ class RejectedFace:
 class FaceRead:
     faces: list[VerifiedFace]
     rejected: list[RejectedFace] = field(default_factory=list)
-    dropped_by_min_faces: int = 0
+    dropped: list[VerifiedFace] = field(default_factory=list)
     """Faces of people with fewer than ``min_faces_per_person`` faces, left out."""
     added_as_co_occurring: int = 0
     """People added because they appear on photos with the selected people."""
+
+    @property
+    def dropped_by_min_faces(self) -> int:
+        return len(self.dropped)
 
 
 @runtime_checkable
@@ -79,7 +83,8 @@ def select_people(faces: Sequence[VerifiedFace], rejected: list[RejectedFace], f
         faces = [f for f in faces if f.person_id in chosen]
     counts = faces_per_person(faces)
     kept = [f for f in faces if counts[f.person_id] >= filters.min_faces_per_person]
-    return FaceRead(kept, rejected, dropped_by_min_faces=len(faces) - len(kept), added_as_co_occurring=added)
+    dropped = [f for f in faces if counts[f.person_id] < filters.min_faces_per_person]
+    return FaceRead(kept, rejected, dropped=dropped, added_as_co_occurring=added)
 
 
 def connection_string_in(spec: str) -> str | None:

@@ -1,0 +1,153 @@
+"""The quality gates a retrain passes before its index may be promoted.
+
+Each gate looks at one product of the retrain and says whether it passed, in one line, with the
+figures behind the verdict:
+
+* the dataset: at least two people, each with at least ``min_faces_per_person`` faces, no face twice;
+* the embeddings: the recognizer's dimension, finite, unit length, no face twice, at least one usable;
+* the index: exactly the usable embeddings, in order, with their labels, each vector its own
+  nearest neighbour;
+* no regression: the new index names held-out faces (rank-1, micro and macro) at most
+  ``tolerance`` worse than the promoted index does, both evaluated the same way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from facepipeline.dataset import faces_per_person, validate_dataset
+from facepipeline.embedding_store import embedding_matrix, usable
+from facepipeline.faces import VerifiedFace
+from facepipeline.index import FaceIndex, IndexParams, IndexVersion
+from facepipeline.metrics import EvaluationConfig, evaluate
+
+NORM_TOLERANCE = 1e-3
+"""How far from 1 an embedding's length may be (float32 ArcFace vectors are within 1e-6)."""
+SELF_MATCH_SAMPLE = 512
+"""Index rows queried for themselves: enough to see a broken index, cheap at any size."""
+REGRESSION_METRICS = ("rank1_accuracy", "rank1_accuracy_macro")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    summary: str
+    figures: dict = field(default_factory=dict)
+
+
+def _duplicates(ids: Sequence[str]) -> list[str]:
+    return sorted(face_id for face_id, n in Counter(ids).items() if n > 1)
+
+
+def dataset_gate(faces: Sequence[VerifiedFace], min_faces_per_person: int) -> GateResult:
+    counts = faces_per_person(faces)
+    short = sorted(person for person, n in counts.items() if n < min_faces_per_person)
+    problems = list(validate_dataset(faces).errors)  # two people at least, no face twice
+    if short:
+        problems.append(f"{len(short)} people with fewer than {min_faces_per_person} faces (e.g. {short[0]})")
+    figures = {"people": len(counts), "faces": len(faces), "min_faces_per_person": min_faces_per_person,
+               "people_below_minimum": len(short), "fewest_faces_per_person": min(counts.values(), default=0)}
+    if problems:
+        return GateResult(False, "; ".join(problems), figures)
+    return GateResult(True, f"{len(faces)} faces of {len(counts)} people, each with at least {min_faces_per_person}", figures)
+
+
+def embeddings_gate(table: pa.Table, expected_dim: int, norm_tolerance: float = NORM_TOLERANCE) -> GateResult:
+    rows = usable(table)
+    twice = _duplicates(table.column("face_id").to_pylist())
+    dim = table.schema.field("embedding").type.list_size
+    figures = {"faces": table.num_rows, "usable": rows.num_rows, "dimension": dim, "expected_dimension": expected_dim,
+               "duplicate_face_ids": len(twice)}
+    problems = []
+    if dim != expected_dim:
+        problems.append(f"vectors have {dim} dimensions, the recognizer gives {expected_dim}")
+    if rows.num_rows == 0:
+        problems.append("no usable embedding")
+    else:
+        vectors = embedding_matrix(rows)
+        finite = np.isfinite(vectors).all(axis=1)
+        norms = np.linalg.norm(np.where(finite[:, None], vectors, 0), axis=1)
+        off = finite & (np.abs(norms - 1) > norm_tolerance)
+        figures |= {"not_finite": int((~finite).sum()), "not_unit_length": int(off.sum()),
+                    "norm_min": round(float(norms[finite].min()), 6) if finite.any() else None,
+                    "norm_max": round(float(norms[finite].max()), 6) if finite.any() else None}
+        if not finite.all():
+            problems.append(f"{int((~finite).sum())} vectors with NaN or infinite values")
+        if off.any():
+            problems.append(f"{int(off.sum())} vectors whose length is not 1 (within {norm_tolerance:g})")
+    if twice:
+        problems.append(f"{len(twice)} face ids more than once (e.g. {twice[0]})")
+    if problems:
+        return GateResult(False, "; ".join(problems), figures)
+    return GateResult(True, f"{rows.num_rows} unit vectors of {dim} dimensions, all finite, one per face", figures)
+
+
+def index_gate(index: FaceIndex, embeddings: pa.Table, sample: int = SELF_MATCH_SAMPLE) -> GateResult:
+    rows = usable(embeddings)
+    figures = {"indexed": len(index), "usable_embeddings": rows.num_rows}
+    if len(index) != rows.num_rows or index.entries.num_rows != len(index):
+        return GateResult(False, f"the index holds {len(index)} vectors and {index.entries.num_rows} entries "
+                                 f"for {rows.num_rows} usable embeddings", figures)
+    if len(index) == 0:
+        return GateResult(False, "the index is empty", figures)
+    for column in ("face_id", "person_id"):
+        if index.entries.column(column).to_pylist() != rows.column(column).to_pylist():
+            return GateResult(False, f"the index entries' {column}s differ from the embeddings'", figures)
+    stored, expected = index.vectors(), embedding_matrix(rows)
+    gap = float(np.abs(stored - expected).max())
+    figures["max_vector_difference"] = round(gap, 8)
+    if gap > 1e-4:
+        return GateResult(False, f"indexed vectors differ from the embeddings by up to {gap:.2g}", figures)
+    picked = np.random.default_rng(0).choice(len(index), size=min(sample, len(index)), replace=False)
+    labels, sims = index.search(expected[picked], k=1)
+    # A face is its own nearest neighbour, or ties with an identical vector (the same photo twice).
+    found = (labels[:, 0] == picked) | (sims[:, 0] >= 1 - 1e-5)
+    figures |= {"self_match_queries": len(picked), "self_match_rate": round(float(found.mean()), 4)}
+    if not found.all():
+        return GateResult(False, f"{int((~found).sum())} of {len(picked)} sampled faces do not find themselves", figures)
+    return GateResult(True, f"{len(index)} vectors = the usable embeddings, labels in order, "
+                            f"{len(picked)} sampled faces find themselves", figures)
+
+
+def regression_gate(candidate: Mapping, baseline: Mapping | None, *, baseline_name: str | None, tolerance: float) -> GateResult:
+    """``candidate`` and ``baseline`` are evaluations (``Evaluation.as_dict()``) made with one config."""
+    figures: dict = {"tolerance": tolerance, "baseline_version": baseline_name or "none"}
+    if baseline is None:
+        return GateResult(True, "no promoted index to compare with: the first version sets the bar", figures)
+    if baseline.get("status") != "ok":
+        return GateResult(True, f"the promoted {baseline_name} could not be evaluated ({baseline.get('message')})", figures)
+    if candidate.get("status") != "ok":
+        return GateResult(False, f"the new index could not be evaluated ({candidate.get('message')}), "
+                                 f"the promoted {baseline_name} could", figures)
+    worse = []
+    for key in REGRESSION_METRICS:
+        new, old = candidate[key], baseline[key]
+        figures |= {f"{key}": new, f"{key}_promoted": old, f"{key}_change": round(new - old, 4)}
+        if new < old - tolerance:
+            worse.append(f"{key} {new:.4f} < {old:.4f} ({baseline_name}) - {tolerance:g}")
+    if worse:
+        return GateResult(False, "regression: " + "; ".join(worse), figures)
+    changes = ", ".join(f"{key} {candidate[key]:.4f} vs {baseline[key]:.4f}" for key in REGRESSION_METRICS)
+    return GateResult(True, f"no regression against {baseline_name}: {changes} (tolerance {tolerance:g})", figures)
+
+
+def baseline_evaluation(baseline: IndexVersion, config: Mapping) -> dict:
+    """``baseline``'s evaluation made with ``config`` (an evaluation's ``config``): its stored one
+    when it was made so, else a fresh one. Both sides of the regression gate then hold out the same
+    share of faces with the same seed, so a face held out of one is held out of the other."""
+    stored = baseline.metrics()
+    if stored is not None and stored.get("config") == dict(config):
+        return stored
+    index = baseline.load()
+    return evaluate(
+        index.vectors(),
+        index.entries.column("person_id").to_pylist(),
+        EvaluationConfig(**config),
+        IndexParams(**baseline.manifest["params"]),
+        face_ids=index.entries.column("face_id").to_pylist(),
+    ).as_dict()
