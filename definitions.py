@@ -1,7 +1,8 @@
 """The facepipeline code location: assets, jobs, schedules, sensors and the resources they use.
 
 Settings come from the environment (FACEPIPELINE_HOME, FACEPIPELINE_MODEL_ROOT, FACEPIPELINE_MODEL,
-FACEPIPELINE_SOURCE, FACEPIPELINE_PROVIDERS, FACEPIPELINE_SEED_FOLDER), read once, here. The gallery's
+FACEPIPELINE_SOURCE, FACEPIPELINE_PROVIDERS, FACEPIPELINE_SEED_FOLDER, FACEPIPELINE_SENSOR_INTERVAL_S,
+FACEPIPELINE_FULL_RETRAIN_CRON), read once, here. The gallery's
 secrets (SUPABASE_DB_URL, SUPABASE_SERVICE_ROLE_KEY) reach the source resource only as ``EnvVar``s:
 resolved when a run starts, shown in the UI by name, never by value.
 """
@@ -23,8 +24,8 @@ from resources import (
     ParquetTableIOManager,
     RetrainOptionsResource,
 )
-from schedules import schedules
-from sensors import sensors
+from schedules import build_schedules
+from sensors import build_sensors
 
 
 SECRET_SETTINGS = {
@@ -56,8 +57,8 @@ def build_definitions(settings: Settings) -> Definitions:
         assets=[*retrain_assets, *recognize_assets],
         asset_checks=retrain_checks,
         jobs=[retrain_job, recognize_job, cluster_job],
-        schedules=schedules,
-        sensors=sensors,
+        schedules=build_schedules(settings.full_retrain_cron),
+        sensors=build_sensors(settings.sensor_interval_s),
         resources={
             "face_source": face_source_resource(settings),
             "retrain_options": RetrainOptionsResource.configure_at_launch(),

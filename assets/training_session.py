@@ -11,7 +11,7 @@ from facepipeline.metrics import SUMMARY_KEYS
 from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
 
 
-@asset(group_name="retrain", code_version="1", kinds={"python", "postgres"})
+@asset(group_name="retrain", code_version="2", kinds={"python", "postgres"})
 def training_session(
     context: AssetExecutionContext,
     verified_faces: pa.Table,
@@ -19,6 +19,7 @@ def training_session(
     face_embeddings: pa.Table,
     face_index: IndexVersion,
     index_metrics: dict,
+    promoted_index: dict,
     face_descriptors: dict,
     face_source: FaceSourceResource,
     artifacts: ArtifactStoreResource,
@@ -41,6 +42,8 @@ def training_session(
         "photos_failed": sum(photo_errors.values()),
         "photo_failure_reasons": dict(photo_errors),
         "index_version": face_index.name,
+        "promoted_version": promoted_index["promoted"],
+        "promoted_now": promoted_index["switched"],
         "model_pack": model.get("model_pack"),
         "model_fingerprint": model.get("model_fingerprint"),
         "dataset_fingerprint": face_index.manifest.get("dataset_fingerprint"),

@@ -9,14 +9,30 @@ from dotenv import dotenv_values
 
 from facepipeline.settings import DEFAULT_HOME
 
+RETRAIN_TAG = "facepipeline/retrain"  # jobs.RETRAIN_TAG; Dagster is not imported before the environment is set
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Settings that hold paths: a relative path in a .env file means "relative to that file".
 PATH_SETTINGS = ("FACEPIPELINE_HOME", "FACEPIPELINE_MODEL_ROOT", "FACEPIPELINE_SEED_FOLDER", "DAGSTER_HOME")
 
-DAGSTER_YAML = """\
-# Written by facepipeline for its local Dagster instance (runs, events, schedules).
+MANAGED_MARK = "# Written by facepipeline"
+DAGSTER_YAML = f"""\
+{MANAGED_MARK} for its local Dagster instance (runs, events, schedules), and rewritten
+# when facepipeline needs other settings. Remove this first line to keep edits of your own.
 telemetry:
   enabled: false
+concurrency:
+  runs:
+    # One retrain at a time, whoever starts it: the auto_retrain sensor, the schedule, the UI.
+    # (The facepipeline CLI runs in its own process and refuses to start beside a running one.)
+    tag_concurrency_limits:
+      - key: {RETRAIN_TAG}
+        limit: 1
+run_monitoring:
+  # A run stuck starting or canceling is marked failed, and its training session with it.
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
 """
 
 
@@ -51,9 +67,19 @@ def prepare_environment() -> Path:
     load_env_files()
     home = Path(os.environ.get("FACEPIPELINE_HOME", DEFAULT_HOME)).expanduser().resolve()
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster").expanduser().resolve()
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    config = dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(DAGSTER_YAML)
+    write_instance_config(dagster_home)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return dagster_home
+
+
+def write_instance_config(dagster_home: Path) -> Path:
+    """``dagster.yaml`` with facepipeline's settings (one retrain at a time, run monitoring), unless
+    someone else's file is there: a file facepipeline wrote is brought up to date."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    config = dagster_home / "dagster.yaml"
+    current = config.read_text() if config.exists() else None
+    if current is None or (current.startswith(MANAGED_MARK) and current != DAGSTER_YAML):
+        staging = config.with_suffix(f".{os.getpid()}.tmp")
+        staging.write_text(DAGSTER_YAML)
+        os.replace(staging, config)
+    return config

@@ -14,6 +14,7 @@ from definitions import build_definitions
 from facepipeline.metrics import SUMMARY_KEYS
 from facepipeline.settings import Settings
 from jobs import retrain_job
+from jobs.run_guard import one_retrain_at_a_time
 from resources import options_run_config
 
 
@@ -32,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
 def retrain(settings: Settings, run_config: dict) -> dict:
     job = build_definitions(settings).resolve_job_def(retrain_job.name)
     run_config = {**run_config, **CONSOLE_LOGS}
-    with DagsterInstance.get() as instance:
-        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+    with DagsterInstance.get() as instance, one_retrain_at_a_time(settings.home, instance) as tags:
+        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False, tags=tags)
         session = _session_of(settings, result.run_id)
     if not result.success:
         return {"status": "failure", "run_id": result.run_id, "error": first_error(result), "training_session": session}

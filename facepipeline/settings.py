@@ -10,11 +10,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from facepipeline.errors import FacePipelineError
+
 DEFAULT_HOME = ".facepipeline"
 DEFAULT_MODEL_PACK = "buffalo_l"
 DEFAULT_MODEL_ROOT = "~/.insightface/models"
 DEFAULT_SOURCE = "embedded"
 DEFAULT_SEED_FOLDER = "../shared/data/faces"
+DEFAULT_SENSOR_INTERVAL_S = 60
+DEFAULT_FULL_RETRAIN_CRON = "0 3 * * *"
+
+
+class SettingsError(FacePipelineError, ValueError):
+    """A FACEPIPELINE_* variable with a value that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,10 @@ class Settings:
     """onnxruntime execution providers, most preferred first."""
     seed_folder: Path = Path(DEFAULT_SEED_FOLDER)
     """The photo folder the embedded demo gallery is seeded from."""
+    sensor_interval_s: int = DEFAULT_SENSOR_INTERVAL_S
+    """How often the sensors ask the gallery for new verified faces and new photos."""
+    full_retrain_cron: str = DEFAULT_FULL_RETRAIN_CRON
+    """When the periodic full retrain runs (once its schedule is turned on), UTC."""
 
     @property
     def gallery_home(self) -> Path:
@@ -48,4 +60,19 @@ class Settings:
             source=env.get("FACEPIPELINE_SOURCE", DEFAULT_SOURCE),
             providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
             seed_folder=Path(env.get("FACEPIPELINE_SEED_FOLDER", DEFAULT_SEED_FOLDER)).expanduser().resolve(),
+            sensor_interval_s=_seconds(env, "FACEPIPELINE_SENSOR_INTERVAL_S", DEFAULT_SENSOR_INTERVAL_S),
+            full_retrain_cron=env.get("FACEPIPELINE_FULL_RETRAIN_CRON", DEFAULT_FULL_RETRAIN_CRON),
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number of seconds, got {text!r}") from None
+    if not 1 <= value <= 86400:
+        raise SettingsError(f"{name} must be between 1 and 86400 seconds, got {value}")
+    return value

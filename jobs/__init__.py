@@ -5,6 +5,7 @@ from dagster import AssetSelection, define_asset_job
 from assets.sessions import RETRAIN_JOB, mark_session_failed
 
 RETRAIN_GROUP = "retrain"
+RETRAIN_TAG = "facepipeline/retrain"
 
 retrain_job = define_asset_job(
     name=RETRAIN_JOB,
@@ -14,6 +15,9 @@ retrain_job = define_asset_job(
         "descriptors back and record the training session."
     ),
     hooks={mark_session_failed},
+    # One retrain at a time: the instance's run queue admits one run with this tag (cli/environment.py
+    # writes the limit into dagster.yaml), and the CLI waits for none but refuses to start beside one.
+    tags={RETRAIN_TAG: "true"},
 )
 
 recognize_job = define_asset_job(
@@ -28,4 +32,4 @@ cluster_job = define_asset_job(
     description="Cluster the faces nobody has named (leaving out rejected clusters) into a new clustering version.",
 )
 
-__all__ = ["cluster_job", "recognize_job", "retrain_job"]
+__all__ = ["RETRAIN_TAG", "cluster_job", "recognize_job", "retrain_job"]

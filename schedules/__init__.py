@@ -1,25 +1,36 @@
-"""Schedules. The nightly full retrain ships stopped: turn it on in the UI (Automation) when wanted.
+"""Schedules. The periodic full retrain ships stopped: turn it on in the UI (Automation) when wanted.
 
-A full retrain re-embeds every face from the cached photos, a fresh start for the embeddings (for
-example after an onnxruntime upgrade) at the price of a full embedding pass.
+New labels are retrained by the ``auto_retrain`` sensor, incrementally: a photo is embedded once.
+A full retrain embeds every face again, a fresh start for the embeddings (after an onnxruntime or
+model-pack upgrade, say) at the price of a full embedding pass (minutes per thousand faces on a
+CPU), so it is a deliberate choice, not a default. Its time is ``FACEPIPELINE_FULL_RETRAIN_CRON``
+(default ``0 3 * * *``, 03:00 UTC every night).
 """
 
 from dagster import DefaultScheduleStatus, ScheduleDefinition
 
 from facepipeline.options import RetrainOptions
+from facepipeline.settings import SettingsError
 from jobs import retrain_job
 from resources import options_run_config
 
-nightly_full_retrain = ScheduleDefinition(
-    name="nightly_full_retrain",
-    job=retrain_job,
-    cron_schedule="0 3 * * *",
-    execution_timezone="UTC",
-    run_config=options_run_config(RetrainOptions(mode="full")),
-    default_status=DefaultScheduleStatus.STOPPED,
-    description="Full retrain every night at 03:00 UTC (stopped by default).",
-)
 
-schedules = [nightly_full_retrain]
+def build_schedules(cron: str) -> list[ScheduleDefinition]:
+    from dagster._utils.schedules import is_valid_cron_string
 
-__all__ = ["nightly_full_retrain", "schedules"]
+    if not is_valid_cron_string(cron):
+        raise SettingsError(f"FACEPIPELINE_FULL_RETRAIN_CRON must be a cron expression like '0 3 * * *', got {cron!r}")
+    full_retrain = ScheduleDefinition(
+        name="nightly_full_retrain",
+        job=retrain_job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        run_config=options_run_config(RetrainOptions(mode="full")),
+        tags={"facepipeline/trigger": "nightly_full_retrain"},
+        default_status=DefaultScheduleStatus.STOPPED,
+        description=f"Full retrain (every face embedded again) at {cron} UTC; stopped by default.",
+    )
+    return [full_retrain]
+
+
+__all__ = ["build_schedules"]

@@ -1,7 +1,15 @@
-"""Sensors: recognition of new event photos (the auto-retrain sensor arrives with the automation work)."""
+"""Sensors: retrain when enough new verified faces arrive, close the sessions of retrains that end
+badly, and recognize the faces on new event photos."""
 
+from dagster import SensorDefinition
+
+from sensors.auto_retrain import build_auto_retrain_sensor
 from sensors.event_photos import new_event_photos
+from sensors.retrain_runs import build_retrain_run_sensors
 
-sensors = [new_event_photos]
 
-__all__ = ["new_event_photos", "sensors"]
+def build_sensors(interval_s: int) -> list[SensorDefinition]:
+    return [build_auto_retrain_sensor(interval_s), *build_retrain_run_sensors(interval_s), new_event_photos]
+
+
+__all__ = ["build_sensors", "new_event_photos"]

@@ -10,22 +10,13 @@ attempt) makes a repeated request a no-op even if the cursor were lost.
 
 import json
 
-from dagster import (
-    DagsterInstance,
-    DagsterRunStatus,
-    DefaultSensorStatus,
-    RunRequest,
-    RunsFilter,
-    SensorEvaluationContext,
-    SensorResult,
-    SkipReason,
-    sensor,
-)
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from assets.partitions import event_partitions, partition_key_of
 from facepipeline.errors import FacePipelineError
 from jobs import recognize_job
 from resources import ArtifactStoreResource, FaceSourceResource
+from sensors.runs import last_run_failed
 
 MAX_ATTEMPTS = 3
 
@@ -59,7 +50,7 @@ def new_event_photos(context: SensorEvaluationContext, face_source: FaceSourceRe
         last = requested.get(key)
         if not isinstance(last, dict) or last.get("state") != state:
             attempt = 1
-        elif _last_run_failed(context.instance, key):
+        elif last_run_failed(context.instance, recognize_job.name, {"dagster/partition": key}):
             if last.get("attempt", MAX_ATTEMPTS) >= MAX_ATTEMPTS:
                 gave_up.append(key)
                 continue
@@ -83,7 +74,3 @@ def new_event_photos(context: SensorEvaluationContext, face_source: FaceSourceRe
         cursor=json.dumps(requested, sort_keys=True),
     )
 
-
-def _last_run_failed(instance: DagsterInstance, partition_key: str) -> bool:
-    runs = instance.get_runs(RunsFilter(job_name=recognize_job.name, tags={"dagster/partition": partition_key}), limit=1)
-    return bool(runs) and runs[0].status == DagsterRunStatus.FAILURE

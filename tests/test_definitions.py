@@ -29,7 +29,8 @@ def test_the_code_location_has_the_pipeline_we_expect():
         "promoted_index": {"face_index", "index_metrics"},
         "face_descriptors": {"verified_faces", "face_embeddings"},
         "training_session": {
-            "verified_faces", "cached_photos", "face_embeddings", "face_index", "index_metrics", "face_descriptors",
+            "verified_faces", "cached_photos", "face_embeddings", "face_index", "index_metrics", "promoted_index",
+            "face_descriptors",
         },
         "face_suggestions": {"promoted_index"},
         "unknown_face_clusters": {"face_suggestions"},
@@ -38,8 +39,16 @@ def test_the_code_location_has_the_pipeline_we_expect():
     assert defs.resolve_job_def("recognize").partitions_def.name == "events"
     sensor = defs.resolve_sensor_def("new_event_photos")
     assert sensor.job_name == "recognize" and sensor.default_status.value == "RUNNING"
+    assert defs.resolve_sensor_def("auto_retrain").job_name == "retrain"
+    for name in ("auto_retrain", "retrain_run_failed", "retrain_run_canceled"):
+        assert defs.resolve_sensor_def(name).default_status.value == "RUNNING"
     job = defs.resolve_job_def("retrain")
     assert {hook.name for hook in job.hook_defs} == {"mark_session_failed"}
+    assert job.tags["facepipeline/retrain"] == "true"  # the run queue's one-at-a-time limit keys on it
+    checks = {(key.asset_key.to_user_string(), key.name) for key in job.asset_layer.asset_graph.asset_check_keys}
+    assert checks == {("verified_faces", "dataset_valid"), ("face_embeddings", "embeddings_sane"),
+                      ("face_index", "index_consistent"), ("index_metrics", "no_regression")}
+    assert all(graph.get_check_spec(key).blocking for key in job.asset_layer.asset_graph.asset_check_keys)
     schedule = defs.resolve_schedule_def("nightly_full_retrain")
     assert schedule.cron_schedule == "0 3 * * *" and schedule.default_status.value == "STOPPED"
 
