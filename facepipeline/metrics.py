@@ -18,12 +18,15 @@ the others where they were, so two versions are compared on (nearly) the same pr
   threshold reaches the target with recall > 0 (people too alike), the one with the lowest FAR is
   reported with ``target_met = False``. ``target_met`` is also False when there are too few
   strangers to show the target at all (fewer than 3 / target_far searches: ``far_verifiable``).
+* per person (``per_person``, worst first): their probes, how many were named right, the mean
+  similarity of their probes to their own nearest gallery face, and whom they were most often
+  mistaken for.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -60,6 +63,16 @@ class SweepPoint:
 
 
 @dataclass
+class PersonResult:
+    person_id: str
+    probes: int
+    correct: int
+    rank1_accuracy: float
+    genuine_similarity_mean: float | None  # the probes' similarity to their own best gallery face
+    confused_with: str | None  # the person most often named wrongly for these probes; None without errors
+
+
+@dataclass
 class Evaluation:
     status: str  # "ok" | "too_few_samples"
     message: str
@@ -83,6 +96,7 @@ class Evaluation:
     genuine_similarity_mean: float | None = None
     impostor_similarity_p99: float | None = None
     sweep: list[SweepPoint] = field(default_factory=list)
+    per_person: list[PersonResult] = field(default_factory=list)  # worst first
     config: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -129,7 +143,7 @@ def evaluate(
     vectors: np.ndarray,
     person_ids: Sequence[str],
     config: EvaluationConfig = EvaluationConfig(),
-    params: IndexParams = IndexParams(),
+    params: IndexParams = IndexParams(),  # noqa: B008 (frozen: one shared default is safe)
     face_ids: Sequence[str] | None = None,
 ) -> Evaluation:
     people = len(set(person_ids))
@@ -194,8 +208,34 @@ def evaluate(
         genuine_similarity_mean=round(float(np.mean(genuine[np.isfinite(genuine)])), 4) if np.isfinite(genuine).any() else None,
         impostor_similarity_p99=round(float(np.quantile(impostor, 0.99)), 4),
         sweep=sweep,
+        per_person=person_results(truth[probes], predicted, genuine),
         **base,
     )
+
+
+def person_results(truth: np.ndarray, predicted: np.ndarray, genuine: np.ndarray) -> list[PersonResult]:
+    """Per person, from each probe's person, the person named for it and its genuine similarity
+    (-inf where none of the person's gallery faces was reached): worst rank-1 first, then most
+    probes, then id."""
+    rows_by_person: dict[str, list[int]] = defaultdict(list)
+    for row, person in enumerate(truth.tolist()):
+        rows_by_person[str(person)].append(row)
+    results = []
+    for person, rows in rows_by_person.items():
+        named = [str(p) for p in predicted[rows].tolist()]
+        correct = sum(p == person for p in named)
+        wrong = Counter(p for p in named if p != person)
+        sims = genuine[rows]
+        sims = sims[np.isfinite(sims)]
+        results.append(PersonResult(
+            person_id=person,
+            probes=len(rows),
+            correct=correct,
+            rank1_accuracy=round(correct / len(rows), 4),
+            genuine_similarity_mean=round(float(sims.mean()), 4) if sims.size else None,
+            confused_with=min(wrong, key=lambda p: (-wrong[p], p)) if wrong else None,
+        ))
+    return sorted(results, key=lambda r: (r.rank1_accuracy, -r.probes, r.person_id))
 
 
 def _sweep_point(threshold: float, best: np.ndarray, correct: np.ndarray, impostor: np.ndarray) -> SweepPoint:

@@ -1,7 +1,11 @@
+import json
+import pickle
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
-from facepipeline.metrics import EvaluationConfig, evaluate, split_gallery_probes
+from facepipeline.metrics import EvaluationConfig, evaluate, person_results, split_gallery_probes
 from tests.test_index import clustered
 
 
@@ -69,3 +73,67 @@ def test_adding_people_leaves_the_held_out_faces_of_the_others_in_place():
     more_faces = faces + [f"new-face-{i}" for i in range(30)]
     _, more_probes = split_gallery_probes(more_people, EvaluationConfig(), more_faces)
     assert [more_faces[i] for i in more_probes if i < 100] == [faces[i] for i in probes]
+
+
+def twins_and_strangers(per_person: int = 20, seed: int = 5):
+    """'twin-a' and 'twin-b' drawn around the same centre (they can only be told apart by chance);
+    four others far apart and tight."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(5, 64))
+    layout = {"twin-a": (0, 0.3), "twin-b": (0, 0.3), "p1": (1, 0.05), "p2": (2, 0.05), "p3": (3, 0.05), "p4": (4, 0.05)}
+    vectors, people = [], []
+    for person, (centre, spread) in layout.items():
+        vectors.append(centres[centre] + spread * rng.normal(size=(per_person, 64)))
+        people += [person] * per_person
+    vectors = np.concatenate(vectors)
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32), people
+
+
+def test_per_person_results_name_whom_each_person_is_mistaken_for():
+    vectors, people = twins_and_strangers()
+    result = evaluate(vectors, people, EvaluationConfig(target_far=0.01))
+    by_id = {p.person_id: p for p in result.per_person}
+    assert set(by_id) == {"twin-a", "twin-b", "p1", "p2", "p3", "p4"}
+    assert sum(p.probes for p in result.per_person) == result.probe_faces == 24
+    for twin, other in (("twin-a", "twin-b"), ("twin-b", "twin-a")):
+        assert by_id[twin].correct < by_id[twin].probes and by_id[twin].confused_with == other
+        assert by_id[twin].rank1_accuracy == round(by_id[twin].correct / by_id[twin].probes, 4)
+    for person in ("p1", "p2", "p3", "p4"):
+        assert (by_id[person].correct, by_id[person].rank1_accuracy, by_id[person].confused_with) == (4, 1.0, None)
+    # The twins are the looser clusters: their probes sit further from their own gallery faces.
+    tight = min(by_id[p].genuine_similarity_mean for p in ("p1", "p2", "p3", "p4"))
+    assert max(by_id["twin-a"].genuine_similarity_mean, by_id["twin-b"].genuine_similarity_mean) < tight
+    assert [p.person_id for p in result.per_person][2:] == ["p1", "p2", "p3", "p4"]  # worst first, ties by id
+    assert [p.person_id for p in result.per_person][:2] == ["twin-b", "twin-a"]  # 2 of 4 right, then 3 of 4
+    # The micro figure is the per-person counts put together; the macro one their mean.
+    assert result.rank1_accuracy == round(sum(p.correct for p in result.per_person) / result.probe_faces, 4)
+    assert result.rank1_accuracy_macro == pytest.approx(np.mean([p.correct / p.probes for p in result.per_person]), abs=1e-4)
+
+
+def test_per_person_results_count_the_errors_and_break_ties_by_id():
+    truth = np.array(["a", "a", "a", "a", "b", "b", "c", "c", "c"], dtype=object)
+    predicted = np.array(["c", "b", "c", "a", "b", "b", "b", "a", "c"], dtype=object)
+    genuine = np.array([0.5, 0.6, 0.7, 0.8, 0.9, 0.7, -np.inf, 0.4, 0.6])
+    rows = person_results(truth, predicted, genuine)
+    assert [asdict(r) for r in rows] == [
+        {"person_id": "a", "probes": 4, "correct": 1, "rank1_accuracy": 0.25, "genuine_similarity_mean": 0.65, "confused_with": "c"},
+        {"person_id": "c", "probes": 3, "correct": 1, "rank1_accuracy": 0.3333, "genuine_similarity_mean": 0.5, "confused_with": "a"},
+        {"person_id": "b", "probes": 2, "correct": 2, "rank1_accuracy": 1.0, "genuine_similarity_mean": 0.8, "confused_with": None},
+    ]
+    nowhere = person_results(np.array(["d"], dtype=object), np.array(["e"], dtype=object), np.array([-np.inf]))
+    assert nowhere[0].genuine_similarity_mean is None and nowhere[0].confused_with == "e"
+
+
+def test_an_ok_evaluation_accounts_for_every_probe_per_person_and_survives_json():
+    vectors, entries = clustered(30, 8, spread=1.5, seed=3)
+    result = evaluate(vectors, entries.column("person_id").to_pylist(), EvaluationConfig(target_far=0.05))
+    assert result.status == "ok" and len(result.per_person) == result.probe_people == 30
+    assert sum(p.probes for p in result.per_person) == result.probe_faces
+    assert sum(p.correct for p in result.per_person) == round(result.rank1_accuracy * result.probe_faces)
+    keys = [(p.rank1_accuracy, -p.probes, p.person_id) for p in result.per_person]
+    assert keys == sorted(keys)
+    as_json = json.loads(json.dumps(result.as_dict()))
+    assert as_json["per_person"][0] == asdict(result.per_person[0])
+    assert pickle.loads(pickle.dumps(result.as_dict())) == result.as_dict()
+    too_few = evaluate(*clustered(3, 3)[:1], ["p0"] * 3 + ["p1"] * 3 + ["p2"] * 3)
+    assert too_few.per_person == [] and too_few.as_dict()["per_person"] == []
