@@ -52,6 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     history.set_defaults(handler="cli.gallery:history")
 
+    versions = commands.add_parser("versions", help="the index versions with their metrics and checks; * = promoted")
+    versions.add_argument("--limit", type=int, default=20, metavar="N")
+    versions.add_argument("--json", action="store_true", help="print one JSON object on stdout (with every promotion)")
+    versions.set_defaults(handler="cli.versions:versions")
+
+    promote = commands.add_parser("promote", help="make an index version the one recognition uses (recorded with who and why)")
+    promote.add_argument("version", metavar="VERSION", help="v7 or 7")
+    promote.add_argument("--reason", help="why (kept in the promotions ledger and the Dagster event log)")
+    promote.add_argument("--force", action="store_true", help="promote a version whose checks failed, or that is filtered")
+    promote.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    promote.set_defaults(handler="cli.versions:promote")
+
+    rollback = commands.add_parser("rollback", help="promote again the version that was promoted before the current one")
+    rollback.add_argument("--reason", help="why (kept in the promotions ledger and the Dagster event log)")
+    rollback.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    rollback.set_defaults(handler="cli.versions:rollback")
+
     config = commands.add_parser("config", help="read or change face_recognition_config")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     get = config_commands.add_parser("get", help="print the config (validated)")

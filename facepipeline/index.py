@@ -188,14 +188,18 @@ class IndexStore(VersionedStore[IndexVersion]):
             )
         return promoted
 
-    def promote(self, version: int, *, reason: str, by: str | None = None) -> dict:
-        """Make ``version`` the one recognition uses; the switch is appended to ``promotions.jsonl``."""
+    def promote(self, version: int, *, reason: str, by: str | None = None, action: str = "promote") -> dict:
+        """Make ``version`` the one recognition uses; the switch is appended to ``promotions.jsonl``.
+
+        ``action`` is ``promote`` or ``rollback`` (see :meth:`rollback_target`).
+        """
         target = self.get(version)  # raises when it does not exist
         previous = self.promoted()
         record = {
+            "action": action,
             "version": target.version,
             "previous": previous.version if previous else None,
-            "by": by or _who(),
+            "by": by or who(),
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "reason": reason,
         }
@@ -209,8 +213,24 @@ class IndexStore(VersionedStore[IndexVersion]):
         """Every promotion, oldest first."""
         return json_lines(self.root / "promotions.jsonl")
 
+    def rollback_target(self) -> IndexVersion:
+        """The version promoted before the current one, as a stack: promotions push, rollbacks pop.
 
-def _who() -> str:
+        So rolling back twice goes two promotions back (v4 -> v3 -> v2), never back and forth.
+        """
+        stack: list[int] = []
+        for record in self.promotions():
+            if record.get("action") == "rollback" and stack:
+                stack.pop()
+            if not stack or stack[-1] != record["version"]:
+                stack.append(record["version"])
+        if len(stack) < 2:
+            current = f"v{stack[-1]}" if stack else "none"
+            raise FacePipelineError(f"nothing to roll back to: the promoted version ({current}) is the first one promoted")
+        return self.get(stack[-2])
+
+
+def who() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (some containers)
