@@ -1,15 +1,24 @@
 """The index metrics: how well the new index names held-out faces, and which thresholds fit it."""
 
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
 from assets.errors import failures_explained
 from facepipeline.calibration import calibrate
 from facepipeline.index import IndexParams, IndexVersion
 from facepipeline.metrics import EvaluationConfig, evaluate
+from facepipeline.plots import PER_PERSON_COLUMNS, evaluation_png, per_person_rows, png_markdown
 from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
 
 
-@asset(group_name="retrain", code_version="3", kinds={"python"})
+PER_PERSON_SCHEMA = TableSchema(
+    columns=[
+        TableColumn(name, type)
+        for name, type in zip(PER_PERSON_COLUMNS, ("string", "string", "int", "int", "float", "float", "string"), strict=True)
+    ]
+)
+
+
+@asset(group_name="retrain", code_version="4", kinds={"python"})
 def index_metrics(
     context: AssetExecutionContext,
     face_index: IndexVersion,
@@ -37,6 +46,7 @@ def index_metrics(
         if calibration.warning:
             context.log.warning(f"{face_index.name}: {calibration.warning}")
     path = face_index.record_evaluation(context.run.run_id, metrics)
+    plots = _plots(metrics, face_index, context.run.run_id, dict(zip(people, index.entries.column("person_name").to_pylist(), strict=True)))
     healthy = result.status == "ok" and result.target_met
     (context.log.info if healthy else context.log.warning)(f"{face_index.name}: {result.message}")
     numbers = {
@@ -63,6 +73,23 @@ def index_metrics(
             "gallery_faces": result.gallery_faces,
             "threshold_sweep": MetadataValue.md(result.markdown()),
             **thresholds,
+            **plots,
             "metrics_path": MetadataValue.path(str(path)),
         },
     )
+
+
+def _plots(metrics: dict, version: IndexVersion, run_id: str, names: dict[str, str]) -> dict:
+    """The threshold sweep and ROC image (inline, and as a file beside the evaluation) and the
+    per-person table, worst first."""
+    png = evaluation_png(metrics)
+    if png is None:
+        return {}
+    image = version.path / "evaluations" / f"{run_id}.png"
+    image.write_bytes(png)
+    rows = per_person_rows(metrics, names)
+    return {
+        "evaluation_plot": MetadataValue.md(png_markdown(png, f"{version.name}: threshold sweep and ROC")),
+        "evaluation_plot_path": MetadataValue.path(str(image)),
+        "per_person": MetadataValue.table([TableRecord(row) for row in rows], schema=PER_PERSON_SCHEMA),
+    }

@@ -1,6 +1,8 @@
 """The five retrain assets through Dagster's materialize() on a real instance, real model, real photos."""
 
 import json
+
+import pyarrow.parquet as pq
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,24 @@ def test_retrain_end_to_end_then_nothing_to_redo_then_full(settings, instance, s
     assert metrics["status"] == "ok" and metrics["rank1_accuracy"] >= 0.9
     written = json.loads((settings.home / "index" / "v1" / "metrics.json").read_text())
     assert written["rank1_accuracy"] == metrics["rank1_accuracy"] and written["index_version"] == "v1"
+    # The plots and the per-person table, for the UI; the image is also kept beside the evaluation.
+    assert metrics["evaluation_plot"].startswith("![v1: threshold sweep and ROC](data:image/png;base64,")
+    assert Path(metrics["evaluation_plot_path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    people = metrics["per_person"].records
+    assert len(people) == written["probe_people"] and sum(r.data["probes"] for r in people) == written["probe_faces"]
+    assert {r.data["person"] for r in people} <= {p.name.replace("_", " ") for p in small_faces.iterdir()} | {
+        p.name for p in small_faces.iterdir()}
+    # Lineage: the version keeps every row the retrain read, and what became of it.
+    assert index["photos"] == 51 and index["partial"] is False  # the photos of the dataset, 3 of them unusable
+    snapshot = pq.read_table(settings.home / "index" / "v1" / "dataset.parquet").to_pylist()
+    assert len(snapshot) == 51 and sum(r["embedding"] == "indexed" for r in snapshot) == 48
+    failed = [r for r in snapshot if r["embedding"] == "failed"]
+    assert len(failed) == 3 and all(r["embedding_error"] and r["status"] == "kept" for r in failed)
+    manifest = index["manifest"]
+    assert manifest["code_versions"]["face_index"] == "2" and manifest["software"]["dagster"] == "1.13.27"
+    assert manifest["model"]["model_sha256"] and manifest["dataset_fingerprint"] == faces["dataset_fingerprint"]
+    [materialization] = first.asset_materializations_for_node("face_index")
+    assert materialization.tags["dagster/data_version"] == manifest["content_fingerprint"]
 
     second = run(settings, instance)
     assert second.success
@@ -147,7 +167,8 @@ def test_index_metrics_can_be_evaluated_again_alone_and_each_evaluation_is_kept(
     )
     assert again.success  # upstream outputs are loaded from disk: the index version by its number
     assert metadata(again, "index_metrics")["index_version"] == "v1"
-    evaluations = sorted(p.stem for p in (version / "evaluations").iterdir())
+    evaluations = sorted(p.stem for p in (version / "evaluations").glob("*.json"))
+    assert sorted(p.stem for p in (version / "evaluations").glob("*.png")) == sorted([first.run_id, again.run_id])
     assert evaluations == sorted([first.run_id, again.run_id])
     assert json.loads((version / "metrics.json").read_text())["target_far"] == 0.05
     assert not (settings.home / "index" / "v2").exists()
