@@ -26,7 +26,7 @@ from dagster import (
     build_sensor_context,
 )
 
-from tests.conftest import FACES, copy_people, fresh_gallery_database, people_with_most_photos
+from tests.conftest import copy_people, fresh_gallery_database, people_with_most_photos
 from tests.test_cli import facepipeline
 
 PEOPLE = people_with_most_photos(6, skip=30)
