@@ -2,7 +2,7 @@
 
 Settings come from the environment (FACEPIPELINE_HOME, FACEPIPELINE_MODEL_ROOT, FACEPIPELINE_MODEL,
 FACEPIPELINE_SOURCE, FACEPIPELINE_PROVIDERS, FACEPIPELINE_SEED_FOLDER, FACEPIPELINE_SENSOR_INTERVAL_S,
-FACEPIPELINE_FULL_RETRAIN_CRON), read once, here. The gallery's
+FACEPIPELINE_FULL_RETRAIN_CRON), read once, here, over the defaults of the checkout's facepipeline.env. The gallery's
 secrets (SUPABASE_DB_URL, SUPABASE_SERVICE_ROLE_KEY) reach the source resource only as ``EnvVar``s:
 resolved when a run starts, shown in the UI by name, never by value.
 """
@@ -12,6 +12,7 @@ import os
 from dagster import Definitions, EnvVar, FilesystemIOManager
 
 from assets import recognize_assets, retrain_assets, retrain_checks
+from cli.environment import load_env_files
 from facepipeline.errors import SourceError
 from facepipeline.settings import Settings
 from facepipeline.sources.base import connection_string_in
@@ -75,4 +76,5 @@ def build_definitions(settings: Settings) -> Definitions:
     )
 
 
+load_env_files()  # the checkout's facepipeline.env defaults; real environment variables win
 defs = build_definitions(Settings.from_env())

@@ -1,4 +1,4 @@
-"""Where the CLI's state lives: .env defaults, FACEPIPELINE_HOME and the Dagster instance in it."""
+"""Where the CLI's state lives: facepipeline.env defaults, FACEPIPELINE_HOME and the Dagster instance in it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from facepipeline.settings import DEFAULT_HOME
 RETRAIN_TAG = "facepipeline/retrain"  # jobs.RETRAIN_TAG; Dagster is not imported before the environment is set
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# Settings that hold paths: a relative path in a .env file means "relative to that file".
+ENV_FILE = "facepipeline.env"
+"""Not ``.env``: ``dagster dev`` loads a ``.env`` of its working directory over the real environment."""
+# Settings that hold paths: a relative path in an env file means "relative to that file".
 PATH_SETTINGS = ("FACEPIPELINE_HOME", "FACEPIPELINE_MODEL_ROOT", "FACEPIPELINE_SEED_FOLDER", "DAGSTER_HOME")
 
 MANAGED_MARK = "# Written by facepipeline"
@@ -37,13 +39,13 @@ run_monitoring:
 
 
 def load_env_files() -> list[Path]:
-    """Defaults from ``./.env``, then from the checkout's ``.env`` beneath it.
+    """Defaults from ``./facepipeline.env``, then from the checkout's ``facepipeline.env`` beneath it.
 
-    Real variables win over both, and ``./.env`` over the checkout's; an empty value sets nothing.
+    Real variables win over both, and ``./facepipeline.env`` over the checkout's; an empty value sets nothing.
     Returns the files read.
     """
     read = []
-    for candidate in dict.fromkeys((Path.cwd() / ".env", PROJECT_ROOT / ".env")):
+    for candidate in dict.fromkeys((Path.cwd() / ENV_FILE, PROJECT_ROOT / ENV_FILE)):
         if not candidate.is_file():
             continue
         read.append(candidate)
@@ -59,7 +61,7 @@ def load_env_files() -> list[Path]:
 
 
 def prepare_environment() -> Path:
-    """Load the .env defaults and make sure DAGSTER_HOME exists; returns it.
+    """Load the facepipeline.env defaults and make sure DAGSTER_HOME exists; returns it.
 
     DAGSTER_HOME defaults to ``$FACEPIPELINE_HOME/dagster`` so ``facepipeline`` runs and
     ``make ui`` share one instance, and every run shows up in the UI.

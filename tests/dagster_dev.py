@@ -6,7 +6,7 @@
 
 The caller chooses the environment: ``FACEPIPELINE_*``, ``DAGSTER_*`` and ``SUPABASE_*`` variables of
 the test process are not passed on, only those in ``env``, so a developer's own settings never leak
-into the server. The checkout's ``.env`` is not read either (see ``running_dagster_dev``).
+into the server (the checkout's ``facepipeline.env`` still gives defaults for what ``env`` leaves unset).
 """
 
 from __future__ import annotations
@@ -97,10 +97,10 @@ def running_dagster_dev(
     session (process group); on exit the group gets SIGTERM, then SIGKILL after 30 s, also when the
     body raised.
 
-    ``dagster dev`` is started from ``DAGSTER_HOME``, not from the checkout: Dagster loads the
-    ``.env`` of its working directory *over* the real environment, and the checkout's ``.env``
-    would point the server at the demo's home and gallery. The workspace file still loads the code
-    from the checkout (its ``working_directory: .`` is relative to the workspace file).
+    ``dagster dev`` is started from ``DAGSTER_HOME``, not from the checkout: Dagster loads a
+    ``.env`` of its working directory *over* the real environment, so no stray one may be there.
+    The workspace file still loads the code from the checkout (its ``working_directory: .`` is
+    relative to the workspace file).
     """
     dagster_home = Path(env["DAGSTER_HOME"])
     if not dagster_home.is_absolute():

@@ -79,7 +79,7 @@ def test_errors_are_one_clear_line_and_a_non_zero_exit(tmp_path):
 
 def test_run_from_another_folder_it_uses_the_checkouts_env_defaults(tmp_path):
     faces = copy_people(tmp_path / "faces", people_with_most_photos(3, skip=40), 4)
-    (tmp_path / ".env").write_text("SOMETHING_ELSE=1\nDAGSTER_HOME=\n")  # an unrelated .env here hides nothing
+    (tmp_path / "facepipeline.env").write_text("SOMETHING_ELSE=1\nDAGSTER_HOME=\n")  # an unrelated file here hides nothing
     done = facepipeline("retrain", "--source", f"folder:{faces}", home=tmp_path / "home", cwd=tmp_path, model_from_env=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "embeddings:" in done.stdout and f"{tmp_path / 'home'}" in done.stdout
@@ -88,6 +88,6 @@ def test_run_from_another_folder_it_uses_the_checkouts_env_defaults(tmp_path):
 
 
 def test_the_checkouts_env_file_points_at_the_shared_test_pack():
-    env = dict(line.split("=", 1) for line in (REPO / ".env").read_text().splitlines() if line and not line.startswith("#"))
+    env = dict(line.split("=", 1) for line in (REPO / "facepipeline.env").read_text().splitlines() if line and not line.startswith("#"))
     assert env["FACEPIPELINE_MODEL"] == PACK
     assert (REPO / env["FACEPIPELINE_MODEL_ROOT"]).resolve() == MODEL_ROOT

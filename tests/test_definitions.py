@@ -94,3 +94,18 @@ def test_the_domain_core_imports_no_dagster():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_real_environment_variables_win_over_the_checkouts_defaults_in_the_code_location(tmp_path):
+    """``dagster dev`` imports definitions.py: the checkout's facepipeline.env fills only what is unset."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEPIPELINE_", "DAGSTER_"))}
+    env["FACEPIPELINE_SOURCE"] = f"folder:{tmp_path}"
+    script = (
+        "import os, definitions; r = definitions.defs.resources;"
+        "print(r['face_source'].source, '|', r['face_model'].pack, '|', os.environ['FACEPIPELINE_HOME'])"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    source, pack, home = (part.strip() for part in done.stdout.strip().splitlines()[-1].split("|"))
+    assert source == f"folder:{tmp_path}"  # the real variable, not the checkout's "embedded"
+    assert pack == "buffalo_sc" and home == str(REPO / ".facepipeline")  # defaults from facepipeline.env, resolved
