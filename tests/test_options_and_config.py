@@ -95,7 +95,7 @@ def test_config_rows_missing_keys_take_the_spec_defaults_and_say_so_unknown_keys
     config, notes = GalleryConfig.from_rows({"context_weight": 0.2, "gallery_theme": "dark"})
     assert config.context_weight == 0.2 and config.min_faces_per_person == 3
     assert config.confidence_thresholds.high_data == 0.55
-    assert len(notes) == 5 and all("is not in face_recognition_config" in n for n in notes)
+    assert len(notes) == 6 and all("is not in face_recognition_config" in n for n in notes)
 
 
 def test_config_set_parses_json_and_one_threshold_level():
