@@ -54,9 +54,15 @@ def mark_session_failed(context: HookContext) -> None:
 
 def failed_checks(instance: DagsterInstance, run_id: str) -> str | None:
     """What the run's failed blocking checks said, one clause each: "check no_regression failed: ..."."""
-    said = []
-    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION):
-        evaluation = entry.asset_check_evaluation
-        if evaluation is not None and not evaluation.passed and evaluation.blocking:
-            said.append(f"check {evaluation.check_name} failed: {evaluation.description}")
+    entries = instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+    return describe_failed_checks(entry.asset_check_evaluation for entry in entries)
+
+
+def describe_failed_checks(evaluations) -> str | None:
+    """The failed blocking ones among ``evaluations`` (AssetCheckEvaluation, None skipped), one clause each."""
+    said = [
+        f"check {evaluation.check_name} failed: {evaluation.description}"
+        for evaluation in evaluations
+        if evaluation is not None and not evaluation.passed and evaluation.blocking
+    ]
     return "; ".join(said) or None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from assets.sessions import describe_failed_checks
+
 
 def first_error(result) -> str:
     for event in result.all_events:
@@ -21,15 +23,9 @@ def first_error(result) -> str:
 
 def failed_checks(result) -> str | None:
     """The run's failed blocking checks, one clause each: "check no_regression failed: ..."."""
-    said = [
-        f"check {evaluation.check_name} failed: {evaluation.description}"
-        for event in result.all_events
-        if event.event_type_value == "ASSET_CHECK_EVALUATION"
-        and (evaluation := event.asset_check_evaluation_data) is not None
-        and not evaluation.passed
-        and evaluation.blocking
-    ]
-    return "; ".join(said) or None
+    return describe_failed_checks(
+        event.asset_check_evaluation_data for event in result.all_events if event.event_type_value == "ASSET_CHECK_EVALUATION"
+    )
 
 
 def materialization_metadata(result, asset: str) -> dict:
