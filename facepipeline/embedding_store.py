@@ -184,6 +184,16 @@ def update_embeddings(
     return table, report
 
 
+def faces_to_embed(
+    model: FaceModel, faces: Sequence[VerifiedFace], photos: Mapping[str, PhotoRecord], previous: pa.Table | None, *, mode: Mode = "incremental"
+) -> list[str]:
+    """The ids of the faces ``update_embeddings`` would run the model on; the others it reuses or fails at once."""
+    if mode not in ("full", "incremental"):
+        raise ValueError(f"mode must be 'full' or 'incremental', got {mode!r}")
+    previous = None if mode == "full" else _conformed(previous, embeddings_schema(model.embedding_dim))
+    return [job.face_id for job in _plan(model, faces, photos, previous, datetime.now(UTC)).jobs]
+
+
 def _plan(
     model: FaceModel, faces: Sequence[VerifiedFace], photos: Mapping[str, PhotoRecord], previous: pa.Table | None, now: datetime
 ) -> _Plan:
