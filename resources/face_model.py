@@ -14,7 +14,7 @@ class FaceModelResource(ConfigurableResource):
         description="onnxruntime providers, most preferred first, e.g. ['CUDAExecutionProvider', 'CPUExecutionProvider'].",
     )
     det_size: int = Field(default=640, ge=160, le=2048, multiple_of=32, description="Largest detector input for whole photos (a multiple of 32).")
-    region_det_size: int = Field(default=160, ge=64, le=1024, multiple_of=32, description="Detector input around a known face box (a multiple of 32).")
+    region_det_size: int = Field(default=128, ge=64, le=1024, multiple_of=32, description="Detector input around a known face box (a multiple of 32).")
     det_thresh: float = Field(default=0.5, gt=0, lt=1, description="Minimum detector score.")
     batch_size: int = Field(default=32, ge=1, le=4096, description="Faces per recognizer call.")
     workers: int = Field(default=0, ge=0, le=64, description="Parallel embedding workers; 0 = one per CPU core (1 on GPU).")

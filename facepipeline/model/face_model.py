@@ -21,9 +21,11 @@ from facepipeline.model.pack import DETECTION, RECOGNITION, ModelPack, open_pack
 # insightface 2.1 calls a scikit-image API that warns on every alignment; the result is unchanged.
 warnings.filterwarnings("ignore", message=r"`estimate` is deprecated", category=FutureWarning)
 
-# Around a known box the detector looks at a region twice the box's size, resized so the face is
-# about 80 px: SCRFD's sweet spot, and ~10x cheaper than the whole photo at 640 x 640.
-REGION_SCALE = 2.0
+# Around a known box the detector looks at a region 1.5 times the box's size (a quarter of the box
+# of margin on every side), resized so the face is about 85 px: SCRFD's sweet spot, and ~25x
+# cheaper than the whole photo at 640 x 640. Measured on 692 LFW photos against a full 640 pass:
+# the same faces found, landmarks within 1.1 px, as with a 2x region at 160 px for 0.64 of its cost.
+REGION_SCALE = 1.5
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class FaceModel:
         sessions: dict[str, ort.InferenceSession],
         *,
         det_size: int = 640,
-        region_det_size: int = 160,
+        region_det_size: int = 128,
         det_thresh: float = 0.5,
         batch_size: int = 32,
         workers: int = 1,
