@@ -1,11 +1,15 @@
 """Embedding throughput: the seed server's way vs. the recognizer's limit vs. the pipeline's stage.
 
-All three run in one process on the same LFW photos (up to 6 per person, people in sorted order),
-with the labelled face's nominal box (x=68, y=68, w=115, h=115) as the "verified" box:
+All run in one process on the same LFW photos (up to 6 per person, people in sorted order), with
+the labelled face's nominal box (x=68, y=68, w=115, h=115) as the "verified" box:
 
 (a) seed      what the original server did: crop the verified box out of the photo and run
               insightface's full ``FaceAnalysis`` (SCRFD at 640x640 + ArcFace) on the crop, one
-              face at a time. SCRFD misses faces that fill its input, so it embeds only a share.
+              face at a time. (a1) ``seed`` crops the box itself: SCRFD misses faces that fill
+              its input, so it embeds almost nothing. (a2) ``seed_region`` crops the box grown
+              2x, the smallest margin with which that loop finds (nearly) every face: its
+              faces/s counts only the faces it embedded, and it is the seed ``ratio_vs_seed``
+              compares with.
 (b) limit     the recognizer alone on 112x112 crops aligned beforehand (untimed), in batches:
               (b1) one session with default threads, (b2) the pipeline's layout (one
               single-threaded session call per core, run from a thread pool). The faster is the
@@ -14,12 +18,11 @@ with the labelled face's nominal box (x=68, y=68, w=115, h=115) as the "verified
               the box's region + align + batched recognition, all timed. (c2) is the same with no
               box (the face nearest the centre).
 
-Repeats are interleaved (a, b1, b2, c, c2, a, ...) so machine noise hits all alike; medians are
-reported. (c) is checked against (b): embedded share, and mean cosine of the same face's vectors.
-Progress goes to stderr, results to stdout; the last line is
-``ratio_vs_limit=X.XX ratio_vs_seed=Y.YY``: pipeline faces/s over the limit's, and over the seed's
-attempts/s (the seed credited with every face it tried: a lower bound, finite even when the seed
-embeds nothing, which is what SCRFD does on tight box crops).
+Repeats are interleaved (a1, a2, b1, b2, c, c2, a1, ...) so machine noise hits all alike; medians
+are reported. (c) is checked against (b): embedded share, and mean cosine of the same face's
+vectors. Progress goes to stderr, results to stdout; the last line is
+``ratio_vs_limit=X.XX ratio_vs_seed=Y.YY``: pipeline faces/s over the limit's, and over the faces/s
+of the seed's loop on the faces it finds (a2).
 
     .venv/bin/python bench/embed.py [--faces 600] [--seed-faces 200] [--repeats 3] [--json out.json]
 """
@@ -47,6 +50,7 @@ from facepipeline.model import FaceModel
 REPO = Path(__file__).resolve().parents[1]
 BOX = BBox(68, 68, 115, 115)  # nominal LFW box of the labelled (central) face
 PER_PERSON = 6
+SEED_REGION_SCALE = 2.0  # the seed's crop grown this much: the smallest margin where FaceAnalysis finds the faces
 WARMUP_FACES = 8
 
 
@@ -83,12 +87,13 @@ def load_face_analysis(model_root: Path, pack: str):
     return app
 
 
-def run_seed(app, photos: list[bytes]) -> int:
-    """Decode, crop the verified box, FaceAnalysis on the crop; returns faces embedded."""
+def run_seed(app, photos: list[bytes], scale: float = 1.0) -> int:
+    """Decode, crop the verified box (grown ``scale`` times), FaceAnalysis on the crop; returns faces embedded."""
     embedded = 0
     for data in photos:
         image = decode_image(data)
-        crop = np.ascontiguousarray(image[int(BOX.y):int(BOX.y2), int(BOX.x):int(BOX.x2)])
+        box = BOX.expanded(scale).clipped(image.shape[1], image.shape[0]) or BOX
+        crop = np.ascontiguousarray(image[int(box.y):int(box.y2), int(box.x):int(box.x2)])
         faces = app.get(crop)
         embedded += any(getattr(f, "embedding", None) is not None for f in faces)
     return embedded
@@ -160,16 +165,18 @@ def main() -> None:
 
     runs: dict[str, Callable[[], tuple[int, object]]] = {
         "seed": lambda: (run_seed(app, seed_photos), None),
+        "seed_region": lambda: (run_seed(app, seed_photos, SEED_REGION_SCALE), None),
         "limit_single": lambda: (len(crops), run_limit_single(single, crops)),
         "limit_pool": lambda: (len(crops), run_limit_pool(pooled, crops)),
         "pipeline": lambda: _count(run_pipeline(pooled, keys, store, BOX)),
         "pipeline_nobox": lambda: _count(run_pipeline(pooled, keys, store, None)),
     }
-    attempts = {"seed": len(seed_photos), "limit_single": len(crops), "limit_pool": len(crops),
+    attempts = {"seed": len(seed_photos), "seed_region": len(seed_photos), "limit_single": len(crops), "limit_pool": len(crops),
                 "pipeline": len(keys), "pipeline_nobox": len(keys)}
 
     log("warming up ...")
     run_seed(app, seed_photos[:WARMUP_FACES])
+    run_seed(app, seed_photos[:WARMUP_FACES], SEED_REGION_SCALE)
     run_limit_single(single, crops[:WARMUP_FACES])
     run_limit_pool(pooled, crops[: pooled.batch_size * pooled.workers])
     run_pipeline(pooled, keys[:WARMUP_FACES], store, BOX)
@@ -188,8 +195,8 @@ def main() -> None:
 
     figures = summarise(seconds, embedded, attempts)
     figures["faces_per_call"] = getattr(pooled, "faces_per_call", pooled.batch_size)
-    figures["cosine_pipeline_vs_limit"] = mean_cosine(outputs["pipeline"], dict(zip(crop_ids, outputs["limit_single"])))
-    figures["cosine_nobox_vs_limit"] = mean_cosine(outputs["pipeline_nobox"], dict(zip(crop_ids, outputs["limit_single"])))
+    figures["cosine_pipeline_vs_limit"] = mean_cosine(outputs["pipeline"], dict(zip(crop_ids, outputs["limit_single"], strict=True)))
+    figures["cosine_nobox_vs_limit"] = mean_cosine(outputs["pipeline_nobox"], dict(zip(crop_ids, outputs["limit_single"], strict=True)))
     report(figures, pooled)
     if args.json:
         args.json.write_text(json.dumps(_finite(figures), indent=2))
@@ -223,11 +230,14 @@ def summarise(seconds: dict[str, list[float]], embedded: dict[str, int], attempt
     limit = max(("limit_single", "limit_pool"), key=lambda n: methods[n]["faces_per_s"])
     figures["limit_from"] = limit
     figures["ratio_vs_limit"] = methods["pipeline"]["faces_per_s"] / methods[limit]["faces_per_s"]
-    seed = methods["seed"]
-    # The seed is credited with every face it *tried*, embedded or not: a lower bound of the true
-    # ratio, and finite even when the seed embeds no face at all (it does not on tight box crops).
-    figures["ratio_vs_seed"] = methods["pipeline"]["faces_per_s"] / (seed["attempts_per_s"] or float("nan"))
+    seed, seed_region = methods["seed"], methods["seed_region"]
+    # The seed's loop on the faces it finds at all: with the box grown 2x it finds (nearly) every one.
+    figures["ratio_vs_seed"] = methods["pipeline"]["faces_per_s"] / (seed_region["faces_per_s"] or float("nan"))
+    # On the tight crop it finds almost none; credited with every face it *tried*, it gives a lower
+    # bound that stays finite even when it embeds nothing.
+    figures["ratio_vs_seed_tight_attempts"] = methods["pipeline"]["faces_per_s"] / (seed["attempts_per_s"] or float("nan"))
     figures["seed_embedded_share"] = seed["share"]
+    figures["seed_region_embedded_share"] = seed_region["share"]
     return figures
 
 
@@ -241,7 +251,8 @@ def report(figures: dict, model: FaceModel) -> None:
     m = figures["methods"]
     per_call = getattr(model, "faces_per_call", model.batch_size)  # FaceModel may split a batch into calls
     notes = {
-        "seed": f"FaceAnalysis on box crop, 1 at a time; {m['seed']['attempts_per_s']:.1f} attempts/s",
+        "seed": f"FaceAnalysis on the box crop, 1 at a time; {m['seed']['attempts_per_s']:.1f} attempts/s",
+        "seed_region": f"FaceAnalysis on the box grown {SEED_REGION_SCALE:g}x, 1 at a time; faces/s = faces it embedded",
         "limit_single": f"recognizer only, 1 session default threads, batch 32, {min(per_call, 32)} face(s)/call",
         "limit_pool": f"recognizer only, {model.workers} workers x 1 thread, batch {model.batch_size}, {per_call} face(s)/call",
         "pipeline": "embed_faces, verified box, production defaults; cos vs limit "
@@ -255,7 +266,9 @@ def report(figures: dict, model: FaceModel) -> None:
         print(f"{name + mark:16s} {row['faces_per_s']:8.1f} {row['embedded']:>5d}/{row['attempts']:<6d} "
               f"{row['share']:7.1%}  {notes[name]}")
     print("(* = the limit: the faster recognizer-only configuration; faces/s are medians)")
-    print(f"ratio_vs_seed counts every face the seed tried as if embedded; it embedded {figures['seed_embedded_share']:.1%} of them")
+    print(f"seed on the tight box crop: embedded {figures['seed_embedded_share']:.1%}; pipeline / its attempts/s = "
+          f"{figures['ratio_vs_seed_tight_attempts']:.2f}")
+    print(f"ratio_vs_seed: pipeline / seed_region faces/s (it embedded {figures['seed_region_embedded_share']:.1%} of the faces)")
     print(f"ratio_vs_limit={figures['ratio_vs_limit']:.2f} ratio_vs_seed={figures['ratio_vs_seed']:.2f}")
 
 
