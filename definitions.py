@@ -2,7 +2,7 @@
 
 Settings come from the environment (FACEPIPELINE_HOME, FACEPIPELINE_MODEL_ROOT, FACEPIPELINE_MODEL,
 FACEPIPELINE_SOURCE, FACEPIPELINE_PROVIDERS, FACEPIPELINE_SEED_FOLDER, FACEPIPELINE_SENSOR_INTERVAL_S,
-FACEPIPELINE_FULL_RETRAIN_CRON), read once, here, over the defaults of the checkout's facepipeline.env. The gallery's
+FACEPIPELINE_FULL_RETRAIN_CRON, FACEPIPELINE_EMBED_WORKERS), read once, here, over the defaults of the checkout's facepipeline.env. The gallery's
 secrets (SUPABASE_DB_URL, SUPABASE_SERVICE_ROLE_KEY) reach the source resource only as ``EnvVar``s:
 resolved when a run starts, shown in the UI by name, never by value.
 """
@@ -64,7 +64,8 @@ def build_definitions(settings: Settings) -> Definitions:
             "face_source": face_source_resource(settings),
             "retrain_options": RetrainOptionsResource.configure_at_launch(),
             "face_model": FaceModelResource(
-                pack=settings.model_pack, model_root=str(settings.model_root), providers=list(settings.providers)
+                pack=settings.model_pack, model_root=str(settings.model_root), providers=list(settings.providers),
+                workers=settings.embed_workers,
             ),
             "artifacts": artifacts,
             "table_io_manager": ParquetTableIOManager(artifacts=artifacts),

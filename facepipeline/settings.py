@@ -43,6 +43,9 @@ class Settings:
     """How often the sensors ask the gallery for new verified faces and new photos."""
     full_retrain_cron: str = DEFAULT_FULL_RETRAIN_CRON
     """When the periodic full retrain runs (once its schedule is turned on), UTC."""
+    embed_workers: int = 0
+    """Threads per embedding step; 0 = one per core (1 on a GPU). With an executor that runs N
+    steps at once on one machine, cores / N keeps the cores busy without oversubscribing them."""
 
     @property
     def gallery_home(self) -> Path:
@@ -62,17 +65,22 @@ class Settings:
             seed_folder=Path(env.get("FACEPIPELINE_SEED_FOLDER", DEFAULT_SEED_FOLDER)).expanduser().resolve(),
             sensor_interval_s=_seconds(env, "FACEPIPELINE_SENSOR_INTERVAL_S", DEFAULT_SENSOR_INTERVAL_S),
             full_retrain_cron=env.get("FACEPIPELINE_FULL_RETRAIN_CRON", DEFAULT_FULL_RETRAIN_CRON),
+            embed_workers=_whole(env, "FACEPIPELINE_EMBED_WORKERS", 0, 0, 64),
         )
 
 
 def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
+    return _whole(env, name, default, 1, 86400, unit=" seconds")
+
+
+def _whole(env: Mapping[str, str], name: str, default: int, low: int, high: int, unit: str = "") -> int:
     text = env.get(name, "").strip()
     if not text:
         return default
     try:
         value = int(text)
     except ValueError:
-        raise SettingsError(f"{name} must be a whole number of seconds, got {text!r}") from None
-    if not 1 <= value <= 86400:
-        raise SettingsError(f"{name} must be between 1 and 86400 seconds, got {value}")
+        raise SettingsError(f"{name} must be a whole number{' of' + unit if unit else ''}, got {text!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}{unit}, got {value}")
     return value
