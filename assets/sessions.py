@@ -45,7 +45,7 @@ def mark_session_failed(context: HookContext) -> None:
         message = getattr(error, "description", None) or (f"{type(error).__name__}: {error}" if error else "step failed")
     sessions = training_sessions(context.resources.face_source, context.resources.artifacts)
     record, warning = sessions.finish(
-        context.run_id, "failed", {"metrics": {"error": message, "failed_step": context.step_key, "run_id": context.run_id}}
+        context.run_id, "failed", {"metrics": {"error": message, "failed_step": _asset_step(context.step_key), "run_id": context.run_id}}
     )
     context.log.error(f"training session {record.id} failed: {message}")
     if warning:
@@ -66,3 +66,8 @@ def describe_failed_checks(evaluations) -> str | None:
         if evaluation is not None and not evaluation.passed and evaluation.blocking
     ]
     return "; ".join(said) or None
+
+
+def _asset_step(step_key: str) -> str:
+    """The asset a step belongs to: ``face_embeddings.embed_event[event_x]`` -> ``face_embeddings``."""
+    return step_key.split(".", 1)[0].split("[", 1)[0]
