@@ -55,7 +55,7 @@ def embeddings_sane(face_embeddings: pa.Table, face_model: FaceModelResource) ->
     asset=face_index,
     blocking=True,
     additional_ins={"face_embeddings": AssetIn("face_embeddings")},
-    description="The index holds exactly the usable embeddings, in order, with their labels; faces find themselves.",
+    description="The index holds exactly the usable embeddings, each face once with its label and vector; faces find themselves.",
 )
 def index_consistent(face_index: IndexVersion, face_embeddings: pa.Table) -> AssetCheckResult:
     gate = index_gate(face_index.load(), face_embeddings)

@@ -2,6 +2,7 @@
 
 import hashlib
 import time
+from dataclasses import replace
 
 import pyarrow as pa
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
@@ -11,20 +12,29 @@ from assets.lineage import code_versions, software
 from facepipeline.dataset import dataset_fingerprint
 from facepipeline.embedding_store import embedding_matrix, model_of, usable
 from facepipeline.faces import facts_of, table_to_faces
-from facepipeline.index import DATASET_FILE, FaceIndex, IndexVersion
+from facepipeline.index import DATASET_FILE, IndexParams, IndexStore, IndexVersion, build_index
 from facepipeline.snapshots import snapshot_counts, with_embedding_outcome
-from resources import ArtifactStoreResource
+from resources import ArtifactStoreResource, RetrainOptionsResource
 
 
-@asset(group_name="retrain", io_manager_key="index_io_manager", code_version="2", kinds={"python", "hnswlib"})
+@asset(group_name="retrain", io_manager_key="index_io_manager", code_version="3", kinds={"python", "hnswlib"})
 def face_index(
-    context: AssetExecutionContext, verified_faces: pa.Table, face_embeddings: pa.Table, artifacts: ArtifactStoreResource
+    context: AssetExecutionContext,
+    verified_faces: pa.Table,
+    face_embeddings: pa.Table,
+    artifacts: ArtifactStoreResource,
+    retrain_options: RetrainOptionsResource,
 ) -> Output[IndexVersion]:
     """Index every usable embedding (cosine) and publish it as the next version, index/vN.
 
-    The version keeps what made it: the dataset snapshot (every row read, and what became of each),
-    the model pack and its file hashes, the code versions, the run and the training session.
+    In incremental mode the latest version is copied and the new faces added to it, when it holds
+    only faces that are still there with the same vectors; otherwise (and in full mode) the index
+    is built from scratch. Either way the version holds every usable embedding. It keeps what made
+    it: the dataset snapshot (every row read, and what became of each), the model pack and its file
+    hashes, how the index was made, the code versions, the run and the training session.
     """
+    with failures_explained():
+        mode = retrain_options.options().mode
     rows = usable(face_embeddings)
     with failures_explained():
         model = model_of(face_embeddings)  # the model that made these vectors, not today's setting
@@ -32,14 +42,18 @@ def face_index(
     if "dataset_fingerprint" not in facts:  # a table written before tables carried their facts
         facts["dataset_fingerprint"] = dataset_fingerprint(table_to_faces(verified_faces))
     vectors = embedding_matrix(rows)
+    store = artifacts.index_store()
     started = time.perf_counter()
-    index = FaceIndex.build(vectors, rows)
+    index, how = build_index(vectors, rows, IndexParams(), base=None if mode == "full" else _base(store))
+    if mode == "full":
+        how = replace(how, reason="mode full")
     build_seconds = time.perf_counter() - started
+    context.log.info(f"index: {how.line()} in {build_seconds:.2f}s")
     snapshot = artifacts.dataset_snapshots().read(facts["dataset_fingerprint"])
     dataset = with_embedding_outcome(snapshot, face_embeddings) if snapshot is not None else None
     session = artifacts.history().for_run(context.run.run_id)
     content = _content_fingerprint(rows, vectors)
-    version = artifacts.index_store().publish(
+    version = store.publish(
         index,
         {
             "model": model,
@@ -50,6 +64,7 @@ def face_index(
             "faces": rows.num_rows,
             "people": len(set(rows.column("person_id").to_pylist())),
             "faces_failed": face_embeddings.num_rows - rows.num_rows,
+            "build": how.as_dict(),
             "dataset": snapshot_counts(dataset) if dataset is not None else None,
             "run_id": context.run.run_id,
             "training_session_id": session.id if session else None,
@@ -72,6 +87,7 @@ def face_index(
             "photos": (manifest["dataset"] or {}).get("photos", 0),
             "index_bytes": (version.path / "index.bin").stat().st_size,
             "build_seconds": round(build_seconds, 3),
+            "build": MetadataValue.text(how.line()),
             "model_pack": MetadataValue.text(model["model_pack"] if model else "none"),
             "model_files": MetadataValue.json(
                 {"recognizer_sha256": model["model_sha256"], "detector_sha256": model["detector_sha256"]} if model else {}
@@ -85,10 +101,20 @@ def face_index(
     )
 
 
+def _base(store: IndexStore) -> IndexVersion | None:
+    """The version an incremental build may extend: the latest one, unless its index check failed."""
+    latest = store.latest()
+    if latest is None or latest.checks().get("index_consistent", {}).get("passed") is False:
+        return None
+    return latest
+
+
 def _content_fingerprint(rows: pa.Table, vectors) -> str:
-    """The same faces, labels and vectors, the same fingerprint: the index's Dagster data version."""
+    """The same faces, labels and vectors, the same fingerprint, whatever their order: the index's
+    Dagster data version."""
     digest = hashlib.sha256()
-    for face_id, person_id in zip(rows.column("face_id").to_pylist(), rows.column("person_id").to_pylist(), strict=True):
-        digest.update(f"{face_id}|{person_id}\n".encode())
-    digest.update(vectors.tobytes())
+    face_ids, person_ids = rows.column("face_id").to_pylist(), rows.column("person_id").to_pylist()
+    for row in sorted(range(len(face_ids)), key=face_ids.__getitem__):
+        digest.update(f"{face_ids[row]}|{person_ids[row]}\n".encode())
+        digest.update(vectors[row].tobytes())
     return digest.hexdigest()[:16]

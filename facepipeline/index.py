@@ -10,14 +10,22 @@ A version is written to a temporary folder and renamed into place, so a reader n
 version and an existing version is never overwritten. Publishing a version does not promote it:
 recognition keeps using the promoted one until a promotion (by the pipeline, once the version's
 evaluation is in, or by a person) switches it.
+
+Every version is complete: it holds every face it was made from. :func:`build_index` makes the
+next one either from scratch or, when an earlier version holds only faces that are still there
+with the very same vectors (each entry keeps the digest of its vector's exact bytes), from a copy
+of that version with the new faces added (hnswlib inserts them into the graph as it does during a
+build). Relabelled faces keep their place and get their new labels. A face gone or re-embedded,
+other index parameters, or no digests in the earlier version: built from scratch.
 """
 
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +38,8 @@ from facepipeline.errors import FacePipelineError
 from facepipeline.versions import Version, VersionedStore, append_json_line, json_lines
 
 ENTRY_COLUMNS = ("face_id", "person_id", "person_name")
+VECTOR_DIGEST = "vector_digest"
+"""Entries column: the blake2b-128 of the face's vector as given (float32 bytes), in hex."""
 DATASET_FILE = "dataset.parquet"
 """Every row the retrain read, and what became of it (facepipeline.snapshots)."""
 # Where each indexed face is, for search results; kept when the embeddings table has them.
@@ -61,8 +71,26 @@ class FaceIndex:
         if len(vectors):
             index.add_items(vectors, np.arange(len(vectors)), num_threads=threads)
         index.set_ef(params.ef_search)
-        kept = list(ENTRY_COLUMNS) + [name for name in LOCATION_COLUMNS if name in entries.column_names]
-        return cls(index, entries.select(kept), params)
+        return cls(index, _entries(entries, vectors), params)
+
+    @classmethod
+    def extend(cls, base: FaceIndex, vectors: np.ndarray, entries: pa.Table, threads: int = -1) -> FaceIndex:
+        """``base`` (loaded, and then owned by the result) with ``vectors`` added after its own rows.
+
+        ``entries`` are the rows of the whole result: ``base``'s faces first, in its label order
+        (their labels may have changed), then the added ones. Only the added vectors are given.
+        """
+        added = len(vectors)
+        if entries.num_rows != len(base) + added:
+            raise ValueError(f"{len(base)} indexed + {added} added vectors but {entries.num_rows} entries")
+        index = base._index
+        if added:
+            if index.get_max_elements() < entries.num_rows:
+                index.resize_index(entries.num_rows)
+            index.add_items(vectors, np.arange(len(base), entries.num_rows), num_threads=threads)
+        index.set_ef(base.params.ef_search)
+        digests = base.entries.column(VECTOR_DIGEST).to_pylist() + vector_digests(vectors).tolist()
+        return cls(index, _entries(entries, None, digests), base.params)
 
     def __len__(self) -> int:
         return self._index.get_current_count()
@@ -91,12 +119,97 @@ class FaceIndex:
         pq.write_table(self.entries, directory / "entries.parquet")
 
     @classmethod
-    def load(cls, directory: Path, dim: int, params: IndexParams) -> FaceIndex:
+    def load(cls, directory: Path, dim: int, params: IndexParams, *, room: int = 0) -> FaceIndex:
+        """The index saved in ``directory``; ``room``: faces that can be added without a resize."""
         entries = pq.read_table(directory / "entries.parquet")
         index = hnswlib.Index(space="cosine", dim=dim)
-        index.load_index(str(directory / "index.bin"), max_elements=max(1, entries.num_rows))
+        index.load_index(str(directory / "index.bin"), max_elements=max(1, entries.num_rows + room))
         index.set_ef(params.ef_search)
         return cls(index, entries, params)
+
+
+def vector_digests(vectors: np.ndarray) -> np.ndarray:
+    """A digest of each vector's exact float32 bytes (hex): equal digests, the same vector."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return np.array([hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in vectors], dtype=object)
+
+
+def _entries(entries: pa.Table, vectors: np.ndarray | None, digests: list[str] | None = None) -> pa.Table:
+    """The entries an index keeps: labels, where each face is, and its vector's digest."""
+    kept = list(ENTRY_COLUMNS) + [name for name in LOCATION_COLUMNS if name in entries.column_names]
+    digests = digests if digests is not None else vector_digests(vectors).tolist()
+    return entries.select(kept).append_column(VECTOR_DIGEST, pa.array(digests, pa.string()))
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """How a version's index was made."""
+
+    method: str
+    """``built`` (from scratch) or ``extended`` (a copy of ``base_version`` with faces added)."""
+    base_version: int | None
+    added: int
+    """Faces inserted into the graph by this build."""
+    reason: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        if self.method == "extended":
+            return f"extended v{self.base_version} with {self.added} faces"
+        return f"built from scratch with {self.added} faces ({self.reason})"
+
+
+def build_index(
+    vectors: np.ndarray, entries: pa.Table, params: IndexParams = IndexParams(), base: IndexVersion | None = None, threads: int = -1
+) -> tuple[FaceIndex, BuildReport]:
+    """The index of ``vectors`` / ``entries``: ``base`` extended with the faces it lacks when it can
+    be (see the module's docstring), else built from scratch. Either way it holds every face given.
+
+    An extended index keeps ``base``'s faces in its label order and appends the others in the
+    order given, so its rows are the given ones in another order.
+    """
+    if len(vectors) != entries.num_rows:
+        raise ValueError(f"{len(vectors)} vectors but {entries.num_rows} entries")
+    why_not, plan = _extension_plan(vectors, entries, params, base)
+    if plan is None:
+        return FaceIndex.build(vectors, entries, params, threads), BuildReport("built", None, len(vectors), why_not)
+    kept, added = plan
+    index = FaceIndex.extend(
+        FaceIndex.load(base.path, base.manifest["dim"], params, room=len(added)),
+        vectors[added], entries.take(pa.array(np.concatenate([kept, added]), pa.int64())), threads,
+    )
+    return index, BuildReport("extended", base.version, len(added), f"v{base.version} holds {len(kept)} of these faces unchanged")
+
+
+def _extension_plan(
+    vectors: np.ndarray, entries: pa.Table, params: IndexParams, base: IndexVersion | None
+) -> tuple[str, tuple[np.ndarray, np.ndarray] | None]:
+    """Why ``base`` cannot be extended, or (rows of ``entries`` in ``base``'s label order, rows to add)."""
+    if base is None:
+        return "no earlier version", None
+    manifest = base.manifest
+    dim = vectors.shape[1] if vectors.ndim == 2 else 0
+    if manifest.get("params") != params.__dict__ or manifest.get("dim") != dim:
+        return f"v{base.version} has other index parameters", None
+    indexed = pq.read_table(base.path / "entries.parquet")
+    if VECTOR_DIGEST not in indexed.column_names or indexed.num_rows != manifest.get("count"):
+        return f"v{base.version} keeps no vector digests", None
+    face_ids = entries.column("face_id").to_pylist()
+    row_of = {face_id: row for row, face_id in enumerate(face_ids)}
+    if len(row_of) != len(face_ids):
+        return "a face id more than once", None
+    digests = vector_digests(vectors)
+    kept = []
+    for face_id, digest in zip(indexed.column("face_id").to_pylist(), indexed.column(VECTOR_DIGEST).to_pylist(), strict=True):
+        row = row_of.get(face_id)
+        if row is None or digests[row] != digest:
+            return f"a face of v{base.version} is gone or has another vector ({face_id})", None
+        kept.append(row)
+    kept = np.array(kept, dtype=np.int64)
+    added = np.setdiff1d(np.arange(len(face_ids)), kept)
+    return "", (kept, added)
 
 
 @dataclass(frozen=True)

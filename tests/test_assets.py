@@ -72,7 +72,7 @@ def test_retrain_end_to_end_then_nothing_to_redo_then_full(settings, instance, s
     failed = [r for r in snapshot if r["embedding"] == "failed"]
     assert len(failed) == 3 and all(r["embedding_error"] and r["status"] == "kept" for r in failed)
     manifest = index["manifest"]
-    assert manifest["code_versions"]["face_index"] == "2" and manifest["software"]["dagster"] == "1.13.27"
+    assert manifest["code_versions"]["face_index"] == "3" and manifest["software"]["dagster"] == "1.13.27"
     assert manifest["model"]["model_sha256"] and manifest["dataset_fingerprint"] == faces["dataset_fingerprint"]
     [materialization] = first.asset_materializations_for_node("face_index")
     assert materialization.tags["dagster/data_version"] == manifest["content_fingerprint"]

@@ -72,3 +72,75 @@ def test_concurrent_publishers_never_share_or_overwrite_a_version(tmp_path):
         t.join()
     assert sorted(v.version for v in published) == [2, 3, 4, 5, 6, 7]
     assert not [p for p in (tmp_path / "index").iterdir() if p.name.startswith(".staging")]
+
+
+def _published(store: IndexStore, vectors, entries, base=None):
+    from facepipeline.index import build_index
+
+    index, how = build_index(vectors, entries, base=base)
+    return store.publish(index, {}), how
+
+
+def _contents(version) -> dict:
+    """Face -> (person, vector digest, stored vector): what a version holds, whatever its order."""
+    index = version.load()
+    vectors = index.vectors()
+    rows = index.entries.to_pylist()
+    return {r["face_id"]: (r["person_id"], r["vector_digest"], vectors[i]) for i, r in enumerate(rows)}
+
+
+def test_an_index_extended_with_new_faces_holds_what_a_full_rebuild_holds(tmp_path):
+    from facepipeline.index import build_index
+
+    vectors, entries = clustered(40, 6)
+    store = IndexStore(tmp_path / "index")
+    first = list(range(0, 240, 2)) + list(range(1, 200, 2))  # 220 faces first, 20 new ones (of known people) later
+    v1, how = _published(store, vectors[first], entries.take(first))
+    assert (how.method, how.added) == ("built", 220)
+    before = files_of(v1)
+    v2, how = _published(store, vectors, entries, base=v1)
+    assert (how.method, how.base_version, how.added) == ("extended", 1, 20) and how.line() == "extended v1 with 20 faces"
+    rebuilt = store.publish(build_index(vectors, entries)[0], {})
+
+    extended, full = _contents(v2), _contents(rebuilt)
+    assert extended.keys() == full.keys() == set(entries.column("face_id").to_pylist())
+    for face_id, (person, digest, stored) in extended.items():
+        assert (person, digest) == full[face_id][:2] and np.allclose(stored, full[face_id][2], atol=1e-6)
+    # The old faces keep their labels (rows), the new ones come after them; every face finds itself.
+    assert v2.load().entries.column("face_id").to_pylist()[:220] == v1.load().entries.column("face_id").to_pylist()
+    index = v2.load()
+    labels, sims = index.search(index.vectors(), k=1)
+    assert np.array_equal(labels[:, 0], np.arange(len(index))) and np.all(sims[:, 0] > 0.999)
+    assert files_of(v1) == before  # the version extended is a copy: the earlier one is untouched
+
+
+def files_of(version) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in version.path.iterdir() if p.is_file()}
+
+
+def test_a_relabelled_face_keeps_its_place_and_a_gone_or_changed_face_rebuilds_the_index(tmp_path):
+    from facepipeline.index import IndexParams, build_index
+
+    vectors, entries = clustered(10, 5)
+    store = IndexStore(tmp_path / "index")
+    v1, _ = _published(store, vectors, entries)
+
+    people = entries.column("person_id").to_pylist()
+    people[3] = "p9"  # the gallery moved face f3 to another person: the same vector, a new label
+    relabelled = entries.set_column(1, "person_id", pa.array(people))
+    index, how = build_index(vectors, relabelled, base=v1)
+    assert how.method == "extended" and how.added == 0
+    assert index.entries.column("person_id").to_pylist() == people
+
+    _, how = build_index(vectors[1:], entries.slice(1), base=v1)
+    assert how.method == "built" and "gone or has another vector (f0)" in how.reason
+    changed = vectors.copy()
+    changed[7] = -changed[7]  # f7 re-embedded (a new photo, another box, another model)
+    index, how = build_index(changed, entries, base=v1)
+    assert how.method == "built" and "(f7)" in how.reason
+    assert np.allclose(index.vectors()[7], changed[7], atol=1e-6)
+    _, how = build_index(vectors, entries, IndexParams(M=8), base=v1)
+    assert how.method == "built" and "other index parameters" in how.reason
+    no_digests = store.publish(FaceIndex(v1.load()._index, v1.load().entries.drop_columns(["vector_digest"]), IndexParams()), {})
+    _, how = build_index(vectors, entries, base=no_digests)
+    assert how.method == "built" and "no vector digests" in how.reason

@@ -63,14 +63,21 @@ def test_the_embeddings_gate_finds_each_kind_of_bad_vector():
     assert embeddings_gate(failed, 8).summary == "no usable embedding"
 
 
-def test_the_index_gate_catches_missing_reordered_and_altered_vectors():
+def test_the_index_gate_catches_missing_mislabelled_and_altered_vectors():
     table = embeddings(30)
     rows = usable(table)
     vectors = np.asarray(rows.column("embedding").to_pylist(), np.float32)
     assert index_gate(FaceIndex.build(vectors, rows), table).passed
     assert "holds 29 vectors" in index_gate(FaceIndex.build(vectors[:29], rows.slice(0, 29)), table).summary
     order = np.r_[1, 0, 2:30]
-    assert "face_ids differ" in index_gate(FaceIndex.build(vectors[order], rows.take(order)), table).summary
+    # Another order is fine when each face keeps its vector (an extended index keeps the old faces first) ...
+    assert index_gate(FaceIndex.build(vectors[order], rows.take(order)), table).passed
+    # ... but not labels that moved without their vectors, another face, or another person.
+    assert "indexed vectors differ" in index_gate(FaceIndex.build(vectors, rows.take(order)), table).summary
+    stranger = rows.set_column(0, "face_id", pa.array(["someone-else"] + rows.column("face_id").to_pylist()[1:]))
+    assert "face_ids differ" in index_gate(FaceIndex.build(vectors, stranger), table).summary
+    relabelled = rows.set_column(1, "person_id", pa.array(["p9"] + rows.column("person_id").to_pylist()[1:]))
+    assert "person_ids differ" in index_gate(FaceIndex.build(vectors, relabelled), table).summary
     altered = vectors.copy()
     altered[5] = -altered[5]
     assert "indexed vectors differ" in index_gate(FaceIndex.build(altered, rows), table).summary
