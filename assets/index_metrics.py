@@ -4,8 +4,8 @@ from dagster import AssetExecutionContext, MetadataValue, Output, TableColumn, T
 
 from assets.errors import failures_explained
 from facepipeline.calibration import calibrate
-from facepipeline.index import IndexParams, IndexVersion
-from facepipeline.metrics import EvaluationConfig, evaluate
+from facepipeline.index import IndexVersion
+from facepipeline.metrics import EvaluationConfig, ScoreCache, evaluate, gallery_scores
 from facepipeline.plots import PER_PERSON_COLUMNS, evaluation_png, per_person_rows, png_markdown
 from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
 
@@ -18,7 +18,7 @@ PER_PERSON_SCHEMA = TableSchema(
 )
 
 
-@asset(group_name="retrain", code_version="4", kinds={"python"})
+@asset(group_name="retrain", code_version="5", kinds={"python"})
 def index_metrics(
     context: AssetExecutionContext,
     face_index: IndexVersion,
@@ -27,7 +27,12 @@ def index_metrics(
     artifacts: ArtifactStoreResource,
 ) -> Output[dict]:
     """Held-out evaluation of this index version (its own vectors and labels), kept beside it, and
-    the confidence thresholds per data level that meet the target false-accept rate."""
+    the confidence thresholds per data level that meet the target false-accept rate.
+
+    Both are read from one exact table of similarities (facepipeline.metrics.GalleryScores); the
+    entries whose faces did not change since the last evaluation come from its cache (not in full
+    mode), keyed by the exact vectors, so they are the numbers a fresh computation gives.
+    """
     options = retrain_options.options()
     with failures_explained():
         source = face_source.open()
@@ -35,12 +40,18 @@ def index_metrics(
     index = face_index.load()
     vectors, people, faces = index.vectors(), index.entries.column("person_id").to_pylist(), index.entries.column("face_id").to_pylist()
     evaluation_config = EvaluationConfig(test_fraction=options.test_fraction, seed=options.seed, target_far=options.target_far)
-    result = evaluate(vectors, people, evaluation_config, IndexParams(**face_index.manifest["params"]), face_ids=faces)
+    scores = gallery_scores(
+        vectors, people, evaluation_config, faces, cache=ScoreCache(artifacts.root / "cache" / "gallery_scores.npz"),
+        reuse=options.mode != "full",
+    )
+    context.log.info(f"face-to-person scores: {scores.reused} reused, {scores.computed} computed")
+    result = evaluate(vectors, people, evaluation_config, faces, scores=scores)
     metrics = {**result.as_dict(), "index_version": face_index.name, "run_id": context.run.run_id}
     calibration = None
     if result.status == "ok":
         calibration = calibrate(
-            vectors, people, faces, levels=config.data_levels, configured=config.confidence_thresholds, config=evaluation_config
+            vectors, people, faces, levels=config.data_levels, configured=config.confidence_thresholds, config=evaluation_config,
+            scores=scores,
         )
         metrics["calibration"] = calibration.as_dict()
         if calibration.warning:
@@ -71,6 +82,8 @@ def index_metrics(
             **numbers,
             "probe_faces": result.probe_faces,
             "gallery_faces": result.gallery_faces,
+            "person_scores_computed": scores.computed,
+            "person_scores_reused": scores.reused,
             "threshold_sweep": MetadataValue.md(result.markdown()),
             **thresholds,
             **plots,

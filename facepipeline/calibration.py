@@ -34,11 +34,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from facepipeline.gallery.config import THRESHOLD_LEVELS, ConfidenceThresholds, DataLevels
-from facepipeline.metrics import SWEEP, EvaluationConfig, split_gallery_probes
+from facepipeline.metrics import SWEEP, EvaluationConfig, GalleryScores, gallery_scores
 
 # Genuine matches a configured threshold may reject before the retrain says so loudly.
 MAX_REJECTED_GENUINE = 0.10
-_CHUNK = 1024  # probes compared with the gallery at once (bounded memory: chunk x gallery floats)
 
 
 @dataclass(frozen=True)
@@ -153,9 +152,13 @@ def calibrate(
     levels: DataLevels,
     configured: ConfidenceThresholds,
     config: EvaluationConfig | None = None,
+    scores: GalleryScores | None = None,
 ) -> Calibration:
+    """``scores``: the faces' table (:func:`facepipeline.metrics.gallery_scores`), when already made."""
     config = config or EvaluationConfig()
-    scores = _scores(np.asarray(vectors, dtype=np.float32), person_ids, face_ids, levels, config)
+    if scores is None:
+        scores = gallery_scores(vectors, person_ids, config, face_ids)
+    scores = _scores(scores, levels)
     active = [i for i, _ in enumerate(THRESHOLD_LEVELS) if scores.people[i] > 0]
     per_level_target = config.target_far / max(1, len(active))
     trials = len(scores.stranger)
@@ -206,33 +209,21 @@ def calibrate(
     )
 
 
-def _scores(vectors: np.ndarray, person_ids: Sequence[str], face_ids: Sequence[str], levels: DataLevels, config: EvaluationConfig) -> _Scores:
-    gallery, probes = split_gallery_probes(person_ids, config, face_ids)
-    persons = np.asarray(person_ids, dtype=object)
-    names, person_index = np.unique(persons, return_inverse=True)
+def _scores(table: GalleryScores, levels: DataLevels) -> _Scores:
     # A person's level is what recognition will use: their faces in the whole index.
-    index_counts = np.bincount(person_index, minlength=len(names))
-    level_of_person = np.array([THRESHOLD_LEVELS.index(levels.level(int(n))) for n in index_counts])
-    gallery_person = person_index[gallery]
-    gallery_level = level_of_person[gallery_person]
-    gallery_vectors = vectors[gallery]
-
-    stranger = np.full((len(vectors), len(THRESHOLD_LEVELS)), -1.0, dtype=np.float32)
-    own_best = np.full(len(vectors), -1.0, dtype=np.float32)
-    for start in range(0, len(vectors), _CHUNK):
-        rows = slice(start, start + _CHUNK)
-        sims = vectors[rows] @ gallery_vectors.T
-        own = person_index[rows][:, None] == gallery_person[None, :]
-        if own.shape[1]:
-            own_best[rows] = np.where(own, sims, -1.0).max(axis=1)
-        for level in range(len(THRESHOLD_LEVELS)):
-            columns = gallery_level == level
-            if columns.any():
-                stranger[rows, level] = np.where(own[:, columns], -1.0, sims[:, columns]).max(axis=1)
-    probe_level = level_of_person[person_index[probes]]
+    index_counts = np.bincount(table.own, minlength=len(table.people))
+    level_of_person = np.array([THRESHOLD_LEVELS.index(levels.level(int(n))) for n in index_counts], dtype=np.int64)
+    others = table.others()
+    stranger = np.full((len(others), len(THRESHOLD_LEVELS)), -1.0, dtype=np.float32)
+    for level in range(len(THRESHOLD_LEVELS)):
+        columns = level_of_person == level
+        if columns.any():
+            stranger[:, level] = np.maximum(others[:, columns].max(axis=1), -1.0)
+    probes = table.probes
+    probe_level = level_of_person[table.own[probes]]
     return _Scores(
         probe_level=probe_level,
-        genuine=own_best[probes],
+        genuine=table.best[probes, table.own[probes]],
         stranger=stranger,
         people=[int(np.sum(level_of_person == level)) for level in range(len(THRESHOLD_LEVELS))],
         probes=[int(np.sum(probe_level == level)) for level in range(len(THRESHOLD_LEVELS))],

@@ -137,3 +137,64 @@ def test_an_ok_evaluation_accounts_for_every_probe_per_person_and_survives_json(
     assert pickle.loads(pickle.dumps(result.as_dict())) == result.as_dict()
     too_few = evaluate(*clustered(3, 3)[:1], ["p0"] * 3 + ["p1"] * 3 + ["p2"] * 3)
     assert too_few.per_person == [] and too_few.as_dict()["per_person"] == []
+
+
+def _everything(vectors, people, faces, scores):
+    from facepipeline.calibration import calibrate
+    from facepipeline.gallery.config import ConfidenceThresholds, DataLevels
+
+    config = EvaluationConfig(target_far=0.01)
+    return (
+        evaluate(vectors, people, config, faces, scores=scores).as_dict(),
+        calibrate(vectors, people, faces, levels=DataLevels(), configured=ConfidenceThresholds(), config=config, scores=scores).as_dict(),
+    )
+
+
+def test_cached_scores_give_the_numbers_a_fresh_evaluation_gives_and_only_changed_faces_are_computed(tmp_path):
+    from facepipeline.metrics import ScoreCache, gallery_scores
+
+    vectors, entries = clustered(30, 8, spread=1.2, seed=4)
+    people, faces = entries.column("person_id").to_pylist(), entries.column("face_id").to_pylist()
+    config = EvaluationConfig(target_far=0.01)
+    cache = ScoreCache(tmp_path / "scores.npz")
+    first = gallery_scores(vectors[:-5], people[:-5], config, faces[:-5], cache=cache)
+    assert first.reused == 0 and first.computed == first.best.size
+
+    def check(vectors, people, faces):
+        cached = gallery_scores(vectors, people, config, faces, cache=cache)
+        fresh = gallery_scores(vectors, people, config, faces)
+        assert np.allclose(cached.best, fresh.best, atol=1e-6) and cached.reused > 0
+        assert _everything(vectors, people, faces, cached) == _everything(vectors, people, faces, fresh)
+        return cached
+
+    # Five new faces of the last person: their rows and that person's column are new, the rest is reused.
+    grown = check(vectors, people, faces)
+    assert grown.computed <= 5 * grown.best.shape[1] + len(vectors)
+    # The same faces again: everything is reused.
+    assert check(vectors, people, faces).computed == 0
+    # A face relabelled: its old and new person's columns are computed again, and nothing else.
+    relabelled = list(people)
+    relabelled[0] = "p29"
+    assert check(vectors, relabelled, faces).computed <= 2 * len(vectors)
+    # A face re-embedded (same id, another vector): its row and its person's column are computed again.
+    changed = vectors.copy()
+    changed[10] = -changed[10]
+    assert 0 < check(changed, people, faces).computed <= len(vectors) + changed.shape[0] * 2
+    # Other settings move faces between gallery and probes: the columns follow, the numbers stay exact.
+    check(vectors, people, faces)
+    other_split = gallery_scores(vectors, people, EvaluationConfig(test_fraction=0.3, seed=1), faces, cache=cache)
+    fresh = gallery_scores(vectors, people, EvaluationConfig(test_fraction=0.3, seed=1), faces)
+    assert np.allclose(other_split.best, fresh.best, atol=1e-6) and other_split.computed > 0
+
+
+def test_a_full_evaluation_ignores_the_cache_and_a_broken_cache_is_a_miss(tmp_path):
+    from facepipeline.metrics import ScoreCache, gallery_scores
+
+    vectors, entries = clustered(20, 6, seed=2)
+    people, faces = entries.column("person_id").to_pylist(), entries.column("face_id").to_pylist()
+    cache = ScoreCache(tmp_path / "scores.npz")
+    gallery_scores(vectors, people, EvaluationConfig(), faces, cache=cache)
+    assert gallery_scores(vectors, people, EvaluationConfig(), faces, cache=cache, reuse=False).reused == 0
+    (tmp_path / "scores.npz").write_bytes(b"not a table")
+    again = gallery_scores(vectors, people, EvaluationConfig(), faces, cache=cache)
+    assert again.reused == 0 and ScoreCache(tmp_path / "scores.npz").load() is not None  # rewritten whole
