@@ -7,10 +7,13 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from facepipeline.embedding_store import usable
+from facepipeline.embedding_store import embedding_matrix, usable
 from facepipeline.faces import VerifiedFace
 from facepipeline.gallery.base import CoOccurrence, DescriptorUpdate
 from facepipeline.geometry import BBox
+
+
+DETECTED_BOX = ("bbox_x", "bbox_y", "bbox_width", "bbox_height")
 
 
 def descriptor_updates(
@@ -24,8 +27,11 @@ def descriptor_updates(
     by_id = {f.face_id: f for f in faces}
     updates: list[DescriptorUpdate] = []
     left_out: Counter[str] = Counter()
-    for row in usable(embeddings).to_pylist():
-        face = by_id.get(row["face_id"])
+    rows = usable(embeddings)
+    vectors = embedding_matrix(rows)  # one array, not a list of floats per row
+    columns = {name: rows.column(name).to_pylist() for name in ("face_id", "det_score", *DETECTED_BOX)}
+    for i, face_id in enumerate(columns["face_id"]):
+        face = by_id.get(face_id)
         if face is None:
             left_out["not_in_dataset"] += 1
             continue
@@ -38,9 +44,9 @@ def descriptor_updates(
                     face_id=face.face_id,
                     person_id=face.person_id,
                     bbox=face.bbox,
-                    descriptor=row["embedding"],
-                    confidence=float(row["det_score"]),
-                    detected_bbox=BBox(row["bbox_x"], row["bbox_y"], row["bbox_width"], row["bbox_height"]),
+                    descriptor=vectors[i],
+                    confidence=float(columns["det_score"][i]),
+                    detected_bbox=BBox(*(columns[name][i] for name in DETECTED_BOX)),
                     context={
                         "event_id": face.event_id,
                         "co_occurring_people": co_occurrence.on_same_photo(face.photo_id, face.person_id),

@@ -303,3 +303,43 @@ def test_repairing_one_bad_config_value_is_possible_while_another_is_bad(gallery
     store.set("context_weight", "0.2")
     config, _ = store.load()
     assert (config.min_faces_per_person, config.context_weight) == (2, 0.2)
+
+
+def test_the_descriptor_digest_is_the_one_postgres_computes_from_the_stored_vector(gallery):
+    from facepipeline.gallery.postgres import descriptor_digest
+
+    _three_people(gallery)
+    source = PostgresGallery(gallery.dsn)
+    updates = [_update(f, seed=i) for i, f in enumerate(source.read(FaceFilters()).faces)]
+    source.write_descriptors(updates)
+    stored = dict(gallery.conn.execute(
+        "select id::text, md5(vector_send(insightface_descriptor)) from photo_faces where insightface_descriptor is not null"
+    ).fetchall())
+    assert stored == {u.face_id: descriptor_digest(u.descriptor) for u in updates}
+
+
+def test_only_rows_whose_values_differ_are_sent_and_written(gallery):
+    """After a first write-back, the gallery changes three rows (a descriptor cleared, training_used reset, the
+    context edited) and one face gets a new vector: exactly those four rows are written, no other tuple changes."""
+    _three_people(gallery)
+    source = PostgresGallery(gallery.dsn)
+    faces = source.read(FaceFilters()).faces
+    updates = [_update(f, seed=i) for i, f in enumerate(faces)]
+    source.write_descriptors(updates)
+    gallery.conn.execute("update photo_faces set insightface_descriptor = null where id = %s", [faces[0].face_id])
+    gallery.conn.execute("update photo_faces set training_used = false where id = %s", [faces[1].face_id])
+    gallery.conn.execute(
+        "update photo_faces set training_context = training_context || '{\"event_id\": null}' where id = %s", [faces[2].face_id]
+    )
+    updates[3] = _update(faces[3], seed=99)  # re-embedded: another vector
+    before = gallery.rows()
+
+    report = source.write_descriptors(updates)
+    assert (report.written, report.unchanged, report.skipped, report.batches_committed) == (4, len(faces) - 4, 0, 1)
+    after = gallery.rows()
+    changed = {face_id for face_id in after if after[face_id] != before[face_id]}
+    assert changed == {f.face_id for f in faces[:4]}
+    stored = gallery.conn.execute(
+        "select insightface_descriptor::text from photo_faces where id = %s", [faces[3].face_id]
+    ).fetchone()[0]
+    assert np.array_equal(np.array(eval(stored), dtype=np.float32), updates[3].descriptor)

@@ -131,16 +131,22 @@ def write_in_batches(
     progress: Callable[[WriteBackReport], None] | None,
     connect: Callable[[], AbstractContextManager[Any]],
     write_batch: Callable[[Any, Sequence[DescriptorUpdate], WriteBackReport], None],
+    to_write: Callable[[Any, Sequence[DescriptorUpdate], WriteBackReport], Sequence[DescriptorUpdate]] | None = None,
 ) -> WriteBackReport:
     """The write-back loop both transports share: batches, progress, and what a lost gallery means.
 
     ``connect()`` opens what the batches write through; ``write_batch(connection, batch, report)``
-    writes one batch and counts it into ``report``. A :class:`GalleryUnavailable` on the way becomes
-    :class:`WriteBackInterrupted`, carrying the counts of what was committed before.
+    writes one batch and counts it into ``report``. ``to_write(connection, updates, report)``, when
+    given, first sorts out the rows that would not change (counted as unchanged or skipped into
+    ``report``) and returns the others, the only ones then sent in batches. A
+    :class:`GalleryUnavailable` on the way becomes :class:`WriteBackInterrupted`, carrying the
+    counts of what was committed before.
     """
     report = WriteBackReport(faces=len(updates))
     try:
         with connect() as connection:
+            if to_write is not None:
+                updates = to_write(connection, updates, report)
             for start in range(0, len(updates), batch_size):
                 write_batch(connection, updates[start : start + batch_size], report)
                 report.batches_committed += 1

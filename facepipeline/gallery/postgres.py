@@ -3,14 +3,18 @@ PostgreSQL with pgvector and the SPEC schema.
 
 Every statement is parameterised. Connections are short-lived, one per operation, opened with a
 connect timeout so an unreachable database fails fast; messages name host and port, never the
-password. Write-back is one ``UPDATE ... FROM unnest(...)`` per batch, each its own transaction,
-and touches only rows that are still verified, still labelled and boxed as they were read, and
-whose values actually change.
+password. Write-back first asks, in one read per 5,000 rows, which rows would change (the stored
+descriptor is compared by the md5 of its binary form, so no vector travels for a row that holds it
+already); then it sends only those, one ``UPDATE ... FROM unnest(...)`` per batch, each its own
+transaction, touching only rows that are still verified, still labelled and boxed as they were
+read, and whose values actually change (checked again under the row lock).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -104,6 +108,27 @@ written as (
 )
 select (select array_agg(id::text) from eligible), (select count(*) from written)
 """
+
+# Which offered rows are eligible (as in _WRITE_BATCH) and which of those already hold every value
+# (as its "is distinct from" test, the descriptor compared by digest): a plain read, nothing locked.
+_COMPARE_BATCH = """
+with incoming as (
+    select * from jsonb_to_recordset(%(rows)s::jsonb)
+           as t(n integer, id uuid, person_id uuid, bbox jsonb, digest text, confidence real, detected_bbox jsonb, context jsonb)
+)
+select i.n,
+       coalesce(f.verified and f.person_id = i.person_id and f.bbox @> i.bbox, false),
+       coalesce(md5(vector_send(f.insightface_descriptor)) = i.digest
+                and f.insightface_confidence is not distinct from i.confidence
+                and f.insightface_bbox is not distinct from i.detected_bbox
+                and f.training_used is not distinct from true
+                and (f.training_context - 'training_session_id') is not distinct from (i.context - 'training_session_id')
+                and not (f.training_context ->> 'training_session_id' is null and i.context ->> 'training_session_id' is not null),
+                false)
+from incoming i left join photo_faces f on f.id = i.id
+order by i.n
+"""
+COMPARE_BATCH_SIZE = 5000
 
 
 _PENDING_EVENTS = """
@@ -291,7 +316,8 @@ class PostgresGallery:
         progress: Callable[[WriteBackReport], None] | None = None,
     ) -> WriteBackReport:
         return write_in_batches(
-            updates, batch_size=batch_size, progress=progress, connect=self._connection, write_batch=_write_batch
+            updates, batch_size=batch_size, progress=progress, connect=self._connection, write_batch=_write_batch,
+            to_write=_changed_rows,
         )
 
     def create_session(self, fields: Mapping[str, Any]) -> str:
@@ -400,6 +426,38 @@ def _write_batch(conn: psycopg.Connection, batch: Sequence[DescriptorUpdate], re
     skipped = [u.face_id for u in batch if u.face_id not in eligible]
     report.skipped += len(skipped)
     report.skipped_ids.extend(skipped)
+
+
+def descriptor_digest(vector: np.ndarray) -> str:
+    """md5 of pgvector's binary form of ``vector`` (``vector_send``: dim and a zero as int16, then
+    big-endian float4s), the same as ``md5(vector_send(insightface_descriptor))`` in SQL."""
+    return hashlib.md5(struct.pack(">HH", len(vector), 0) + vector.astype(">f4").tobytes(), usedforsecurity=False).hexdigest()
+
+
+def _changed_rows(
+    conn: psycopg.Connection, updates: Sequence[DescriptorUpdate], report: WriteBackReport
+) -> list[DescriptorUpdate]:
+    """The updates that would change their row; the others are counted unchanged, or skipped when
+    the row is no longer as read (the write would skip it too)."""
+    changed = []
+    for start in range(0, len(updates), COMPARE_BATCH_SIZE):
+        batch = updates[start : start + COMPARE_BATCH_SIZE]
+        rows = [
+            {"n": n, "id": u.face_id, "person_id": u.person_id, "bbox": exact_json(u.bbox), "digest": descriptor_digest(u.descriptor),
+             "confidence": float(u.confidence), "detected_bbox": u.detected_bbox.to_json(), "context": dict(u.context)}
+            for n, u in enumerate(batch)
+        ]
+        state = {n: (eligible, same) for n, eligible, same in conn.execute(_COMPARE_BATCH, {"rows": Jsonb(rows)})}
+        for n, update in enumerate(batch):
+            eligible, same = state[n]
+            if not eligible:
+                report.skipped += 1
+                report.skipped_ids.append(update.face_id)
+            elif same:
+                report.unchanged += 1
+            else:
+                changed.append(update)
+    return changed
 
 
 def _batch_params(batch: Sequence[DescriptorUpdate]) -> dict[str, list]:
