@@ -150,6 +150,16 @@ def _events(count: int) -> list[tuple[str, str, dt.date]]:
     return events
 
 
+def _has_photos(dsn: str) -> bool:
+    """Whether the gallery at ``dsn`` has photos already (False when that cannot be told here: the
+    seeding itself then says why, or checks again under its lock)."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=10, application_name="facepipeline-seed") as conn:
+            return has_schema(conn) and conn.execute("select exists (select 1 from photos)").fetchone()[0]
+    except psycopg.Error:
+        return False
+
+
 def seed_from_folder(dsn: str, folder: Path, url_for: Callable[[str], str], *, events: int = 4,
                      unverified_share: float = 0.1, seed: int = 7, if_empty: bool = False) -> SeedReport:
     """Fill the empty gallery at ``dsn`` (schema already created) from ``folder``.
@@ -164,6 +174,8 @@ def seed_from_folder(dsn: str, folder: Path, url_for: Callable[[str], str], *, e
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise SeedError(f"seed: directory not found: {root}")
+    if if_empty and _has_photos(dsn):  # the usual case on every start: no need to read the folder
+        return SeedReport(0, 0, 0, 0, 0, 0, time.monotonic() - started, skipped=True)
     boxes = root / BOXES_FILE
     photos, faces = _from_boxes(root, boxes) if boxes.is_file() else _from_person_folders(root)
     if not photos:
