@@ -154,3 +154,58 @@ def test_a_failed_step_ends_the_session_failed_with_the_error(gallery, instance)
     [(status, metrics)] = [(s[1], s[5]) for s in sessions(gallery["dsn"])]
     assert status == "failed" and "no_such_pack" in metrics["error"] and metrics["failed_step"] == "face_embeddings"
     assert not rows(gallery["dsn"], "insightface_descriptor is not null")
+
+
+def test_an_incremental_retrain_does_only_the_new_faces_work_and_its_index_is_the_full_rebuilds(gallery, instance):
+    """The unverified faces of the seed are confirmed in the gallery (SQL, as the app does) after a first retrain:
+    the next retrain fetches, embeds and writes back only them, extends the version before, and evaluates
+    from cached scores to the numbers a fresh evaluation gives. A full retrain then builds the same index anew."""
+    from facepipeline.index import IndexStore
+    from facepipeline.metrics import EvaluationConfig, evaluate
+
+    dsn, settings = gallery["dsn"], gallery["settings"]
+    assert retrain(settings, instance).success
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        new = {r[0] for r in conn.execute("update photo_faces set verified = true where not verified returning id::text")}
+    assert len(new) == gallery["seeded"].unverified
+    before = rows(dsn)
+
+    second = retrain(settings, instance)
+    assert second.success
+
+    def metadata(asset: str) -> dict:
+        [event] = second.asset_materializations_for_node(asset)
+        return {key: value.value for key, value in event.metadata.items()}
+
+    assert metadata("cached_photos")["fetched"] == len(new)
+    assert metadata("face_embeddings")["faces_embedded"] == len(new)
+    assert second.output_for_node("face_descriptors")["written"] == len(new)
+    after = rows(dsn)
+    assert {face_id for face_id in after if after[face_id] != before[face_id]} == new  # no other row touched
+    index = metadata("face_index")
+    assert index["build"] == f"extended v1 with {len(new)} faces" and index["manifest"]["build"]["base_version"] == 1
+    checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+              for e in second.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert checks == {"dataset_valid": True, "embeddings_sane": True, "index_consistent": True, "no_regression": True}
+
+    store = IndexStore(settings.home / "index")
+    extended = store.get(2).load()
+    embedded = second.output_for_node("face_embeddings")
+    usable = {r["face_id"] for r in embedded.to_pylist() if r["status"] == "ok"}
+    assert set(extended.entries.column("face_id").to_pylist()) == usable and new <= usable
+    metrics = metadata("index_metrics")
+    assert metrics["person_scores_reused"] > metrics["person_scores_computed"] > 0
+    stored = json.loads((store.get(2).path / "metrics.json").read_text())
+    fresh = evaluate(extended.vectors(), extended.entries.column("person_id").to_pylist(), EvaluationConfig(),
+                     extended.entries.column("face_id").to_pylist()).as_dict()
+    assert {k: stored[k] for k in fresh} == fresh
+
+    full = retrain(settings, instance, mode="full")
+    assert full.success
+    [event] = full.asset_materializations_for_node("face_index")
+    assert event.metadata["build"].value.startswith("built from scratch") and "(mode full)" in event.metadata["build"].value
+    rebuilt = store.get(3).load()
+    by_face = dict(zip(rebuilt.entries.column("face_id").to_pylist(), rebuilt.vectors(), strict=True))
+    for face_id, vector in zip(extended.entries.column("face_id").to_pylist(), extended.vectors(), strict=True):
+        assert np.allclose(by_face.pop(face_id), vector, atol=1e-4)
+    assert not by_face
