@@ -4,27 +4,41 @@ import hashlib
 import time
 from dataclasses import replace
 
+from collections.abc import Iterator
+
 import pyarrow as pa
-from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
+from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
 from assets.errors import failures_explained
+from assets.gates import check_result
 from assets.lineage import code_versions, software
 from facepipeline.dataset import dataset_fingerprint
 from facepipeline.embedding_store import embedding_matrix, model_of, usable
 from facepipeline.faces import facts_of, table_to_faces
 from facepipeline.index import DATASET_FILE, IndexParams, IndexStore, IndexVersion, build_index
+from facepipeline.quality import index_gate
 from facepipeline.snapshots import snapshot_counts, with_embedding_outcome
 from resources import ArtifactStoreResource, RetrainOptionsResource
 
+INDEX_CONSISTENT = AssetCheckSpec(
+    "index_consistent",
+    asset="face_index",
+    blocking=True,
+    description="The index holds exactly the usable embeddings, each face once with its label and vector; faces find themselves.",
+)
 
-@asset(group_name="retrain", io_manager_key="index_io_manager", code_version="3", kinds={"python", "hnswlib"})
+
+@asset(
+    group_name="retrain", io_manager_key="index_io_manager", code_version="3", kinds={"python", "hnswlib"},
+    check_specs=[INDEX_CONSISTENT],
+)
 def face_index(
     context: AssetExecutionContext,
     verified_faces: pa.Table,
     face_embeddings: pa.Table,
     artifacts: ArtifactStoreResource,
     retrain_options: RetrainOptionsResource,
-) -> Output[IndexVersion]:
+) -> Iterator[Output[IndexVersion] | AssetCheckResult]:
     """Index every usable embedding (cosine) and publish it as the next version, index/vN.
 
     In incremental mode the latest version is copied and the new faces added to it, when it holds
@@ -32,6 +46,9 @@ def face_index(
     is built from scratch. Either way the version holds every usable embedding. It keeps what made
     it: the dataset snapshot (every row read, and what became of each), the model pack and its file
     hashes, how the index was made, the code versions, the run and the training session.
+
+    Its blocking check ``index_consistent`` reads the published version back from disk and compares
+    it with the embeddings (facepipeline.quality.index_gate).
     """
     with failures_explained():
         mode = retrain_options.options().mode
@@ -48,7 +65,6 @@ def face_index(
     if mode == "full":
         how = replace(how, reason="mode full")
     build_seconds = time.perf_counter() - started
-    context.log.info(f"index: {how.line()} in {build_seconds:.2f}s")
     snapshot = artifacts.dataset_snapshots().read(facts["dataset_fingerprint"])
     dataset = with_embedding_outcome(snapshot, face_embeddings) if snapshot is not None else None
     session = artifacts.history().for_run(context.run.run_id)
@@ -73,9 +89,11 @@ def face_index(
         },
         dataset=dataset,
     )
-    context.log.info(f"published index {version.name} with {len(index)} faces at {version.path}")
+    context.log.info(f"published index {version.name} with {len(index)} faces at {version.path}: {how.line()} in {build_seconds:.2f}s")
     manifest = version.manifest
-    return Output(
+    gate = index_gate(version.load(), face_embeddings)
+    version.record_check(INDEX_CONSISTENT.name, {"passed": gate.passed, "summary": gate.summary, **gate.figures})
+    yield Output(
         version,
         data_version=DataVersion(content),
         metadata={
@@ -99,6 +117,7 @@ def face_index(
             "manifest": MetadataValue.json(manifest),
         },
     )
+    yield check_result(gate, INDEX_CONSISTENT.name, candidate_version=version.name)
 
 
 def _base(store: IndexStore) -> IndexVersion | None:

@@ -1,13 +1,35 @@
 """The index metrics: how well the new index names held-out faces, and which thresholds fit it."""
 
-from dagster import AssetExecutionContext, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
+from collections.abc import Iterator
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MetadataValue,
+    Output,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+)
 
 from assets.errors import failures_explained
+from assets.gates import check_result
 from facepipeline.calibration import calibrate
-from facepipeline.index import IndexVersion
+from facepipeline.index import IndexStore, IndexVersion
 from facepipeline.metrics import EvaluationConfig, ScoreCache, evaluate, gallery_scores
 from facepipeline.plots import PER_PERSON_COLUMNS, evaluation_png, per_person_rows, png_markdown
+from facepipeline.quality import GateResult, baseline_evaluation, regression_gate
 from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
+
+NO_REGRESSION = AssetCheckSpec(
+    "no_regression",
+    asset="index_metrics",
+    blocking=True,
+    description="Rank-1 accuracy (micro and macro) no more than regression_tolerance below the promoted index's, "
+    "both evaluated on the same held-out split.",
+)
 
 
 PER_PERSON_SCHEMA = TableSchema(
@@ -18,20 +40,23 @@ PER_PERSON_SCHEMA = TableSchema(
 )
 
 
-@asset(group_name="retrain", code_version="5", kinds={"python"})
+@asset(group_name="retrain", code_version="5", kinds={"python"}, check_specs=[NO_REGRESSION])
 def index_metrics(
     context: AssetExecutionContext,
     face_index: IndexVersion,
     retrain_options: RetrainOptionsResource,
     face_source: FaceSourceResource,
     artifacts: ArtifactStoreResource,
-) -> Output[dict]:
+) -> Iterator[Output[dict] | AssetCheckResult]:
     """Held-out evaluation of this index version (its own vectors and labels), kept beside it, and
     the confidence thresholds per data level that meet the target false-accept rate.
 
     Both are read from one exact table of similarities (facepipeline.metrics.GalleryScores); the
     entries whose faces did not change since the last evaluation come from its cache (not in full
     mode), keyed by the exact vectors, so they are the numbers a fresh computation gives.
+
+    Its blocking check ``no_regression`` compares this evaluation with the promoted version's, made
+    with the same split and seed (facepipeline.quality.regression_gate).
     """
     options = retrain_options.options()
     with failures_explained():
@@ -44,7 +69,6 @@ def index_metrics(
         vectors, people, evaluation_config, faces, cache=ScoreCache(artifacts.root / "cache" / "gallery_scores.npz"),
         reuse=options.mode != "full",
     )
-    context.log.info(f"face-to-person scores: {scores.reused} reused, {scores.computed} computed")
     result = evaluate(vectors, people, evaluation_config, faces, scores=scores)
     metrics = {**result.as_dict(), "index_version": face_index.name, "run_id": context.run.run_id}
     calibration = None
@@ -59,7 +83,9 @@ def index_metrics(
     path = face_index.record_evaluation(context.run.run_id, metrics)
     plots = _plots(metrics, face_index, context.run.run_id, dict(zip(people, index.entries.column("person_name").to_pylist(), strict=True)))
     healthy = result.status == "ok" and result.target_met
-    (context.log.info if healthy else context.log.warning)(f"{face_index.name}: {result.message}")
+    (context.log.info if healthy else context.log.warning)(
+        f"{face_index.name}: {result.message} (face-to-person scores: {scores.computed} computed, {scores.reused} reused)"
+    )
     numbers = {
         key: getattr(result, key)
         for key in ("rank1_accuracy", "rank1_accuracy_macro", "precision", "recall", "f1", "recommended_threshold", "far")
@@ -72,7 +98,10 @@ def index_metrics(
             "configured_thresholds_reject": calibration.configured_rejects,
             "thresholds_warning": MetadataValue.text(calibration.warning or "none"),
         }
-    return Output(
+    gate = _no_regression(metrics, face_index, artifacts.index_store(), config.regression_tolerance)
+    (context.log.info if gate.passed else context.log.error)(f"{face_index.name}: {gate.summary}")
+    face_index.record_check(NO_REGRESSION.name, {"passed": gate.passed, "summary": gate.summary, **gate.figures})
+    yield Output(
         metrics,
         metadata={
             "status": result.status,
@@ -90,6 +119,15 @@ def index_metrics(
             "metrics_path": MetadataValue.path(str(path)),
         },
     )
+    yield check_result(gate, NO_REGRESSION.name, candidate_version=face_index.name)
+
+
+def _no_regression(metrics: dict, candidate: IndexVersion, store: IndexStore, tolerance: float) -> GateResult:
+    promoted = store.promoted()
+    if promoted is not None and promoted.version == candidate.version:
+        return GateResult(True, f"{candidate.name} is the promoted version", {"tolerance": tolerance})
+    baseline = baseline_evaluation(promoted, metrics["config"]) if promoted is not None else None
+    return regression_gate(metrics, baseline, baseline_name=promoted.name if promoted else None, tolerance=tolerance)
 
 
 def _plots(metrics: dict, version: IndexVersion, run_id: str, names: dict[str, str]) -> dict:

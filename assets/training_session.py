@@ -11,10 +11,11 @@ from facepipeline.metrics import SUMMARY_KEYS
 from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
 
 
-@asset(group_name="retrain", code_version="2", kinds={"python", "postgres"})
+# verified_faces is upstream for lineage and order only: its table is not needed here (the counts come
+# from the embeddings), so it is not loaded again.
+@asset(group_name="retrain", code_version="2", kinds={"python", "postgres"}, deps=["verified_faces"])
 def training_session(
     context: AssetExecutionContext,
-    verified_faces: pa.Table,
     cached_photos: pa.Table,
     face_embeddings: pa.Table,
     face_index: IndexVersion,
