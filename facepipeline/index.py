@@ -103,7 +103,30 @@ class FaceIndex:
         """Every indexed vector, in label order (row ``i`` of :attr:`entries`)."""
         if len(self) == 0:
             return np.empty((0, self.dim), dtype=np.float32)
+        stored = self._stored_vectors()
+        if stored is not None:
+            return stored
         return np.asarray(self._index.get_items(np.arange(len(self)), return_type="numpy"), dtype=np.float32)
+
+    def _stored_vectors(self) -> np.ndarray | None:
+        """The vectors read from hnswlib's own serialised state (what pickling an index gives): one
+        copy of its level-0 memory instead of one call per item (~30x faster). None when the state
+        is not laid out as expected (another hnswlib, deleted items): then ``get_items`` answers."""
+        try:
+            state = self._index.__getstate__()[0]
+            count, width = state["cur_element_count"], state["size_data_per_element"]
+            data_at, label_at, raw = state["offset_data"], state["label_offset"], state["data_level0"]
+            if state["has_deletions"] or count != len(self) or raw.size != count * width or data_at + 4 * self.dim > label_at:
+                return None
+        except (AttributeError, IndexError, KeyError, TypeError):
+            return None
+        rows = np.frombuffer(raw.tobytes(), dtype=np.uint8).reshape(count, width)
+        labels = np.ascontiguousarray(rows[:, label_at : label_at + 8]).view(np.uint64).ravel()
+        if not np.array_equal(np.sort(labels), np.arange(count, dtype=np.uint64)):
+            return None
+        vectors = np.empty((count, self.dim), dtype=np.float32)
+        vectors[labels.astype(np.int64)] = np.ascontiguousarray(rows[:, data_at : data_at + 4 * self.dim]).view(np.float32)
+        return vectors
 
     def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Labels and cosine similarities of the ``k`` nearest entries, best first."""

@@ -144,3 +144,18 @@ def test_a_relabelled_face_keeps_its_place_and_a_gone_or_changed_face_rebuilds_t
     no_digests = store.publish(FaceIndex(v1.load()._index, v1.load().entries.drop_columns(["vector_digest"]), IndexParams()), {})
     _, how = build_index(vectors, entries, base=no_digests)
     assert how.method == "built" and "no vector digests" in how.reason
+
+
+def test_vectors_read_from_the_index_state_are_exactly_what_hnswlib_returns_item_by_item(tmp_path):
+    from facepipeline.index import build_index
+
+    vectors, entries = clustered(20, 5)
+    store = IndexStore(tmp_path / "index")
+    v1, _ = _published(store, vectors[:60], entries.slice(0, 60))
+    extended, how = build_index(vectors, entries, base=v1)
+    assert how.method == "extended"
+    for index in (v1.load(), extended):
+        by_item = np.asarray(index._index.get_items(np.arange(len(index)), return_type="numpy"), dtype=np.float32)
+        assert index._stored_vectors() is not None and np.array_equal(index.vectors(), by_item)
+    extended._index.mark_deleted(3)  # a state this reading does not handle: hnswlib answers item by item
+    assert extended._stored_vectors() is None
