@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import textwrap
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -179,12 +180,31 @@ def _far_limits(metrics: Mapping) -> tuple[float, float]:
     return lowest / 2, 1.3
 
 
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _powers_of_ten(axis) -> None:
+    """Log-axis labels 10⁻³ in plain text: matplotlib's default writes them in mathtext, whose parser
+    costs more to set up than the whole drawing."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    def label(value: float, _position) -> str:
+        if value <= 0:
+            return ""
+        power = round(math.log10(value))
+        return "1" if power == 0 else "10" + str(power).translate(_SUPERSCRIPT)
+
+    axis.set_major_formatter(FuncFormatter(label))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _draw_sweep(ax, metrics: Mapping) -> list:
     sweep = metrics["sweep"]
     floor = _far_floor(metrics)
     thresholds = [p["threshold"] for p in sweep]
     bottom, top = _far_limits(metrics)
     ax.set_yscale("log")
+    _powers_of_ten(ax.yaxis)
     ax.set_ylim(bottom, top)
     ax.set_xlim(0, 1)
     ax.axhspan(bottom, floor, color="#000000", alpha=0.07, lw=0, label=f"FAR < 1/{round(1 / floor)}: not measurable")
@@ -213,6 +233,7 @@ def _draw_roc(ax, metrics: Mapping) -> list:
     floor = _far_floor(metrics)
     bottom, top = _far_limits(metrics)
     ax.set_xscale("log")
+    _powers_of_ten(ax.xaxis)
     ax.set_xlim(bottom, top)
     ax.set_ylim(0, 1.02)
     ax.axvspan(bottom, floor, color="#000000", alpha=0.07, lw=0, label=f"FAR < 1/{round(1 / floor)}: not measurable")
