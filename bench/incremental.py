@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -358,6 +359,11 @@ def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _short(step: str) -> str:
+    """face_embeddings.embed_event[event_af592cbd_674b_...] -> face_embeddings.embed_event[af592cbd]"""
+    return re.sub(r"\[event_([0-9a-f]{8})[0-9a-f_]*\]", r"[\1]", step)
+
+
 def report(runs: list[dict]) -> None:
     full = runs[0]["seconds"]
     print(f"{'run':12s} {'wall s':>8s} {'/ full':>7s} {'faces':>6s} {'embedded':>9s} {'fetched':>8s} {'written':>8s}  index")
@@ -370,7 +376,8 @@ def report(runs: list[dict]) -> None:
     steps = list(dict.fromkeys(step for run in runs for step in run["steps"]))
     print(f"{'step (seconds)':42s}" + "".join(f" {run['label']:>12s}" for run in runs))
     for step in steps:
-        print(f"{step:42s}" + "".join(f" {run['steps'].get(step, float('nan')):12.2f}" for run in runs))
+        times = "".join(f" {run['steps'][step]:12.2f}" if step in run["steps"] else f" {'-':>12s}" for run in runs)
+        print(f"{_short(step):42s}{times}")
     print(f"{'outside steps (start, imports, run setup)':42s}" + "".join(f" {run['outside_steps_s']:12.2f}" for run in runs))
     print(f"{'whole command':42s}" + "".join(f" {run['seconds']:12.2f}" for run in runs))
 
