@@ -272,6 +272,8 @@ def main() -> int:
     env = environment(workdir, seed, args.model_root.resolve(), args.pack, args.bytecode_cache)
     gallery_started = False
     try:
+        missing = [str(path) for path in (*args.data, args.model_root / args.pack) if not path.is_dir()]
+        expect(not missing, f"missing: {', '.join(missing)} (../shared beside the checkout, or --data / --model-root)")
         people, photos = build_seed_folder(seed, [d.resolve() for d in args.data])
         log(f"seed folder {seed}: {people} people, {photos} photos (hard links)")
         if args.bytecode_cache:
