@@ -213,7 +213,7 @@ def _scores(table: GalleryScores, levels: DataLevels) -> _Scores:
     # A person's level is what recognition will use: their faces in the whole index.
     index_counts = np.bincount(table.own, minlength=len(table.people))
     level_of_person = np.array([THRESHOLD_LEVELS.index(levels.level(int(n))) for n in index_counts], dtype=np.int64)
-    others = table.others()
+    others = table.others
     stranger = np.full((len(others), len(THRESHOLD_LEVELS)), -1.0, dtype=np.float32)
     for level in range(len(THRESHOLD_LEVELS)):
         columns = level_of_person == level

@@ -40,6 +40,7 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -178,10 +179,12 @@ class GalleryScores:
     def computed(self) -> int:
         return self.best.size - self.reused
 
+    @cached_property
     def others(self) -> np.ndarray:
-        """``best`` with each row's own person at -inf: the faces as strangers."""
+        """``best`` with each row's own person at -inf: the faces as strangers (made once, read-only)."""
         others = self.best.copy()
         others[np.arange(len(others)), self.own] = -np.inf
+        others.flags.writeable = False
         return others
 
 
@@ -258,7 +261,8 @@ def gallery_scores(
     everything = np.ones(len(vectors), dtype=bool)
     _fill_best(best, vectors, groups, everything, ~known_columns)  # new columns, for every face
     _fill_best(best, vectors, groups, ~known_rows, known_columns)  # new faces, for the other columns
-    if cache is not None:
+    unchanged = cached is not None and np.array_equal(cached[0], row_keys) and np.array_equal(cached[1], column_keys)
+    if cache is not None and not unchanged:
         cache.save(row_keys, column_keys, best)
     return GalleryScores(gallery=gallery, probes=probes, people=people, own=own, best=best, reused=reused)
 
@@ -304,7 +308,7 @@ def evaluate(
     best = scores.best[probes, nearest]
     correct = nearest == scores.own[probes]
     # Every face as a stranger: its best match outside its own person.
-    impostor = scores.others().max(axis=1)
+    impostor = scores.others.max(axis=1)
     genuine = scores.best[probes, scores.own[probes]]
 
     sweep = [_sweep_point(t, best, correct, impostor) for t in SWEEP]
