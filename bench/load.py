@@ -27,7 +27,9 @@ folder, the way ``make demo`` does, through the real CLI in its own processes:
 4. ``facepipeline gallery down``, and the size's home is deleted (unless ``--keep``).
 
 faces/s is the faces indexed over the retrain's wall time (end to end); the embedding stage's own
-faces/s (its materialization metadata) is shown beside it. Progress goes to stderr (each
+faces/s (its materialization metadata) is shown beside it. Beside the peak RSS growth over the
+smallest size (per added face), each size says what its photos weigh as files and decoded, and
+what its vectors weigh: what memory would grow by if photos were held, and the O(N) floor. Progress goes to stderr (each
 retrain's own log goes to ``<work>/retrain-N.log``), results to stdout; the last line is
 ``photos=10000 wall_s=... faces_per_s=... peak_rss_mb=... rss_ratio_10k_vs_2500=...``: the
 largest size's figures, and its peak RSS over the smallest size's (flat memory = 1.0).
@@ -43,6 +45,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -151,6 +154,20 @@ def subset(full: Path, people: dict[str, list[str]], target: Path, count: int) -
         for name in names:
             os.link(full / person / name, target / person / name)
     return chosen
+
+
+def photo_bytes(folder: Path, people: dict[str, list[str]]) -> tuple[int, int]:
+    """What the photos weigh as files, and decoded (width x height x 3, from the headers)."""
+    from PIL import Image
+
+    files = decoded = 0
+    for person, names in people.items():
+        for name in names:
+            path = folder / person / name
+            files += path.stat().st_size
+            with Image.open(path) as image:
+                decoded += image.width * image.height * 3
+    return files, decoded
 
 
 # --- one size -------------------------------------------------------------------------------------
@@ -327,6 +344,7 @@ def main() -> int:
             chosen = people if size == args.photos else subset(full, people, folder, size)
             result = run_size(size, folder, args.work / f"home-{size}", args)
             result["max_photos_per_person"] = max(map(len, chosen.values()))
+            result["jpeg_bytes"], result["decoded_bytes"] = photo_bytes(folder, chosen)
             results.append(result)
             log(f"size {size}: {result['wall_s']:.1f} s, {result['faces_per_s']:.1f} faces/s, peak RSS {result['peak_rss'] / MB:.0f} MiB")
         report(results)
@@ -347,6 +365,14 @@ def report(results: list[dict]) -> None:
         print(f"{r['photos']:>7d} {r['people']:>6d} {r['max_photos_per_person']:>10d} {r['faces_total']:>6d} {r['faces_failed']:>6d} "
               f"{r['wall_s']:7.1f} {r['faces_per_s']:8.1f} {r['embed_faces_per_s']:13.1f} {r['peak_rss'] / MB:12.0f} "
               f"{r['peak_rss'] / smallest:10.2f} {r['gallery_up_s']:12.1f}")
+    print("\nwhat the photos would weigh in memory, against the peak RSS growth over the smallest size:")
+    for r in results:
+        added = r["faces_total"] - results[0]["faces_total"]
+        growth = (f"+{(r['peak_rss'] - smallest) / MB:.0f} MiB, {(r['peak_rss'] - smallest) / added / 1024:.1f} KiB per added face"
+                  if added > 0 else "the baseline")
+        print(f"{r['photos']:>7d} photos: files {r['jpeg_bytes'] / MB:6.1f} MiB, decoded {r['decoded_bytes'] / MB:7.1f} MiB; "
+              f"their vectors ({r['faces_total']} x 512 float32) {r['faces_total'] * 512 * 4 / MB:5.1f} MiB; "
+              f"peak RSS {r['peak_rss'] / MB:4.0f} MiB ({growth})")
     steps = list(dict.fromkeys(["(start-up)", *(key for r in results for key in r["steps"])]))
     print("\nper step: seconds / peak RSS MiB while it ran (sampled)")
     print(f"{'step':40s}" + "".join(f" {r['photos']:>16d}" for r in results))
@@ -359,11 +385,16 @@ def report(results: list[dict]) -> None:
                 continue
             rss = f"{row['peak_rss'] / MB:.0f}" if row["peak_rss"] else "-"
             cells.append(f" {row['seconds']:8.1f} / {rss:>5s}")
-        print(f"{step:40s}" + "".join(cells))
+        print(f"{_short(step):40s}" + "".join(cells))
     largest = results[-1]
     print(f"photos={largest['photos']} wall_s={largest['wall_s']:.1f} faces_per_s={largest['faces_per_s']:.1f} "
           f"peak_rss_mb={largest['peak_rss'] / MB:.0f} rss_ratio_{_k(largest['photos'])}_vs_{results[0]['photos']}="
           f"{largest['peak_rss'] / smallest:.2f}")
+
+
+def _short(step: str) -> str:
+    """A per-event step by its event's first 8 hex digits: embed_event[event_7fbfe833_b920_...] -> embed_event[7fbfe833]."""
+    return re.sub(r"\[event_([0-9a-f]{8})[0-9a-f_]*\]", r"[\1]", step)
 
 
 def _k(n: int) -> str:
