@@ -16,7 +16,7 @@ from dagster import (
 
 from assets.errors import failures_explained
 from assets.gates import check_result
-from facepipeline.calibration import calibrate
+from facepipeline.calibration import calibrate, level_groups
 from facepipeline.index import IndexStore, IndexVersion
 from facepipeline.metrics import EvaluationConfig, ScoreCache, evaluate, gallery_scores
 from facepipeline.plots import PER_PERSON_COLUMNS, evaluation_png, per_person_rows, png_markdown
@@ -66,8 +66,8 @@ def index_metrics(
     vectors, people, faces = index.vectors(), index.entries.column("person_id").to_pylist(), index.entries.column("face_id").to_pylist()
     evaluation_config = EvaluationConfig(test_fraction=options.test_fraction, seed=options.seed, target_far=options.target_far)
     scores = gallery_scores(
-        vectors, people, evaluation_config, faces, cache=ScoreCache(artifacts.root / "cache" / "gallery_scores.npz"),
-        reuse=options.mode != "full",
+        vectors, people, evaluation_config, faces, group_by=level_groups(config.data_levels),
+        cache=ScoreCache(artifacts.root / "cache" / "gallery_scores.npz"), reuse=options.mode != "full",
     )
     result = evaluate(vectors, people, evaluation_config, faces, scores=scores)
     metrics = {**result.as_dict(), "index_version": face_index.name, "run_id": context.run.run_id}

@@ -28,7 +28,7 @@ LFW with ``buffalo_sc``, 80 faces of 8 people measured 0.20 where 4,803 faces ne
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -156,9 +156,10 @@ def calibrate(
 ) -> Calibration:
     """``scores``: the faces' table (:func:`facepipeline.metrics.gallery_scores`), when already made."""
     config = config or EvaluationConfig()
-    if scores is None:
-        scores = gallery_scores(vectors, person_ids, config, face_ids)
-    scores = _scores(scores, levels)
+    group_by = level_groups(levels)
+    if scores is None or not np.array_equal(scores.groups, group_by(np.bincount(scores.own, minlength=len(scores.people)))):
+        scores = gallery_scores(vectors, person_ids, config, face_ids, group_by=group_by)  # not grouped by these levels
+    scores = _scores(scores)
     active = [i for i, _ in enumerate(THRESHOLD_LEVELS) if scores.people[i] > 0]
     per_level_target = config.target_far / max(1, len(active))
     trials = len(scores.stranger)
@@ -209,21 +210,25 @@ def calibrate(
     )
 
 
-def _scores(table: GalleryScores, levels: DataLevels) -> _Scores:
-    # A person's level is what recognition will use: their faces in the whole index.
-    index_counts = np.bincount(table.own, minlength=len(table.people))
-    level_of_person = np.array([THRESHOLD_LEVELS.index(levels.level(int(n))) for n in index_counts], dtype=np.int64)
-    others = table.others
-    stranger = np.full((len(others), len(THRESHOLD_LEVELS)), -1.0, dtype=np.float32)
-    for level in range(len(THRESHOLD_LEVELS)):
-        columns = level_of_person == level
-        if columns.any():
-            stranger[:, level] = np.maximum(others[:, columns].max(axis=1), -1.0)
+def level_groups(levels: DataLevels) -> Callable[[np.ndarray], np.ndarray]:
+    """For :func:`facepipeline.metrics.gallery_scores`: each person's level number, from their number
+    of faces in the whole index (what recognition will use)."""
+
+    def group_by(counts: np.ndarray) -> np.ndarray:
+        return np.array([THRESHOLD_LEVELS.index(levels.level(int(n))) for n in counts], dtype=np.int64)
+
+    return group_by
+
+
+def _scores(table: GalleryScores) -> _Scores:
+    level_of_person = table.groups
+    stranger = np.full((len(table.own), len(THRESHOLD_LEVELS)), -1.0, dtype=np.float32)
+    stranger[:, : table.stranger.shape[1]] = np.maximum(table.stranger, -1.0)
     probes = table.probes
     probe_level = level_of_person[table.own[probes]]
     return _Scores(
         probe_level=probe_level,
-        genuine=table.best[probes, table.own[probes]],
+        genuine=table.own_score[probes],
         stranger=stranger,
         people=[int(np.sum(level_of_person == level)) for level in range(len(THRESHOLD_LEVELS))],
         probes=[int(np.sum(probe_level == level)) for level in range(len(THRESHOLD_LEVELS))],

@@ -4,9 +4,9 @@ For every person with at least two usable faces, a share of their faces (at leas
 is held out as probes; the rest form the gallery. Which faces are held out is decided per face, by
 a seeded hash of its id: adding people or faces leaves the others where they were, so two versions
 are compared on (nearly) the same probes. Every face is compared with every gallery face exactly
-(a matrix product, no approximate search), which gives :class:`GalleryScores`: for each face and
-each person, the similarity of the face to that person's nearest gallery face. Everything below is
-read from that table:
+(a matrix product, no approximate search), which gives :class:`GalleryScores`: for each face, its
+similarity to its own person's nearest gallery face and to the nearest gallery face of anybody
+else. Everything below is read from them:
 
 * rank-1 accuracy: is the nearest gallery face the probe's person? Micro (over probes) and macro
   (mean over people, so that a person with 500 photos does not drown the others).
@@ -25,35 +25,36 @@ read from that table:
   similarity of their probes to their own nearest gallery face, and whom they were most often
   mistaken for.
 
-The table costs one dot product per (face, gallery face) pair. A :class:`ScoreCache` keeps the
-last one, keyed by content: a row by the exact bytes of its face's vector, a column by the exact
-vectors of its person's gallery faces. An entry is reused only when both keys are equal, so it is
-the same number a fresh computation gives (up to BLAS's rounding, ~1e-7); anything that changed (a
-face added, re-embedded, relabelled, moved between gallery and probes) is computed again. Adding
-25 faces to 5,000 then costs about 25 rows and the columns of the people they join.
+The scores cost one dot product per (face, gallery face) pair, in bounded memory; a
+:class:`ScoreCache` keeps what the next evaluation can reuse exactly (see
+:mod:`facepipeline.person_scores`). Adding 25 faces to 5,000 then costs about 25 rows and the
+columns of the people they join.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 
-from facepipeline.index import vector_digests
+from facepipeline.person_scores import (
+    DEFAULT_CONFIG,
+    EvaluationConfig,
+    GalleryScores,
+    ScoreCache,
+    gallery_scores,
+    split_gallery_probes,
+)
+
+__all__ = [
+    "EvaluationConfig", "Evaluation", "GalleryScores", "ScoreCache", "SweepPoint", "evaluate", "gallery_scores",
+    "split_gallery_probes",
+]
 
 MIN_SAMPLES = 10
 SWEEP = np.round(np.arange(0.0, 1.0001, 0.01), 2)
-_BLOCK = 1 << 24
-"""Similarities computed at once (64 MB of float32): rows are taken in chunks of this many / columns."""
-MAX_CACHED_SCORES = 1 << 26
-"""The largest table a :class:`ScoreCache` keeps (256 MB; e.g. 20,000 faces x 3,000 people): above
-it, every evaluation computes its table afresh."""
 
 
 # The figures of an evaluation that a summary shows (a training session, the CLI's JSON).
@@ -61,13 +62,6 @@ SUMMARY_KEYS = (
     "status", "message", "rank1_accuracy", "rank1_accuracy_macro", "precision", "recall", "f1",
     "recommended_threshold", "far", "target_far", "target_met", "probe_faces", "gallery_faces",
 )
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    test_fraction: float = 0.2
-    seed: int = 42
-    target_far: float = 0.001
 
 
 @dataclass
@@ -136,156 +130,10 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def split_gallery_probes(
-    person_ids: Sequence[str], config: EvaluationConfig, face_ids: Sequence[str] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Row numbers of gallery and probe faces: per person, a share held out by a seeded hash of the face id."""
-    face_ids = face_ids if face_ids is not None else [str(row) for row in range(len(person_ids))]
-    rows_by_person: dict[str, list[int]] = defaultdict(list)
-    for row, person in enumerate(person_ids):
-        rows_by_person[person].append(row)
-    gallery, probes = [], []
-    for rows in rows_by_person.values():
-        if len(rows) < 2:
-            gallery.extend(rows)
-            continue
-        rows = sorted(rows, key=lambda row: hashlib.sha256(f"{config.seed}:{face_ids[row]}".encode()).digest())
-        n_probe = min(len(rows) - 1, max(1, round(len(rows) * config.test_fraction)))
-        probes.extend(rows[:n_probe])
-        gallery.extend(rows[n_probe:])
-    return np.array(sorted(gallery), dtype=np.int64), np.array(sorted(probes), dtype=np.int64)
-
-
-@dataclass(frozen=True)
-class GalleryScores:
-    """For every face (row, in the order given) and every person (column), the cosine similarity
-    of the face to that person's nearest gallery face: the exact table an evaluation and a
-    calibration are read from."""
-
-    gallery: np.ndarray
-    """Row numbers of the gallery faces."""
-    probes: np.ndarray
-    """Row numbers of the held-out faces."""
-    people: np.ndarray
-    """The person of each column (every person has at least one gallery face)."""
-    own: np.ndarray
-    """The column of each row's own person."""
-    best: np.ndarray
-    """(faces, people) float32."""
-    reused: int = 0
-    """Entries of ``best`` taken from the cache (the rest were computed)."""
-
-    @property
-    def computed(self) -> int:
-        return self.best.size - self.reused
-
-    @cached_property
-    def others(self) -> np.ndarray:
-        """``best`` with each row's own person at -inf: the faces as strangers (made once, read-only)."""
-        others = self.best.copy()
-        others[np.arange(len(others)), self.own] = -np.inf
-        others.flags.writeable = False
-        return others
-
-
-class ScoreCache:
-    """The last :class:`GalleryScores` table, in one file, with the content keys of its rows and
-    columns (see the module's docstring). Replaced atomically; a file that cannot be read is a miss."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        try:
-            with np.load(self.path, allow_pickle=False) as data:
-                rows, columns, best = data["rows"], data["columns"], data["best"]
-        except (OSError, KeyError, ValueError):
-            return None
-        if best.shape != (len(rows), len(columns)) or best.dtype != np.float32:
-            return None
-        return rows, columns, best
-
-    def save(self, rows: np.ndarray, columns: np.ndarray, best: np.ndarray) -> bool:
-        if best.size > MAX_CACHED_SCORES:
-            self.path.unlink(missing_ok=True)  # a stale table would only be read for nothing
-            return False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.path.with_name(f".{self.path.stem}-{os.getpid()}.npz")
-        with open(staging, "wb") as handle:
-            np.savez(handle, rows=rows, columns=columns, best=best)
-        os.replace(staging, self.path)
-        return True
-
-
-def gallery_scores(
-    vectors: np.ndarray,
-    person_ids: Sequence[str],
-    config: EvaluationConfig = EvaluationConfig(),
-    face_ids: Sequence[str] | None = None,
-    *,
-    cache: ScoreCache | None = None,
-    reuse: bool = True,
-) -> GalleryScores:
-    """The exact table of :class:`GalleryScores` for these faces and the split of ``config``.
-
-    With a ``cache``, entries whose face and whose person's gallery faces are unchanged are taken
-    from it (unless ``reuse`` is false), and the new table is kept in it for the next time.
-    """
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    gallery, probes = split_gallery_probes(person_ids, config, face_ids)
-    persons = np.asarray(person_ids, dtype=object)
-    people, own = np.unique(persons, return_inverse=True) if len(persons) else (np.array([], dtype=object), np.array([], dtype=np.int64))
-    own = own.astype(np.int64)
-    # Gallery rows grouped by person (column), for one segment maximum per column.
-    order = gallery[np.argsort(own[gallery], kind="stable")]
-    starts = np.searchsorted(own[order], np.arange(len(people)))
-    groups = np.split(order, starts[1:]) if len(people) else []
-    row_keys = vector_digests(vectors).astype("S32")
-    column_keys = np.array(
-        [hashlib.blake2b(b"".join(sorted(row_keys[rows].tolist())), digest_size=16).hexdigest() for rows in groups], dtype="S32"
-    )
-    best = np.empty((len(vectors), len(people)), dtype=np.float32)
-    known_rows = np.zeros(len(vectors), dtype=bool)
-    known_columns = np.zeros(len(people), dtype=bool)
-    cached = cache.load() if cache is not None and reuse else None
-    if cached is not None:
-        old_rows, old_columns, old_best = cached
-        row_at = {key: i for i, key in enumerate(old_rows.tolist())}
-        column_at = {key: i for i, key in enumerate(old_columns.tolist())}
-        was_row = np.array([row_at.get(key, -1) for key in row_keys.tolist()], dtype=np.int64)
-        was_column = np.array([column_at.get(key, -1) for key in column_keys.tolist()], dtype=np.int64)
-        known_rows, known_columns = was_row >= 0, was_column >= 0
-        if known_rows.any() and known_columns.any():
-            best[np.ix_(known_rows, known_columns)] = old_best[np.ix_(was_row[known_rows], was_column[known_columns])]
-    reused = int(known_rows.sum()) * int(known_columns.sum())
-    everything = np.ones(len(vectors), dtype=bool)
-    _fill_best(best, vectors, groups, everything, ~known_columns)  # new columns, for every face
-    _fill_best(best, vectors, groups, ~known_rows, known_columns)  # new faces, for the other columns
-    unchanged = cached is not None and np.array_equal(cached[0], row_keys) and np.array_equal(cached[1], column_keys)
-    if cache is not None and not unchanged:
-        cache.save(row_keys, column_keys, best)
-    return GalleryScores(gallery=gallery, probes=probes, people=people, own=own, best=best, reused=reused)
-
-
-def _fill_best(best: np.ndarray, vectors: np.ndarray, groups: list[np.ndarray], rows: np.ndarray, columns: np.ndarray) -> None:
-    """``best[rows, columns]``: per row, the maximum similarity to each column's gallery vectors."""
-    row_numbers, column_numbers = np.flatnonzero(rows), np.flatnonzero(columns)
-    if not len(row_numbers) or not len(column_numbers):
-        return
-    members = [groups[c] for c in column_numbers]
-    gallery = vectors[np.concatenate(members)]
-    offsets = np.cumsum([0] + [len(m) for m in members[:-1]])
-    chunk = max(1, _BLOCK // max(1, len(gallery)))
-    for start in range(0, len(row_numbers), chunk):
-        chunk_rows = row_numbers[start : start + chunk]
-        sims = vectors[chunk_rows] @ gallery.T
-        best[np.ix_(chunk_rows, column_numbers)] = np.maximum.reduceat(sims, offsets, axis=1)
-
-
 def evaluate(
     vectors: np.ndarray,
     person_ids: Sequence[str],
-    config: EvaluationConfig = EvaluationConfig(),
+    config: EvaluationConfig = DEFAULT_CONFIG,
     face_ids: Sequence[str] | None = None,
     *,
     scores: GalleryScores | None = None,
@@ -303,13 +151,13 @@ def evaluate(
 
     truth = np.asarray(person_ids, dtype=object)
     # Probes: is the nearest gallery face their person? (Probes are not in the gallery.)
-    nearest = scores.best[probes].argmax(axis=1)
+    nearest = scores.nearest(probes)
     predicted = scores.people[nearest]
-    best = scores.best[probes, nearest]
     correct = nearest == scores.own[probes]
+    genuine = scores.own_score[probes]
+    best = np.where(correct, genuine, scores.best_stranger[probes])
     # Every face as a stranger: its best match outside its own person.
-    impostor = scores.others.max(axis=1)
-    genuine = scores.best[probes, scores.own[probes]]
+    impostor = scores.best_stranger
 
     sweep = [_sweep_point(t, best, correct, impostor) for t in SWEEP]
     passing = [p for p in sweep if p.far <= config.target_far and p.recall > 0]
