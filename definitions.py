@@ -77,5 +77,11 @@ def build_definitions(settings: Settings) -> Definitions:
     )
 
 
+def retrain_job_from_environment():
+    """The retrain job of the code location the environment describes: what the CLI runs, as a
+    ``reconstructable`` job, so that ``execute_job`` keeps no step's output in memory."""
+    return build_definitions(Settings.from_env()).resolve_job_def(retrain_job.name)
+
+
 load_env_files()  # the checkout's facepipeline.env defaults; real environment variables win
 defs = build_definitions(Settings.from_env())

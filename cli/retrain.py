@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from dagster import DagsterInstance
+from dagster import DagsterInstance, execute_job, reconstructable
 
 from cli.main import print_json
 from cli.runs import CONSOLE_LOGS, first_error, materialization_metadata
 from cli.sources import options_from, settings_for
-from definitions import build_definitions
+from definitions import build_definitions, retrain_job_from_environment
 from facepipeline.metrics import SUMMARY_KEYS
 from facepipeline.settings import Settings
-from jobs import retrain_job
 from jobs.run_guard import one_retrain_at_a_time
 from resources import options_run_config
 
@@ -31,19 +31,37 @@ def run(args: argparse.Namespace) -> int:
 
 
 def retrain(settings: Settings, run_config: dict) -> dict:
-    job = build_definitions(settings).resolve_job_def(retrain_job.name)
-    run_config = {**run_config, **CONSOLE_LOGS}
-    with DagsterInstance.get() as instance, one_retrain_at_a_time(settings.home, instance) as tags:
-        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False, tags=tags)
-        session = _session_of(settings, result.run_id)
-    if not result.success:
-        return {"status": "failure", "run_id": result.run_id, "error": first_error(result), "training_session": session}
+    """Run the retrain job in this process on the persistent instance and summarise it.
 
+    ``execute_job`` on the reconstructable job (rather than ``execute_in_process``, which keeps every
+    step's output until the run ends): memory stays that of the largest step. The job is rebuilt from
+    the environment, so the source chosen on the command line goes there first.
+    """
+    os.environ["FACEPIPELINE_SOURCE"] = settings.source
+    if Settings.from_env() != settings:
+        raise RuntimeError("the retrain job's settings must come from the environment")
+    run_config = {**run_config, **CONSOLE_LOGS, "execution": {"config": {"in_process": {}}}}
+    with DagsterInstance.get() as instance, one_retrain_at_a_time(settings.home, instance) as tags:
+        with execute_job(reconstructable(retrain_job_from_environment), instance, run_config=run_config, tags=tags) as result:
+            session = _session_of(settings, result.run_id)
+            if not result.success:
+                return {"status": "failure", "run_id": result.run_id, "error": first_error(result), "training_session": session}
+        # The small outputs the summary shows, read back through their IO managers (this run's,
+        # the latest: one retrain runs at a time).
+        with build_definitions(settings).get_asset_value_loader(instance) as loader:
+            outputs = {name: loader.load_asset_value(name) for name in SUMMARY_OUTPUTS}
+        return _success_summary(result, outputs, session)
+
+
+SUMMARY_OUTPUTS = ("index_metrics", "face_index", "promoted_index", "face_descriptors")
+
+
+def _success_summary(result, outputs: dict, session: dict | None) -> dict:
     def metadata(asset: str) -> dict:
         return materialization_metadata(result, asset)
 
     embeddings, photos = metadata("face_embeddings"), metadata("cached_photos")
-    metrics, version = result.output_for_node("index_metrics"), result.output_for_node("face_index")
+    metrics, version = outputs["index_metrics"], outputs["face_index"]
     return {
         "status": "success",
         "run_id": result.run_id,
@@ -59,13 +77,13 @@ def retrain(settings: Settings, run_config: dict) -> dict:
         "photos_failed": photos["photos_failed"],
         "people": version.manifest["people"],
         "index_version": version.name,
-        "promoted_index": result.output_for_node("promoted_index")["promoted"],
+        "promoted_index": outputs["promoted_index"]["promoted"],
         "index_path": str(version.path),
         "metrics_path": str(version.path / "metrics.json"),
         "embeddings_path": embeddings["path"],
         "photo_cache": photos["cache_dir"],
         "model": version.manifest["model"],
-        "write_back": result.output_for_node("face_descriptors"),
+        "write_back": outputs["face_descriptors"],
         "training_session": session,
         "metrics": {key: metrics.get(key) for key in SUMMARY_KEYS},
         "thresholds_warning": (metrics.get("calibration") or {}).get("warning"),
