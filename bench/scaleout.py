@@ -66,7 +66,9 @@ def seed_folder(target: Path, people: int) -> int:
 
 
 def run_once(instance: DagsterInstance, executor: dict) -> dict:
-    run_config = {"execution": {"config": executor}, "resources": {"retrain_options": {"config": {"mode": "full"}}}}
+    run_config = {"execution": {"config": executor}, "resources": {"retrain_options": {"config": {"mode": "full"}}},
+                  # one step per event, however small (the default packs events of under 200 faces together)
+                  "ops": {"face_embeddings": {"ops": {"split_by_event": {"config": {"min_faces_per_shard": 1}}}}}}
     with execute_job(reconstructable(retrain_job), instance, run_config=run_config,
                      asset_selection=[AssetKey("face_embeddings")], raise_on_error=True) as result:
         run_id = result.run_id

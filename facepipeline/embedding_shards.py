@@ -40,17 +40,20 @@ def shard_key(event_ids: Sequence[str | None]) -> str:
     return f"event_{names[0]}" if len(names) == 1 else f"events_{names[0]}_and_{len(names) - 1}_more"
 
 
-def plan_shards(faces: Iterable[VerifiedFace], pending: Iterable[str], max_shards: int) -> list[Shard]:
-    """The pending faces grouped by event into at most ``max_shards`` shards, largest first."""
-    if max_shards < 1:
-        raise ValueError(f"max_shards must be at least 1, got {max_shards}")
+def plan_shards(faces: Iterable[VerifiedFace], pending: Iterable[str], max_shards: int, min_faces: int = 1) -> list[Shard]:
+    """The pending faces grouped by event into at most ``max_shards`` shards, largest first, and no
+    more shards than give each ``min_faces`` on average: a step has a fixed cost (its process start
+    and model load in a multiprocess run), which a handful of faces is not worth."""
+    if max_shards < 1 or min_faces < 1:
+        raise ValueError(f"max_shards and min_faces must be at least 1, got {max_shards} and {min_faces}")
     pending = set(pending)
     by_event: dict[str | None, list[str]] = defaultdict(list)
     for face in faces:
         if face.face_id in pending:
             by_event[face.event_id].append(face.face_id)
     events = sorted(by_event, key=lambda event: (-len(by_event[event]), event or ""))
-    bins: list[tuple[int, int, list[str | None]]] = [(0, i, []) for i in range(min(max_shards, len(events)))]
+    n_shards = min(max_shards, len(events), max(1, sum(map(len, by_event.values())) // min_faces))
+    bins: list[tuple[int, int, list[str | None]]] = [(0, i, []) for i in range(n_shards)]
     for event in events:  # LPT: each event, largest first, into the bin with the least work so far
         load, index, members = heapq.heappop(bins)
         members.append(event)

@@ -43,6 +43,17 @@ def test_more_events_than_shards_are_packed_largest_first_into_the_least_loaded(
         plan_shards(faces, [], max_shards=0)
 
 
+def test_a_little_work_is_not_spread_over_steps_that_cost_more_than_it():
+    faces = faces_by_event({"a": 9, "b": 7, "c": 4, "d": 3, "e": 2, "f": 1})
+    everything = [f.face_id for f in faces]
+    assert len(plan_shards(faces, everything, max_shards=16, min_faces=100)) == 1  # 26 faces: one step
+    shards = plan_shards(faces, everything, max_shards=16, min_faces=10)  # two steps of ~13
+    assert sorted(len(s.face_ids) for s in shards) == [13, 13]
+    assert len(plan_shards(faces, everything, max_shards=16, min_faces=1)) == 6
+    with pytest.raises(ValueError, match="at least 1"):
+        plan_shards(faces, everything, max_shards=2, min_faces=0)
+
+
 def test_shard_keys_are_step_key_safe():
     assert shard_key(["0b9c1e7a-4a5e-4c1d-9d35-2f6c1e0b9a77"]) == "event_0b9c1e7a_4a5e_4c1d_9d35_2f6c1e0b9a77"
     assert shard_key([None, "x-y"]) == "events_no_event_and_1_more"
@@ -99,7 +110,8 @@ def test_events_embed_in_parallel_processes_and_match_the_in_process_run(seeded_
         in_process = tables.read(table_name(AssetKey("face_embeddings")))
 
         run_config = {"execution": {"config": {"multiprocess": {"max_concurrent": 2}}},
-                      "resources": {"retrain_options": {"config": {"mode": "full"}}}}
+                      "resources": {"retrain_options": {"config": {"mode": "full"}}},
+                      "ops": {"face_embeddings": {"ops": {"split_by_event": {"config": {"min_faces_per_shard": 1}}}}}}
         with execute_job(reconstructable(retrain_job), instance, run_config=run_config,
                          asset_selection=[AssetKey("face_embeddings")]) as result:
             assert result.success
