@@ -120,7 +120,7 @@ class FaceIndex:
                 return None
         except (AttributeError, IndexError, KeyError, TypeError):
             return None
-        rows = np.frombuffer(raw.tobytes(), dtype=np.uint8).reshape(count, width)
+        rows = np.asarray(raw).view(np.uint8).reshape(count, width)  # hnswlib's copy, not another
         labels = np.ascontiguousarray(rows[:, label_at : label_at + 8]).view(np.uint64).ravel()
         if not np.array_equal(np.sort(labels), np.arange(count, dtype=np.uint64)):
             return None

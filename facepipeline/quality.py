@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from facepipeline.dataset import faces_per_person, validate_dataset
-from facepipeline.embedding_store import embedding_matrix, usable
+from facepipeline.embedding_store import OK, embedding_matrix, usable
 from facepipeline.faces import VerifiedFace
 from facepipeline.index import FaceIndex, IndexVersion
 from facepipeline.metrics import EvaluationConfig, evaluate
@@ -31,6 +32,8 @@ NORM_TOLERANCE = 1e-3
 """How far from 1 an embedding's length may be (float32 ArcFace vectors are within 1e-6)."""
 SELF_MATCH_SAMPLE = 512
 """Index rows queried for themselves: enough to see a broken index, cheap at any size."""
+COMPARE_CHUNK = 4096
+"""Index rows compared with their embeddings at a time."""
 REGRESSION_METRICS = ("rank1_accuracy", "rank1_accuracy_macro")
 
 
@@ -89,27 +92,35 @@ def embeddings_gate(table: pa.Table, expected_dim: int, norm_tolerance: float = 
 
 
 def index_gate(index: FaceIndex, embeddings: pa.Table, sample: int = SELF_MATCH_SAMPLE) -> GateResult:
-    rows = usable(embeddings)
-    figures = {"indexed": len(index), "usable_embeddings": rows.num_rows}
-    if len(index) != rows.num_rows or index.entries.num_rows != len(index):
+    """Chunk by chunk: memory beyond the index's own vectors stays that of ``COMPARE_CHUNK`` rows."""
+    usable_rows = np.flatnonzero(pc.equal(embeddings.column("status"), OK).to_numpy(zero_copy_only=False))
+    figures = {"indexed": len(index), "usable_embeddings": len(usable_rows)}
+    if len(index) != len(usable_rows) or index.entries.num_rows != len(index):
         return GateResult(False, f"the index holds {len(index)} vectors and {index.entries.num_rows} entries "
-                                 f"for {rows.num_rows} usable embeddings", figures)
+                                 f"for {len(usable_rows)} usable embeddings", figures)
     if len(index) == 0:
         return GateResult(False, "the index is empty", figures)
-    row_of = {face_id: row for row, face_id in enumerate(rows.column("face_id").to_pylist())}
+    face_ids = embeddings.column("face_id").take(pa.array(usable_rows)).to_pylist()
+    row_of = dict(zip(face_ids, usable_rows.tolist(), strict=True))
     order = [row_of.get(face_id) for face_id in index.entries.column("face_id").to_pylist()]
     if None in order or len(set(order)) != len(order):
         return GateResult(False, "the index entries' face_ids differ from the embeddings'", figures)
-    label_of = pa.array(order, pa.int64())
-    if index.entries.column("person_id").to_pylist() != rows.column("person_id").take(label_of).to_pylist():
+    order = np.asarray(order, dtype=np.int64)  # the embeddings' row of each index label
+    if index.entries.column("person_id").to_pylist() != embeddings.column("person_id").take(pa.array(order)).to_pylist():
         return GateResult(False, "the index entries' person_ids differ from the embeddings'", figures)
-    stored, expected = index.vectors(), embedding_matrix(rows)[np.asarray(order)]
-    gap = float(np.abs(stored - expected).max())
+
+    def expected(labels: np.ndarray) -> np.ndarray:
+        return embedding_matrix(embeddings.select(["embedding"]).take(pa.array(order[labels])))
+
+    stored = index.vectors()
+    gap = max(float(np.abs(stored[start : start + COMPARE_CHUNK] - expected(np.arange(start, min(start + COMPARE_CHUNK, len(order))))).max())
+              for start in range(0, len(order), COMPARE_CHUNK))
+    del stored
     figures["max_vector_difference"] = round(gap, 8)
     if gap > 1e-4:
         return GateResult(False, f"indexed vectors differ from the embeddings by up to {gap:.2g}", figures)
     picked = np.random.default_rng(0).choice(len(index), size=min(sample, len(index)), replace=False)
-    labels, sims = index.search(expected[picked], k=1)
+    labels, sims = index.search(expected(picked), k=1)
     # A face is its own nearest neighbour, or ties with an identical vector (the same photo twice).
     found = (labels[:, 0] == picked) | (sims[:, 0] >= 1 - 1e-5)
     figures |= {"self_match_queries": len(picked), "self_match_rate": round(float(found.mean()), 4)}
