@@ -1,7 +1,7 @@
 """The face descriptors: every embedded verified face written back to the gallery's photo_faces."""
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, Failure, Output, asset
+from dagster import AssetExecutionContext, Failure, MetadataValue, Output, asset
 
 from assets.errors import failures_explained
 from assets.metadata import counts_table
@@ -31,7 +31,8 @@ def face_descriptors(
     if gallery is None or not options.update_existing:
         reason = "the source has no database" if gallery is None else "update_existing is false"
         context.log.info(f"no write-back: {reason}")
-        return Output({"status": "skipped", "reason": reason}, metadata={"status": "skipped", "reason": reason})
+        result = {"status": "skipped", "reason": reason}
+        return Output(result, metadata={"status": "skipped", "reason": reason, "write_back": MetadataValue.json(result)})
 
     session = artifacts.history().for_run(context.run.run_id)
     with failures_explained():
@@ -60,5 +61,6 @@ def face_descriptors(
             **report.as_dict(),
             "left_out": counts_table("reason", left_out, "faces"),
             "training_session_id": session.id if session else "none",
+            "write_back": MetadataValue.json(result),
         },
     )

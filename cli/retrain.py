@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -11,11 +12,11 @@ from dagster import DagsterInstance, execute_job, reconstructable
 from cli.main import print_json
 from cli.runs import CONSOLE_LOGS, first_error, materialization_metadata
 from cli.sources import options_from, settings_for
-from definitions import build_definitions, retrain_job_from_environment
+from definitions import retrain_job_from_environment
 from facepipeline.metrics import SUMMARY_KEYS
 from facepipeline.settings import Settings
 from jobs.run_guard import one_retrain_at_a_time
-from resources import options_run_config
+from resources import ArtifactStoreResource, options_run_config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,22 +47,18 @@ def retrain(settings: Settings, run_config: dict) -> dict:
             session = _session_of(settings, result.run_id)
             if not result.success:
                 return {"status": "failure", "run_id": result.run_id, "error": first_error(result), "training_session": session}
-        # The small outputs the summary shows, read back through their IO managers (this run's,
-        # the latest: one retrain runs at a time).
-        with build_definitions(settings).get_asset_value_loader(instance) as loader:
-            outputs = {name: loader.load_asset_value(name) for name in SUMMARY_OUTPUTS}
-        return _success_summary(result, outputs, session)
+            return _success_summary(settings, result, session)
 
 
-SUMMARY_OUTPUTS = ("index_metrics", "face_index", "promoted_index", "face_descriptors")
+def _success_summary(settings: Settings, result, session: dict | None) -> dict:
+    """From the run's materializations and the files of the index version it made."""
 
-
-def _success_summary(result, outputs: dict, session: dict | None) -> dict:
     def metadata(asset: str) -> dict:
         return materialization_metadata(result, asset)
 
     embeddings, photos = metadata("face_embeddings"), metadata("cached_photos")
-    metrics, version = outputs["index_metrics"], outputs["face_index"]
+    version = ArtifactStoreResource(home=str(settings.home)).index_store().get(int(metadata("face_index")["index_version"][1:]))
+    metrics = json.loads((version.path / "evaluations" / f"{result.run_id}.json").read_text())
     return {
         "status": "success",
         "run_id": result.run_id,
@@ -77,13 +74,13 @@ def _success_summary(result, outputs: dict, session: dict | None) -> dict:
         "photos_failed": photos["photos_failed"],
         "people": version.manifest["people"],
         "index_version": version.name,
-        "promoted_index": outputs["promoted_index"]["promoted"],
+        "promoted_index": metadata("promoted_index")["promoted_version"],
         "index_path": str(version.path),
         "metrics_path": str(version.path / "metrics.json"),
         "embeddings_path": embeddings["path"],
         "photo_cache": photos["cache_dir"],
         "model": version.manifest["model"],
-        "write_back": outputs["face_descriptors"],
+        "write_back": metadata("face_descriptors")["write_back"],
         "training_session": session,
         "metrics": {key: metrics.get(key) for key in SUMMARY_KEYS},
         "thresholds_warning": (metrics.get("calibration") or {}).get("warning"),
