@@ -26,6 +26,10 @@ bytecode cache of their own (``PYTHONPYCACHEPREFIX`` under the work folder; the 
 (c) incremental  ``facepipeline retrain`` (mode incremental), timed the same way.
 (d) nothing new  ``facepipeline retrain`` again (skipped with ``--no-empty``).
 
+``--photo-latency-ms 30-80`` serves the photos from ``bench/photo_cache.py``'s server instead, with
+that time to first byte per photo (uniform, fixed per path): what fetching from a storage bucket over
+the internet costs, which the local server leaves out. Every photo's URL is pointed at it before (a).
+
 Each run is checked, with a clear message when wrong: (c) fetched only the new photos, embedded
 only the new faces, wrote back exactly those rows (the rows' ``xmin`` are compared before and
 after: no other tuple changed), and its index holds every verified face the gallery has for the
@@ -35,7 +39,8 @@ instance's event log (step durations; "outside steps" is the rest of the command
 Progress goes to stderr, results to stdout; the last line is
 ``incremental_ratio=0.0XX full_s=... incremental_s=...`` (incremental wall time over full).
 
-    .venv/bin/python bench/incremental.py [--new 25] [--min-faces-per-person 2] [--keep] [--json out.json]
+    .venv/bin/python bench/incremental.py [--new 25] [--min-faces-per-person 2] [--photo-latency-ms 30-80]
+        [--keep] [--json out.json]
 """
 
 from __future__ import annotations
@@ -260,8 +265,30 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work folder (and its gallery's data)")
     parser.add_argument("--no-bytecode-cache", dest="bytecode_cache", action="store_false",
                         help="leave PYTHONDONTWRITEBYTECODE as it is: every command compiles its modules again")
+    parser.add_argument("--photo-latency-ms", type=latency_range, default=None, metavar="LOW-HIGH",
+                        help="serve the photos from bench/photo_cache.py's server with this time to first byte "
+                             "(e.g. 30-80, a storage bucket over the internet) instead of the gallery's local one")
     parser.add_argument("--json", type=Path, help="also write all figures here")
     return parser.parse_args()
+
+
+def latency_range(text: str) -> tuple[float, float]:
+    from photo_cache import parse_range
+
+    return parse_range(text)
+
+
+def serve_photos_slowly(dsn: str, root: Path, latency_ms: tuple[float, float]):
+    """The seed folder served with ``latency_ms`` to first byte, and every photo's URL pointed at it."""
+    from photo_cache import ServerProcess
+
+    server = ServerProcess(root, latency_ms, 0.0)
+    with connect(dsn) as conn:
+        moved = conn.execute(
+            "update photos set url = %s || '/' || storage_path where url not like %s || '/%%'", (server.base_url, server.base_url)
+        ).rowcount
+    log(f"photos served from {server.base_url} with {latency_ms[0]:g}-{latency_ms[1]:g} ms to first byte ({moved} URLs moved)")
+    return server
 
 
 def main() -> int:
@@ -270,7 +297,7 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     seed = workdir / "seed"
     env = environment(workdir, seed, args.model_root.resolve(), args.pack, args.bytecode_cache)
-    gallery_started = False
+    gallery_started, slow_server = False, None
     try:
         missing = [str(path) for path in (*args.data, args.model_root / args.pack) if not path.is_dir()]
         expect(not missing, f"missing: {', '.join(missing)} (../shared beside the checkout, or --data / --model-root)")
@@ -286,6 +313,8 @@ def main() -> int:
         dsn = next(line.split(":", 1)[1].strip() for line in stdout.splitlines() if line.startswith("postgres:"))
         log(stdout.strip())
         first_folder = {p.name for p in args.data[0].resolve().iterdir() if p.is_dir()}
+        if args.photo_latency_ms:
+            slow_server = serve_photos_slowly(dsn, seed, args.photo_latency_ms)
         new_ids = hold_back(dsn, args.new, first_folder, args.min_faces_per_person)
         log(f"held back {len(new_ids)} unverified faces of people of {args.data[0].name}/ already verified")
 
@@ -342,7 +371,8 @@ def main() -> int:
                   f"added {incremental['seconds'] - floor:+.1f} s to it")
         if args.json:
             args.json.write_text(json.dumps(
-                {"seed": {"people": people, "photos": photos}, "bytecode_cache": args.bytecode_cache, "new_faces": new_ids, "checks": {k: list(v) for k, v in checks.items()},
+                {"seed": {"people": people, "photos": photos}, "bytecode_cache": args.bytecode_cache,
+                 "photo_latency_ms": args.photo_latency_ms, "new_faces": new_ids, "checks": {k: list(v) for k, v in checks.items()},
                  "runs": [{**{k: v for k, v in r.items() if k != "summary"}, "figures": figures_of(r), "summary": r["summary"]} for r in runs],
                  "incremental_ratio": ratio},
                 indent=2, default=str,
@@ -354,6 +384,8 @@ def main() -> int:
         log(f"bench failed: {exc}")
         return 1
     finally:
+        if slow_server is not None:
+            slow_server.stop()
         if gallery_started:
             try:
                 facepipeline(["gallery", "down"], env, workdir, "gallery-down")
