@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from facepipeline.dataset import faces_per_person, validate_dataset
-from facepipeline.embedding_store import OK, embedding_matrix, usable
+from facepipeline.embedding_store import OK, embedding_matrix
 from facepipeline.faces import VerifiedFace
 from facepipeline.index import FaceIndex, IndexVersion
 from facepipeline.metrics import EvaluationConfig, evaluate
@@ -62,33 +62,43 @@ def dataset_gate(faces: Sequence[VerifiedFace], min_faces_per_person: int) -> Ga
 
 
 def embeddings_gate(table: pa.Table, expected_dim: int, norm_tolerance: float = NORM_TOLERANCE) -> GateResult:
-    rows = usable(table)
+    """Batch by batch: memory stays that of ``COMPARE_CHUNK`` vectors, whatever the table's size."""
     twice = _duplicates(table.column("face_id").to_pylist())
     dim = table.schema.field("embedding").type.list_size
-    figures = {"faces": table.num_rows, "usable": rows.num_rows, "dimension": dim, "expected_dimension": expected_dim,
+    usable_rows = not_finite = off = 0
+    norm_min, norm_max = np.inf, -np.inf
+    for batch in table.select(["status", "embedding"]).to_batches(max_chunksize=COMPARE_CHUNK):
+        rows = batch.filter(pc.equal(batch.column("status"), OK))
+        usable_rows += rows.num_rows
+        if not rows.num_rows or dim != expected_dim:
+            continue
+        vectors = embedding_matrix(pa.Table.from_batches([rows]))
+        finite = np.isfinite(vectors).all(axis=1)
+        norms = np.linalg.norm(vectors[finite], axis=1)
+        not_finite += int((~finite).sum())
+        off += int((np.abs(norms - 1) > norm_tolerance).sum())
+        if norms.size:
+            norm_min, norm_max = min(norm_min, float(norms.min())), max(norm_max, float(norms.max()))
+    figures = {"faces": table.num_rows, "usable": usable_rows, "dimension": dim, "expected_dimension": expected_dim,
                "duplicate_face_ids": len(twice)}
     problems = []
     if dim != expected_dim:
         problems.append(f"vectors have {dim} dimensions, the recognizer gives {expected_dim}")
-    if rows.num_rows == 0:
+    if usable_rows == 0:
         problems.append("no usable embedding")
-    else:
-        vectors = embedding_matrix(rows)
-        finite = np.isfinite(vectors).all(axis=1)
-        norms = np.linalg.norm(np.where(finite[:, None], vectors, 0), axis=1)
-        off = finite & (np.abs(norms - 1) > norm_tolerance)
-        figures |= {"not_finite": int((~finite).sum()), "not_unit_length": int(off.sum()),
-                    "norm_min": round(float(norms[finite].min()), 6) if finite.any() else None,
-                    "norm_max": round(float(norms[finite].max()), 6) if finite.any() else None}
-        if not finite.all():
-            problems.append(f"{int((~finite).sum())} vectors with NaN or infinite values")
-        if off.any():
-            problems.append(f"{int(off.sum())} vectors whose length is not 1 (within {norm_tolerance:g})")
+    elif dim == expected_dim:
+        seen = np.isfinite(norm_min)
+        figures |= {"not_finite": not_finite, "not_unit_length": off,
+                    "norm_min": round(norm_min, 6) if seen else None, "norm_max": round(norm_max, 6) if seen else None}
+        if not_finite:
+            problems.append(f"{not_finite} vectors with NaN or infinite values")
+        if off:
+            problems.append(f"{off} vectors whose length is not 1 (within {norm_tolerance:g})")
     if twice:
         problems.append(f"{len(twice)} face ids more than once (e.g. {twice[0]})")
     if problems:
         return GateResult(False, "; ".join(problems), figures)
-    return GateResult(True, f"{rows.num_rows} unit vectors of {dim} dimensions, all finite, one per face", figures)
+    return GateResult(True, f"{usable_rows} unit vectors of {dim} dimensions, all finite, one per face", figures)
 
 
 def index_gate(index: FaceIndex, embeddings: pa.Table, sample: int = SELF_MATCH_SAMPLE) -> GateResult:
