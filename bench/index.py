@@ -591,16 +591,18 @@ def run_pgvector(ds: Dataset, truth: Truth, dsn: str, info: dict, args: argparse
             if timed_out:
                 rate = progress.rate()
                 estimate = n / rate if rate else None
-                log(f"    cancelled after {build_s:.0f} s at {progress.done:,}/{n:,} tuples")
+                log(f"    cancelled after {build_s:.0f} s at {progress.done:,}/{n:,} tuples"
+                    + (f"; notices: {' | '.join(notices)}" if notices else ""))
                 rows.append({
                     "n": n, "method": "pgvector HNSW", "params": label, "build_s": None, "load_s": load_s,
                     "recall_at_1": None, "p50_ms": None, "p99_ms": None, "batch_qps": None,
                     "memory_mib": None, "disk_mib": None, "timed_out_after_s": build_s,
                     "tuples_done": progress.done, "measured_rate_tuples_per_s": rate,
-                    "extrapolated_build_s": estimate,
+                    "extrapolated_build_s": estimate, "notices": list(notices),
                     "note": (f"CANCELLED after {build_s:.0f} s ({progress.done:,} of {n:,} tuples); EXTRAPOLATED "
                              f"build ~{estimate / 60:.0f} min at the measured {rate:.0f} tuples/s (not a measurement)"
-                             if estimate else f"CANCELLED after {build_s:.0f} s; no progress measured"),
+                             if estimate else f"CANCELLED after {build_s:.0f} s; no progress measured")
+                            + (f"; PostgreSQL said: {' | '.join(notices)}" if notices else ""),
                 })
                 continue
             index_bytes = conn.execute(f"SELECT pg_relation_size('{index}')").fetchone()[0]
