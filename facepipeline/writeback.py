@@ -6,14 +6,16 @@ from collections import Counter
 from collections.abc import Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from facepipeline.embedding_store import embedding_matrix, usable
+from facepipeline.embedding_store import OK, embedding_matrix
 from facepipeline.faces import VerifiedFace
 from facepipeline.gallery.base import CoOccurrence, DescriptorUpdate
 from facepipeline.geometry import BBox
 
 
 DETECTED_BOX = ("bbox_x", "bbox_y", "bbox_width", "bbox_height")
+BATCH_ROWS = 4096
 
 
 def descriptor_updates(
@@ -27,33 +29,36 @@ def descriptor_updates(
     by_id = {f.face_id: f for f in faces}
     updates: list[DescriptorUpdate] = []
     left_out: Counter[str] = Counter()
-    rows = usable(embeddings)
-    vectors = embedding_matrix(rows)  # one array, not a list of floats per row
-    columns = {name: rows.column(name).to_pylist() for name in ("face_id", "det_score", *DETECTED_BOX)}
-    for i, face_id in enumerate(columns["face_id"]):
-        face = by_id.get(face_id)
-        if face is None:
-            left_out["not_in_dataset"] += 1
+    for batch in embeddings.to_batches(max_chunksize=BATCH_ROWS):  # no copy of the whole table at once
+        rows = pa.Table.from_batches([batch]).filter(pc.equal(batch.column("status"), OK))
+        if not rows.num_rows:
             continue
-        if face.bbox is None:
-            left_out["no_gallery_box"] += 1
-            continue
-        try:
-            updates.append(
-                DescriptorUpdate(
-                    face_id=face.face_id,
-                    person_id=face.person_id,
-                    bbox=face.bbox,
-                    descriptor=vectors[i],
-                    confidence=float(columns["det_score"][i]),
-                    detected_bbox=BBox(*(columns[name][i] for name in DETECTED_BOX)),
-                    context={
-                        "event_id": face.event_id,
-                        "co_occurring_people": co_occurrence.on_same_photo(face.photo_id, face.person_id),
-                        "training_session_id": session_id,
-                    },
+        vectors = embedding_matrix(rows)  # one array per batch, not a list of floats per row
+        columns = {name: rows.column(name).to_pylist() for name in ("face_id", "det_score", *DETECTED_BOX)}
+        for i, face_id in enumerate(columns["face_id"]):
+            face = by_id.get(face_id)
+            if face is None:
+                left_out["not_in_dataset"] += 1
+                continue
+            if face.bbox is None:
+                left_out["no_gallery_box"] += 1
+                continue
+            try:
+                updates.append(
+                    DescriptorUpdate(
+                        face_id=face.face_id,
+                        person_id=face.person_id,
+                        bbox=face.bbox,
+                        descriptor=vectors[i],
+                        confidence=float(columns["det_score"][i]),
+                        detected_bbox=BBox(*(columns[name][i] for name in DETECTED_BOX)),
+                        context={
+                            "event_id": face.event_id,
+                            "co_occurring_people": co_occurrence.on_same_photo(face.photo_id, face.person_id),
+                            "training_session_id": session_id,
+                        },
+                    )
                 )
-            )
-        except ValueError:
-            left_out["not_finite"] += 1
+            except ValueError:
+                left_out["not_finite"] += 1
     return updates, left_out
