@@ -9,6 +9,7 @@ resolved when a run starts, shown in the UI by name, never by value.
 
 import os
 
+import facepipeline  # noqa: F401  (first: it chooses Arrow's memory allocator before pyarrow loads)
 from dagster import Definitions, EnvVar, FilesystemIOManager
 
 from assets import recognize_assets, retrain_assets, retrain_checks
