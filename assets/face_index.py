@@ -13,7 +13,7 @@ from assets.errors import failures_explained
 from assets.gates import check_result
 from assets.lineage import code_versions, software
 from facepipeline.dataset import dataset_fingerprint
-from facepipeline.embedding_store import embedding_matrix, model_of, usable
+from facepipeline.embedding_store import model_of, usable, usable_matrix
 from facepipeline.faces import facts_of, table_to_faces
 from facepipeline.index import DATASET_FILE, IndexParams, IndexStore, IndexVersion, build_index
 from facepipeline.quality import index_gate
@@ -52,13 +52,13 @@ def face_index(
     """
     with failures_explained():
         mode = retrain_options.options().mode
-    rows = usable(face_embeddings)
+    rows = usable(face_embeddings.drop_columns(["embedding"]))  # labels and locations; the vectors apart
     with failures_explained():
         model = model_of(face_embeddings)  # the model that made these vectors, not today's setting
     facts = {"partial": False, "min_faces_per_person": None, **facts_of(verified_faces)}
     if "dataset_fingerprint" not in facts:  # a table written before tables carried their facts
         facts["dataset_fingerprint"] = dataset_fingerprint(table_to_faces(verified_faces))
-    vectors = embedding_matrix(rows)
+    vectors = usable_matrix(face_embeddings)
     store = artifacts.index_store()
     started = time.perf_counter()
     index, how = build_index(vectors, rows, IndexParams(), base=None if mode == "full" else _base(store))
@@ -91,6 +91,7 @@ def face_index(
     )
     context.log.info(f"published index {version.name} with {len(index)} faces at {version.path}: {how.line()} in {build_seconds:.2f}s")
     manifest = version.manifest
+    del index, vectors  # the check reads the published version back from disk
     gate = index_gate(version.load(), face_embeddings)
     version.record_check(INDEX_CONSISTENT.name, {"passed": gate.passed, "summary": gate.summary, **gate.figures})
     yield Output(

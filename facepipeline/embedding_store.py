@@ -99,6 +99,21 @@ def embedding_matrix(table: pa.Table) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
 
 
+def usable_matrix(table: pa.Table, batch_rows: int = 4096) -> np.ndarray:
+    """``embedding_matrix(usable(table))`` without copying the table: one (N, dim) float32 array
+    filled batch by batch, the only copy of the vectors made."""
+    dim = table.schema.field("embedding").type.list_size
+    keep = pc.equal(table.column("status"), OK)
+    matrix = np.empty((pc.sum(keep).as_py() or 0, dim), dtype=np.float32)
+    filled = 0
+    for batch in table.select(["status", "embedding"]).to_batches(max_chunksize=batch_rows):
+        rows = batch.filter(pc.equal(batch.column("status"), OK))
+        if rows.num_rows:
+            matrix[filled : filled + rows.num_rows] = embedding_matrix(pa.Table.from_batches([rows]))
+            filled += rows.num_rows
+    return matrix
+
+
 def usable(table: pa.Table) -> pa.Table:
     return table.filter(pc.equal(table.column("status"), OK))
 

@@ -128,3 +128,19 @@ def test_rollback_walks_the_promotions_as_a_stack(tmp_path):
     store.promote(2, reason="back", by="t", action="rollback")
     store.promote(4, reason="forward again", by="t")
     assert store.rollback_target().name == "v2"
+
+
+def test_the_usable_matrix_is_the_usable_rows_vectors_in_order_across_chunks_and_failures():
+    from facepipeline.embedding_store import FAILED, embedding_matrix, usable_matrix
+
+    table = embeddings(50, seed=3)
+    status = table.column("status").to_pylist()
+    for row in (0, 7, 8, 49):
+        status[row] = FAILED
+    table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(status))
+    chunked = pa.concat_tables([table.slice(0, 13), table.slice(13, 30), table.slice(43)])
+    expected = embedding_matrix(usable(table))
+    for batch_rows in (1, 5, 4096):
+        got = usable_matrix(chunked, batch_rows=batch_rows)
+        assert got.shape == (46, 8) and np.array_equal(got, expected)
+    assert usable_matrix(table.slice(0, 0)).shape == (0, 8)
