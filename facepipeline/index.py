@@ -46,11 +46,32 @@ DATASET_FILE = "dataset.parquet"
 LOCATION_COLUMNS = ("photo_ref", "event_id", "bbox_x", "bbox_y", "bbox_width", "bbox_height")
 
 
+EF_SEARCH_BY_SIZE = ((20_000, 128), (200_000, 384), (None, 1024))
+"""``ef_search`` by the number of indexed faces: (at most this many, ef). From ``bench/index.py``
+(clustered 512-d vectors calibrated on real buffalo_sc embeddings, M=16, ef_construction=200): the
+smallest ef whose recall@1 against exact search is at least 0.995 at the next measured size up
+(10,000 faces: 0.9985 at ef 128; 100,000: 0.9955 at 384). Above 200,000 faces, 1,024 is the
+sweep's largest ef, not yet measured at that size. A fixed ef loses recall as the index grows:
+ef 64 gives 0.9905 at 10,000 faces but 0.9175 at 100,000."""
+
+
 @dataclass(frozen=True)
 class IndexParams:
     M: int = 16
     ef_construction: int = 200
-    ef_search: int = 64
+    ef_search: int | None = None
+    """Candidates kept while searching; None: by the index's size (:data:`EF_SEARCH_BY_SIZE`)."""
+
+    def ef_for(self, size: int) -> int:
+        """The ``ef_search`` an index of ``size`` faces is searched with."""
+        if self.ef_search is not None:
+            return self.ef_search
+        return next(ef for limit, ef in EF_SEARCH_BY_SIZE if limit is None or size <= limit)
+
+    def same_graph(self, other: dict) -> bool:
+        """Whether an index built with ``other`` (a manifest's params) has the graph these params
+        build: ``ef_search`` is a search setting, not part of the graph."""
+        return (other.get("M"), other.get("ef_construction")) == (self.M, self.ef_construction)
 
 
 class FaceIndex:
@@ -70,7 +91,7 @@ class FaceIndex:
         index.init_index(max_elements=max(1, len(vectors)), ef_construction=params.ef_construction, M=params.M, random_seed=100)
         if len(vectors):
             index.add_items(vectors, np.arange(len(vectors)), num_threads=threads)
-        index.set_ef(params.ef_search)
+        index.set_ef(params.ef_for(len(vectors)))
         return cls(index, _entries(entries, vectors), params)
 
     @classmethod
@@ -88,7 +109,7 @@ class FaceIndex:
             if index.get_max_elements() < entries.num_rows:
                 index.resize_index(entries.num_rows)
             index.add_items(vectors, np.arange(len(base), entries.num_rows), num_threads=threads)
-        index.set_ef(base.params.ef_search)
+        index.set_ef(base.params.ef_for(entries.num_rows))
         digests = base.entries.column(VECTOR_DIGEST).to_pylist() + vector_digests(vectors).tolist()
         return cls(index, _entries(entries, None, digests), base.params)
 
@@ -133,7 +154,7 @@ class FaceIndex:
         k = min(k, len(self))
         if k == 0:
             return np.empty((len(queries), 0), dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
-        self._index.set_ef(max(self.params.ef_search, k))
+        self._index.set_ef(max(self.params.ef_for(len(self)), k))
         labels, distances = self._index.knn_query(queries, k=k)
         return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
 
@@ -147,7 +168,7 @@ class FaceIndex:
         entries = pq.read_table(directory / "entries.parquet")
         index = hnswlib.Index(space="cosine", dim=dim)
         index.load_index(str(directory / "index.bin"), max_elements=max(1, entries.num_rows + room))
-        index.set_ef(params.ef_search)
+        index.set_ef(params.ef_for(entries.num_rows))
         return cls(index, entries, params)
 
 
@@ -214,7 +235,7 @@ def _extension_plan(
         return "no earlier version", None
     manifest = base.manifest
     dim = vectors.shape[1] if vectors.ndim == 2 else 0
-    if manifest.get("params") != params.__dict__ or manifest.get("dim") != dim:
+    if not params.same_graph(manifest.get("params") or {}) or manifest.get("dim") != dim:
         return f"v{base.version} has other index parameters", None
     indexed = pq.read_table(base.path / "entries.parquet")
     if VECTOR_DIGEST not in indexed.column_names or indexed.num_rows != manifest.get("count"):
@@ -300,7 +321,8 @@ class IndexStore(VersionedStore[IndexVersion]):
             if dataset is not None:
                 pq.write_table(dataset, folder / DATASET_FILE, compression="zstd")
 
-        return self._publish(write, {**manifest, "count": len(index), "dim": index.dim, "params": index.params.__dict__})
+        return self._publish(write, {**manifest, "count": len(index), "dim": index.dim, "params": index.params.__dict__,
+                                        "ef_search_used": index.params.ef_for(len(index))})
 
     # -- promotion -------------------------------------------------------------------------------
 

@@ -141,6 +141,8 @@ def test_a_relabelled_face_keeps_its_place_and_a_gone_or_changed_face_rebuilds_t
     assert np.allclose(index.vectors()[7], changed[7], atol=1e-6)
     _, how = build_index(vectors, entries, IndexParams(M=8), base=v1)
     assert how.method == "built" and "other index parameters" in how.reason
+    index, how = build_index(vectors, entries, IndexParams(ef_search=300), base=v1)  # a search setting: same graph
+    assert how.method == "extended" and index._index.ef == 300
     no_digests = store.publish(FaceIndex(v1.load()._index, v1.load().entries.drop_columns(["vector_digest"]), IndexParams()), {})
     _, how = build_index(vectors, entries, base=no_digests)
     assert how.method == "built" and "no vector digests" in how.reason
@@ -159,3 +161,19 @@ def test_vectors_read_from_the_index_state_are_exactly_what_hnswlib_returns_item
         assert index._stored_vectors() is not None and np.array_equal(index.vectors(), by_item)
     extended._index.mark_deleted(3)  # a state this reading does not handle: hnswlib answers item by item
     assert extended._stored_vectors() is None
+
+
+def test_ef_search_follows_the_index_size_unless_set_and_is_what_the_index_searches_with():
+    from facepipeline.index import EF_SEARCH_BY_SIZE, IndexParams
+
+    auto = IndexParams()
+    sizes = [1, 20_000, 20_001, 200_000, 200_001, 5_000_000]
+    efs = [auto.ef_for(n) for n in sizes]
+    assert efs == sorted(efs) and efs[0] == EF_SEARCH_BY_SIZE[0][1] and efs[-1] == EF_SEARCH_BY_SIZE[-1][1]
+    assert efs[1] < efs[2] and efs[3] < efs[4]  # each step up at its limit
+    assert IndexParams(ef_search=50).ef_for(10**7) == 50
+    vectors, entries = clustered(10, 5)
+    index = FaceIndex.build(vectors, entries)
+    assert index._index.ef == auto.ef_for(len(index))
+    index.search(vectors[:2], k=3)
+    assert index._index.ef == auto.ef_for(len(index))
