@@ -385,7 +385,7 @@ def entries_table(n: int) -> pa.Table:
 
 
 def params_label(params: IndexParams) -> str:
-    return f"M{params.M}/efc{params.ef_construction}/ef{params.ef_search}"
+    return f"M{params.M}/efc{params.ef_construction}/ef{'(by size)' if params.ef_search is None else params.ef_search}"
 
 
 def build_hnswlib(ds: Dataset, params: IndexParams, threads: int, entries: pa.Table) -> tuple[FaceIndex, float, PeakRSS]:
@@ -411,7 +411,9 @@ def query_hnswlib(ds: Dataset, truth: Truth, index: FaceIndex, ef: int) -> dict:
 def run_hnswlib(ds: Dataset, truth: Truth, args: argparse.Namespace, workdir: Path) -> tuple[list[dict], list[dict]]:
     """Main rows (the project's default, built, saved and searched through FaceIndex) and sweep rows."""
     n = len(ds.vectors)
-    default, project = args.default, IndexParams()
+    # ef_search None means "by the index's size" (facepipeline.index.EF_SEARCH_BY_SIZE): resolved for n.
+    default = replace(args.default, ef_search=args.default.ef_for(n))
+    project = replace(IndexParams(), ef_search=IndexParams().ef_for(n))
     entries = entries_table(n)
     builds = [(default.M, default.ef_construction)]
     grid = args.grid if n <= args.sweep_max else []
