@@ -50,9 +50,10 @@ EF_SEARCH_BY_SIZE = ((20_000, 128), (200_000, 384), (None, 1024))
 """``ef_search`` by the number of indexed faces: (at most this many, ef). From ``bench/index.py``
 (clustered 512-d vectors calibrated on real buffalo_sc embeddings, M=16, ef_construction=200): the
 smallest ef whose recall@1 against exact search is at least 0.995 at the next measured size up
-(10,000 faces: 0.9985 at ef 128; 100,000: 0.9955 at 384). Above 200,000 faces, 1,024 is the
-sweep's largest ef, not yet measured at that size. A fixed ef loses recall as the index grows:
-ef 64 gives 0.9905 at 10,000 faces but 0.9175 at 100,000."""
+(10,000 faces: 0.9985 at ef 128; 100,000: 0.9955 at 384). Above 200,000 faces: 1,024, the largest
+measured, which at 1,000,000 faces gives only 0.9315 with this graph: an index that size needs a
+larger M and ef_construction (not measured). A fixed ef loses recall as the index grows: ef 64
+gives 0.9905 at 10,000 faces, 0.9175 at 100,000 and 0.5965 at 1,000,000."""
 
 
 @dataclass(frozen=True)
