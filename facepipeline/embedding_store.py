@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -99,18 +99,29 @@ def embedding_matrix(table: pa.Table) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
 
 
-def usable_matrix(table: pa.Table, batch_rows: int = 4096) -> np.ndarray:
+BATCH_ROWS = 4096
+"""Rows of an embeddings table read at a time where its vectors are used: memory stays that of a batch."""
+
+
+def usable_batches(table: pa.Table, columns: Sequence[str] = (), batch_rows: int = BATCH_ROWS) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    """The usable rows of ``table``, batch by batch, in order: each batch's ``columns`` (with
+    ``status`` and ``embedding``) and its vectors as one (n, dim) float32 array. Never a copy of
+    the whole table."""
+    for batch in table.select(["status", "embedding", *columns]).to_batches(max_chunksize=batch_rows):
+        rows = pa.Table.from_batches([batch]).filter(pc.equal(batch.column("status"), OK))
+        if rows.num_rows:
+            yield rows, embedding_matrix(rows)
+
+
+def usable_matrix(table: pa.Table, batch_rows: int = BATCH_ROWS) -> np.ndarray:
     """``embedding_matrix(usable(table))`` without copying the table: one (N, dim) float32 array
     filled batch by batch, the only copy of the vectors made."""
     dim = table.schema.field("embedding").type.list_size
-    keep = pc.equal(table.column("status"), OK)
-    matrix = np.empty((pc.sum(keep).as_py() or 0, dim), dtype=np.float32)
+    matrix = np.empty((pc.sum(pc.equal(table.column("status"), OK)).as_py() or 0, dim), dtype=np.float32)
     filled = 0
-    for batch in table.select(["status", "embedding"]).to_batches(max_chunksize=batch_rows):
-        rows = batch.filter(pc.equal(batch.column("status"), OK))
-        if rows.num_rows:
-            matrix[filled : filled + rows.num_rows] = embedding_matrix(pa.Table.from_batches([rows]))
-            filled += rows.num_rows
+    for _, vectors in usable_batches(table, batch_rows=batch_rows):
+        matrix[filled : filled + len(vectors)] = vectors
+        filled += len(vectors)
     return matrix
 
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from facepipeline.dataset import faces_per_person, validate_dataset
-from facepipeline.embedding_store import OK, embedding_matrix
+from facepipeline.embedding_store import BATCH_ROWS, OK, embedding_matrix, usable_batches
 from facepipeline.faces import VerifiedFace
 from facepipeline.index import FaceIndex, IndexVersion
 from facepipeline.metrics import EvaluationConfig, evaluate
@@ -32,8 +32,6 @@ NORM_TOLERANCE = 1e-3
 """How far from 1 an embedding's length may be (float32 ArcFace vectors are within 1e-6)."""
 SELF_MATCH_SAMPLE = 512
 """Index rows queried for themselves: enough to see a broken index, cheap at any size."""
-COMPARE_CHUNK = 4096
-"""Index rows compared with their embeddings at a time."""
 REGRESSION_METRICS = ("rank1_accuracy", "rank1_accuracy_macro")
 
 
@@ -62,17 +60,15 @@ def dataset_gate(faces: Sequence[VerifiedFace], min_faces_per_person: int) -> Ga
 
 
 def embeddings_gate(table: pa.Table, expected_dim: int, norm_tolerance: float = NORM_TOLERANCE) -> GateResult:
-    """Batch by batch: memory stays that of ``COMPARE_CHUNK`` vectors, whatever the table's size."""
+    """Batch by batch: memory stays that of ``BATCH_ROWS`` vectors, whatever the table's size."""
     twice = _duplicates(table.column("face_id").to_pylist())
     dim = table.schema.field("embedding").type.list_size
     usable_rows = not_finite = off = 0
     norm_min, norm_max = np.inf, -np.inf
-    for batch in table.select(["status", "embedding"]).to_batches(max_chunksize=COMPARE_CHUNK):
-        rows = batch.filter(pc.equal(batch.column("status"), OK))
-        usable_rows += rows.num_rows
-        if not rows.num_rows or dim != expected_dim:
+    for _, vectors in usable_batches(table):
+        usable_rows += len(vectors)
+        if dim != expected_dim:
             continue
-        vectors = embedding_matrix(pa.Table.from_batches([rows]))
         finite = np.isfinite(vectors).all(axis=1)
         norms = np.linalg.norm(vectors[finite], axis=1)
         not_finite += int((~finite).sum())
@@ -102,7 +98,7 @@ def embeddings_gate(table: pa.Table, expected_dim: int, norm_tolerance: float = 
 
 
 def index_gate(index: FaceIndex, embeddings: pa.Table, sample: int = SELF_MATCH_SAMPLE) -> GateResult:
-    """Chunk by chunk: memory beyond the index's own vectors stays that of ``COMPARE_CHUNK`` rows."""
+    """Chunk by chunk: memory beyond the index's own vectors stays that of ``BATCH_ROWS`` rows."""
     usable_rows = np.flatnonzero(pc.equal(embeddings.column("status"), OK).to_numpy(zero_copy_only=False))
     figures = {"indexed": len(index), "usable_embeddings": len(usable_rows)}
     if len(index) != len(usable_rows) or index.entries.num_rows != len(index):
@@ -123,8 +119,10 @@ def index_gate(index: FaceIndex, embeddings: pa.Table, sample: int = SELF_MATCH_
         return embedding_matrix(embeddings.select(["embedding"]).take(pa.array(order[labels])))
 
     stored = index.vectors()
-    gap = max(float(np.abs(stored[start : start + COMPARE_CHUNK] - expected(np.arange(start, min(start + COMPARE_CHUNK, len(order))))).max())
-              for start in range(0, len(order), COMPARE_CHUNK))
+    gap = 0.0
+    for start in range(0, len(order), BATCH_ROWS):
+        labels = np.arange(start, min(start + BATCH_ROWS, len(order)))
+        gap = max(gap, float(np.abs(stored[labels] - expected(labels)).max()))
     del stored
     figures["max_vector_difference"] = round(gap, 8)
     if gap > 1e-4:

@@ -6,16 +6,14 @@ from collections import Counter
 from collections.abc import Sequence
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from facepipeline.embedding_store import OK, embedding_matrix
+from facepipeline.embedding_store import usable_batches
 from facepipeline.faces import VerifiedFace
 from facepipeline.gallery.base import CoOccurrence, DescriptorUpdate
 from facepipeline.geometry import BBox
 
 
 DETECTED_BOX = ("bbox_x", "bbox_y", "bbox_width", "bbox_height")
-BATCH_ROWS = 4096
 
 
 def descriptor_updates(
@@ -29,11 +27,7 @@ def descriptor_updates(
     by_id = {f.face_id: f for f in faces}
     updates: list[DescriptorUpdate] = []
     left_out: Counter[str] = Counter()
-    for batch in embeddings.to_batches(max_chunksize=BATCH_ROWS):  # no copy of the whole table at once
-        rows = pa.Table.from_batches([batch]).filter(pc.equal(batch.column("status"), OK))
-        if not rows.num_rows:
-            continue
-        vectors = embedding_matrix(rows)  # one array per batch, not a list of floats per row
+    for rows, vectors in usable_batches(embeddings, ("face_id", "det_score", *DETECTED_BOX)):  # one array per batch
         columns = {name: rows.column(name).to_pylist() for name in ("face_id", "det_score", *DETECTED_BOX)}
         for i, face_id in enumerate(columns["face_id"]):
             face = by_id.get(face_id)
