@@ -43,7 +43,7 @@ def face_suggestions(
         for note in notes:
             context.log.warning(note)
         context.log.info(f"recognizing with index {version.name} ({len(recognizer.index)} faces of {len(recognizer.directory.counts)} people)")
-        with artifacts.photo_cache() as cache:
+        with artifacts.photo_cache(artifacts.photo_policy(face_source)) as cache:  # the source's photo hosts only
             result = recognize_event(
                 gallery,
                 cache,

@@ -1,9 +1,16 @@
-"""Turn photo bytes into pixels, refusing what is not a sane image before it costs memory."""
+"""Turn photo bytes into pixels, refusing what is not a sane image before it costs memory.
+
+Only JPEG, PNG and WEBP are opened (:data:`ACCEPTED_FORMATS`, the photo types a gallery app
+uploads and the folder source reads): Pillow's other decoders (TIFF, PSD, EPS via Ghostscript, ICNS,
+FITS, ...) are never reached by bytes from a stranger's URL, which keeps their bugs out of reach.
+GIF and BMP are refused too: no camera or phone makes them, and each decoder is attack surface.
+"""
 
 from __future__ import annotations
 
 import io
 import struct
+import threading
 
 import cv2
 import numpy as np
@@ -15,6 +22,9 @@ from facepipeline.errors import ImageError
 DEFAULT_MAX_PIXELS = 100_000_000
 # Below this a photo cannot hold a face the detector can find (and resizing it can fail).
 MIN_SIDE = 16
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+"""Pillow format names (a multi-picture JPEG opens through the JPEG plugin as ``MPO``)."""
 
 _ORIENTATION = 0x0112  # the EXIF tag that says how to rotate the photo for display
 _WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
@@ -28,9 +38,35 @@ def image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[in
     if not data:
         raise ImageError("empty file (0 bytes)")
     with _explained(data):
-        with Image.open(io.BytesIO(data)) as img:
+        with _open(data) as img:
             width, height = img.size
     _check_size(width, height, max_pixels)
+    return width, height
+
+
+# Full decodes during a fetch (WEBP has no cheaper whole-file check) run two at a time, so eight
+# fetch threads never hold eight large bitmaps at once.
+_FULL_DECODES = threading.BoundedSemaphore(2)
+
+
+def verify_complete(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """:func:`image_size`, plus proof that the whole image is there: a body cut short is refused.
+
+    A download that ends early without a ``Content-Length`` looks complete to HTTP, and its header
+    still parses, so only the image format can tell. Cheaply: a JPEG is decoded at 1/8 scale (every
+    entropy-coded block is still read, most of the pixel work is skipped), a PNG's chunks are walked
+    to ``IEND`` with their checksums (no inflating), a WEBP is decoded. Raises :class:`ImageError`.
+    """
+    width, height = image_size(data, max_pixels=max_pixels)
+    with _explained(data), _open(data) as img:
+        if img.format == "PNG":
+            img.verify()
+        elif img.format in ("JPEG", "MPO"):
+            img.draft(None, (max(1, width // 8), max(1, height // 8)))
+            img.load()
+        else:
+            with _FULL_DECODES:
+                img.load()
     return width, height
 
 
@@ -43,7 +79,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     if not data:
         raise ImageError("empty file (0 bytes)")
     with _explained(data):
-        img = Image.open(io.BytesIO(data))
+        img = _open(data)
         _check_size(*img.size, max_pixels)
         img.load()  # Pillow raises on a truncated file (OpenCV would return a half-grey image)
         if img.getexif().get(_ORIENTATION, 1) != 1:
@@ -53,6 +89,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         if img.mode != "RGB":
             img = img.convert("RGB")
         return cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2BGR)
+
+
+def _open(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
 
 
 def _to_8_bit_grey(img: Image.Image) -> Image.Image:
@@ -99,4 +139,14 @@ def _sniff(data: bytes) -> str:
     head = data[:64].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html")):
         return "looks like an HTML page"
+    for magic, name in _OTHER_FORMATS:
+        if data.startswith(magic) or (name == "HEIC/AVIF" and data[4:8] == magic):
+            return f"a {name} image; accepted formats: {', '.join(ACCEPTED_FORMATS)}"
     return f"{len(data)} bytes starting {data[:8]!r}"
+
+
+_OTHER_FORMATS = (
+    (b"GIF8", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"8BPS", "PSD"),
+    (b"P1", "PNM"), (b"P2", "PNM"), (b"P3", "PNM"), (b"P4", "PNM"), (b"P5", "PNM"), (b"P6", "PNM"),
+    (b"%!PS", "PostScript"), (b"\x00\x00\x01\x00", "ICO"), (b"ftyp", "HEIC/AVIF"),
+)

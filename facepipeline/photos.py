@@ -9,12 +9,29 @@ A reference is an ``http(s)://`` URL or a ``file://`` URI. Fetching is concurren
 with timeouts and retries; a photo that cannot be fetched is recorded as failed with its reason
 and is tried again on the next run. A URL fetched successfully is never fetched again; a local
 file is read again only when its size or modification time changed (a photo edited in place).
+
+What a fetch refuses, and why:
+
+* a reference the :class:`~facepipeline.photo_policy.PhotoPolicy` does not allow (scheme, host,
+  resolved address, every redirect hop): no connection is made, the photo fails as ``refused: ...``;
+* a body cut short: with a ``Content-Length`` urllib3 notices; without one (the server just closes)
+  only the image can tell, so every downloaded photo is checked to be whole
+  (:func:`facepipeline.images.verify_complete`) before it is cached as ok. A truncated download
+  cached as ok would fail as unreadable in the embed step on every run and never be fetched again;
+* a body that trickles in: a whole photo must arrive within ``deadline_s``, not only each read
+  within ``timeout_s``;
+* a header announcing more pixels than the limit (a decompression bomb), before decoding.
+
+Failures while the body is read (a reset connection, a truncated body) are retried within the run,
+``retries`` times, like 5xx answers and timeouts before the body. Local files are read whole by
+construction; a broken one is cached as it is and is read again only once it is edited.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import sqlite3
 import tempfile
 import threading
@@ -23,15 +40,20 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse, urlunparse
+from urllib.parse import unquote, urljoin, urlparse, urlunparse
 
 import pyarrow as pa
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
 from facepipeline.errors import ImageError, PhotoFetchError
-from facepipeline.images import image_size
+from facepipeline.images import image_size, verify_complete
+from facepipeline.photo_policy import PhotoPolicy, PhotoRefused, resolve
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True)
@@ -79,6 +101,9 @@ class FetchSummary:
     attempts: int
     """Photos this call tried to fetch, failures (earlier ones retried) included."""
 
+    refused: int = 0
+    """Failed photos the photo policy refused (no connection was made)."""
+
     def line(self) -> str:
         return f"processed {self.ok}/{self.total} photos ({self.failed} failed; {self.fetched} fetched, {self.from_cache} from cache)"
 
@@ -94,10 +119,18 @@ def summarize(records: Iterable[PhotoRecord]) -> FetchSummary:
         fetched_bytes=sum(r.size or 0 for r in fetched),
         from_cache=sum(r.ok and not r.fetched for r in records),
         attempts=sum(r.fetched for r in records),
+        refused=sum(not r.ok and (r.error or "").startswith("refused:") for r in records),
     )
 
 
 class PhotoCache:
+    """The cache; ``policy`` says which references may be fetched.
+
+    ``policy=None`` fetches any ``http(s)``/``file`` reference: for callers whose references are
+    their own (tests, benchmarks). Everything that fetches a gallery's rows passes a policy
+    (``resources.ArtifactStoreResource.photo_cache`` always does).
+    """
+
     def __init__(
         self,
         root: Path,
@@ -106,12 +139,17 @@ class PhotoCache:
         retries: int = 2,
         concurrency: int = 8,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        policy: PhotoPolicy | None = None,
+        deadline_s: float | None = None,
     ) -> None:
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.objects.mkdir(parents=True, exist_ok=True)
         self.concurrency = max(1, concurrency)
         self.max_bytes = max_bytes
+        self.policy = policy
+        self.retries = retries
+        self.deadline_s = deadline_s if deadline_s is not None else max(60.0, 6 * timeout_s)
         self._http = urllib3.PoolManager(
             maxsize=self.concurrency,
             timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
@@ -123,6 +161,8 @@ class PhotoCache:
                 raise_on_status=False,
             ),
         )
+        # Every connection goes to an address the policy vetted (see _GuardedConnectionMixin).
+        self._http.pool_classes_by_scheme = _guarded_pools(policy)
         self._db_lock = threading.Lock()
         self._db = sqlite3.connect(self.root / "manifest.sqlite3", check_same_thread=False)
         self._db.execute("pragma journal_mode = wal")
@@ -196,8 +236,9 @@ class PhotoCache:
     def _fetch_one(self, ref: str) -> PhotoRecord:
         stamp = _source_stamp(ref)
         try:
+            if self.policy is not None:
+                self.policy.check(ref)  # before anything touches the network or the disk
             data = self._download(ref)
-            image_size(data)  # header check only: refuse HTML pages and empty bodies early
         except (PhotoFetchError, ImageError) as exc:
             return PhotoRecord(ref=ref, status="failed", error=str(exc), fetched=True, source_stamp=stamp)
         except Exception as exc:  # one photo must never stop the others: record it, go on
@@ -210,7 +251,9 @@ class PhotoCache:
     def _download(self, ref: str) -> bytes:
         scheme = urlparse(ref).scheme.lower()
         if scheme == "file":
-            return self._read_file(Path(unquote(urlparse(ref).path)))
+            data = self._read_file(Path(unquote(urlparse(ref).path)))
+            image_size(data)  # header check only: refuse HTML pages and empty bodies early
+            return data
         if scheme in ("http", "https"):
             return self._read_http(ref)
         raise PhotoFetchError(f"unsupported photo reference scheme {scheme!r}")
@@ -225,27 +268,66 @@ class PhotoCache:
             raise PhotoFetchError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
     def _read_http(self, url: str) -> bytes:
+        """The photo at ``url``, whole and a sane image; a body that breaks off is tried again."""
+        for attempt in range(self.retries + 1):
+            try:
+                data = self._get_following_redirects(url)
+                verify_complete(data)  # a body cut short without Content-Length is caught here
+                return data
+            except _BodyBroken as exc:
+                if attempt == self.retries:
+                    raise PhotoFetchError(str(exc)) from exc
+            except ImageError as exc:
+                if attempt == self.retries or not _maybe_cut_short(exc):
+                    raise
+            time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _get_following_redirects(self, url: str) -> bytes:
+        for _hop in range(self._max_redirects() + 1):
+            try:
+                # No automatic redirects: each hop is checked against the policy first.
+                response = self._http.request("GET", url, preload_content=False, redirect=False)
+            except urllib3.exceptions.HTTPError as exc:
+                raise PhotoFetchError(f"request failed: {_reason(exc)}") from exc
+            try:
+                if response.status in REDIRECTS:
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise PhotoFetchError(f"HTTP {response.status} without a Location")
+                    url = urljoin(url, location)
+                    if self.policy is not None:
+                        self.policy.check(url, redirect=True)
+                    elif urlparse(url).scheme.lower() not in ("http", "https"):
+                        raise PhotoRefused("refused: a redirect to a non-http(s) URL")
+                    continue
+                if response.status != 200:
+                    raise PhotoFetchError(f"HTTP {response.status}")
+                return self._read_body(response)
+            finally:
+                response.release_conn()
+        raise PhotoFetchError(f"too many redirects (more than {self._max_redirects()})")
+
+    def _max_redirects(self) -> int:
+        return self.policy.max_redirects if self.policy is not None else 3
+
+    def _read_body(self, response: urllib3.BaseHTTPResponse) -> bytes:
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            raise PhotoFetchError(f"response too large: {int(declared):,} bytes (limit {self.max_bytes:,})")
+        chunks, size = [], 0
+        deadline = time.monotonic() + self.deadline_s
         try:
-            response = self._http.request("GET", url, preload_content=False)
-        except urllib3.exceptions.HTTPError as exc:
-            raise PhotoFetchError(f"request failed: {_reason(exc)}") from exc
-        try:
-            if response.status != 200:
-                raise PhotoFetchError(f"HTTP {response.status}")
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                raise PhotoFetchError(f"response too large: {int(declared):,} bytes (limit {self.max_bytes:,})")
-            chunks, size = [], 0
-            for chunk in response.stream(64 * 1024):
+            while chunk := response.read1(64 * 1024):  # what has arrived: a trickle cannot hide from the deadline
                 size += len(chunk)
                 if size > self.max_bytes:
                     raise PhotoFetchError(f"response too large: over {self.max_bytes:,} bytes")
+                if time.monotonic() > deadline:
+                    raise PhotoFetchError(f"too slow: the photo did not arrive within {self.deadline_s:g}s")
                 chunks.append(chunk)
-            return b"".join(chunks)
         except urllib3.exceptions.HTTPError as exc:
-            raise PhotoFetchError(f"download interrupted: {_reason(exc)}") from exc
-        finally:
-            response.release_conn()
+            raise _BodyBroken(f"download interrupted: {_reason(exc)}") from exc
+        return b"".join(chunks)
 
     def _store(self, sha: str, data: bytes) -> None:
         target = self.path_for(sha)
@@ -302,6 +384,64 @@ def redact_ref(ref: str) -> str:
     host = parsed.hostname or ""
     netloc = f"{host}:{parsed.port}" if parsed.port else host
     return urlunparse((parsed.scheme, netloc, parsed.path, "", "", ""))
+
+
+class _BodyBroken(Exception):
+    """The body broke off (reset, short read): worth another try."""
+
+
+def _maybe_cut_short(exc: ImageError) -> bool:
+    """Whether an image error may come from a body cut short (the same bytes again would not)."""
+    return str(exc).startswith("corrupt image")
+
+
+class _GuardedConnectionMixin:
+    """Connect only to an address the policy vetted, and check the peer once connected.
+
+    The host is resolved here, once; its addresses are vetted (a listed *name* must resolve to
+    public addresses only); the socket connects to the vetted address itself, so no second lookup
+    (a DNS rebinding) can swap it. TLS still checks the certificate against the host name.
+    """
+
+    policy: PhotoPolicy | None = None
+    _dns_host: str
+    host: str
+    port: int
+
+    def _new_conn(self) -> socket.socket:
+        policy = self.policy
+        if policy is None:
+            return super()._new_conn()  # type: ignore[misc]
+        name = self._guarded_name = getattr(self, "_guarded_name", None) or self._dns_host
+        try:
+            addresses = resolve(name, self.port)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
+        policy.vet_addresses(name, addresses)  # all of them: one private address refuses the name
+        for number, address in enumerate(addresses):
+            self._dns_host = address  # connect to this very address: no second lookup
+            try:
+                sock = super()._new_conn()  # type: ignore[misc]
+            except (NewConnectionError, ConnectTimeoutError):
+                if number == len(addresses) - 1:
+                    raise
+                continue
+            try:
+                policy.vet_addresses(name, [sock.getpeername()[0]])
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        raise NewConnectionError(self, f"no address for {name}")  # type: ignore[arg-type]
+
+
+def _guarded_pools(policy: PhotoPolicy | None) -> dict[str, type]:
+    connection = type("GuardedHTTPConnection", (_GuardedConnectionMixin, HTTPConnection), {"policy": policy})
+    tls = type("GuardedHTTPSConnection", (_GuardedConnectionMixin, HTTPSConnection), {"policy": policy})
+    return {
+        "http": type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": connection}),
+        "https": type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": tls}),
+    }
 
 
 def _reason(exc: Exception) -> str:

@@ -6,7 +6,10 @@ the repository); the model is the real buffalo_sc pack from ../shared/models.
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -107,27 +110,58 @@ def gallery_dsn(postgres_server) -> Iterator[str]:
         yield dsn
 
 
+def allow_photo_hosts(monkeypatch: pytest.MonkeyPatch, *base_urls: str) -> str:
+    """Let the photo policy fetch from these test servers on 127.0.0.1 (``FACEPIPELINE_PHOTO_HOSTS``,
+    which subprocesses inherit too). Returns the variable's new value.
+
+    A postgres gallery's photos on 127.0.0.1 are refused by default (loopback is private): a
+    test allows its own server explicitly, as an operator would.
+    """
+    from urllib.parse import urlsplit
+
+    from facepipeline.photo_policy import PHOTO_HOSTS_ENV
+
+    hosts = [os.environ.get(PHOTO_HOSTS_ENV, ""), *(urlsplit(url).netloc for url in base_urls)]
+    value = ",".join(host for host in hosts if host)
+    monkeypatch.setenv(PHOTO_HOSTS_ENV, value)
+    return value
+
+
 @pytest.fixture()
-def seeded_gallery(gallery_dsn, small_faces):
+def seeded_gallery(gallery_dsn, small_faces, monkeypatch):
     """The 6 x 8 real photos seeded into a fresh gallery database, served over HTTP on 127.0.0.1.
 
-    A tenth of the faces are left unverified. Yields the DSN and the seed report.
+    A tenth of the faces are left unverified. Yields the DSN and the seed report. The photo server
+    is allowed by the photo policy (``FACEPIPELINE_PHOTO_HOSTS``) for the test's duration.
     """
     from facepipeline.gallery import photo_server
     from facepipeline.gallery.seed import seed_from_folder
 
     with photo_server.serve(small_faces) as server:
+        allow_photo_hosts(monkeypatch, server.base_url)
         report = seed_from_folder(gallery_dsn, small_faces, server.url_for, unverified_share=0.1)
         yield gallery_dsn, report
 
 
 @dataclass
 class Route:
+    """What the test server answers on one path; the fault fields make it misbehave for real."""
+
     status: int = 200
     body: bytes = b""
     content_type: str = "image/jpeg"
     delay_s: float = 0.0
+    """Wait this long before answering (a timeout)."""
     send_length: bool = True
+    location: str | None = None
+    """A redirect: answer ``status`` (say 302) with this Location and no body."""
+    cut_after: int | None = None
+    """Send only this many bytes of the body, then close the connection cleanly (a truncated body;
+    with ``send_length`` the full length is announced, without it nothing tells the client)."""
+    reset_after: int | None = None
+    """Send this many bytes of the body, then reset the connection (TCP RST) mid-body."""
+    drip: tuple[int, float] | None = None
+    """Send the body in chunks of this many bytes, waiting this long between them (a slow drip)."""
 
 
 @dataclass
@@ -140,6 +174,10 @@ class PhotoServer:
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
 
     def add(self, path: str, body: bytes = b"", **kwargs) -> str:
         self.routes["/" + path.lstrip("/")] = Route(body=body, **kwargs)
@@ -173,15 +211,35 @@ def photo_server() -> Iterator[PhotoServer]:
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             with lock:
                 server_state.hits[self.path] = server_state.hits.get(self.path, 0) + 1
-            route = server_state.routes.get(self.path, Route(status=404, body=b"not found", content_type="text/plain"))
+            route = server_state.routes.get(self.path.split("?", 1)[0], Route(status=404, body=b"not found", content_type="text/plain"))
             if route.delay_s:
                 threading.Event().wait(route.delay_s)
             self.send_response(route.status)
+            if route.location is not None:
+                self.send_header("Location", route.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_header("Content-Type", route.content_type)
             if route.send_length:
                 self.send_header("Content-Length", str(len(route.body)))
             self.end_headers()
-            self.wfile.write(route.body)
+            if route.reset_after is not None:
+                self.wfile.write(route.body[: route.reset_after])
+                self.wfile.flush()
+                # SO_LINGER 0: close() sends a TCP RST instead of a FIN, a reset mid-body.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+                return
+            body = route.body if route.cut_after is None else route.body[: route.cut_after]
+            if route.drip is None:
+                self.wfile.write(body)
+                return
+            size, pause = route.drip
+            for start in range(0, len(body), size):
+                self.wfile.write(body[start : start + size])
+                self.wfile.flush()
+                threading.Event().wait(pause)
 
         def log_message(self, *args) -> None:
             pass
@@ -189,3 +247,42 @@ def photo_server() -> Iterator[PhotoServer]:
     with serve_http(Handler) as base_url:
         server_state.base_url = base_url
         yield server_state
+
+
+class StoppablePostgres:
+    """A real PostgreSQL of one test's own, to stop, crash and start again without disturbing others."""
+
+    def __init__(self, throwaway) -> None:
+        self.throwaway = throwaway
+        self.server = throwaway.server  # EmbeddedPostgres: the data directory and its pg_ctl
+        self.dsn = ""
+
+    def stop(self) -> None:
+        """A clean shutdown (``pg_ctl stop -m fast``)."""
+        self.server.stop()
+
+    def crash(self) -> None:
+        """``pg_ctl stop -m immediate``: every backend is killed at once, no shutdown checkpoint, as
+        in a crash; the next start runs crash recovery. Only committed transactions survive."""
+        from facepipeline.gallery.embedded_postgres import _bin
+
+        self.server._run([str(_bin("pg_ctl")), "-D", str(self.server.data_dir), "-m", "immediate", "-w", "stop"],
+                         what="crash PostgreSQL")
+
+    def start(self) -> None:
+        """Start again on the same data directory and port."""
+        self.server.start()
+
+
+@pytest.fixture()
+def own_postgres() -> Iterator[StoppablePostgres]:
+    """A server of this test's own with the SPEC schema in its ``gallery`` database."""
+    from facepipeline.gallery.embedded_postgres import ThrowAwayPostgres
+    from facepipeline.gallery.schema import create_schema
+
+    throwaway = ThrowAwayPostgres()
+    with throwaway as running:
+        pg = StoppablePostgres(throwaway)
+        pg.dsn = running.dsn()
+        create_schema(pg.dsn)
+        yield pg

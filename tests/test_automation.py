@@ -26,7 +26,7 @@ from dagster import (
     build_sensor_context,
 )
 
-from tests.conftest import copy_people, fresh_gallery_database, people_with_most_photos
+from tests.conftest import allow_photo_hosts, copy_people, fresh_gallery_database, people_with_most_photos
 from tests.test_cli import facepipeline
 
 PEOPLE = people_with_most_photos(6, skip=30)
@@ -82,13 +82,14 @@ class Gallery:
 
 
 @pytest.fixture()
-def gallery(tmp_path, postgres_server):
+def gallery(tmp_path, postgres_server, monkeypatch):
     from facepipeline.gallery import photo_server
     from facepipeline.gallery.seed import seed_from_folder
 
     root = tmp_path / "gallery"
     copy_people(root / "known", PEOPLE, TRAINED)
     with fresh_gallery_database(postgres_server) as dsn, photo_server.serve(root) as server:
+        allow_photo_hosts(monkeypatch, server.base_url)  # the photo policy refuses 127.0.0.1 unless it is listed
         seed_from_folder(dsn, root / "known", lambda rel: server.url_for(f"known/{rel}"), unverified_share=0.0)
         g = Gallery(dsn, root, tmp_path / "home", server.url_for)
         code, first = g.retrain()

@@ -78,3 +78,49 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped_to_white():
     wide = Image.fromarray(grey.astype(np.uint16) * 257)  # the same picture in 16 bits
     pixels = decode_image(encode(wide, "PNG"))
     assert np.abs(pixels[:, :, 0].astype(int) - grey.astype(int)).max() <= 1
+
+
+def _variant(name: str) -> bytes:
+    """The same real face photo in each accepted format and colour mode a gallery may hold."""
+    original = Image.open(PHOTO)
+    if name == "cmyk_jpeg":
+        return encode(original.convert("CMYK"), "JPEG", quality=95)
+    if name == "grey_png":
+        return encode(original.convert("L"), "PNG")
+    if name == "rgba_png":
+        rgba = original.convert("RGBA")
+        rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))  # transparent at the top, opaque below
+        return encode(rgba, "PNG")
+    if name == "webp":
+        return encode(original, "WEBP", quality=90)
+    if name == "exif_rotated_jpeg":  # stored sideways, the EXIF tag says "rotate 90 degrees clockwise"
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        return encode(original.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif.tobytes())
+    raise AssertionError(name)
+
+
+VARIANTS = ["cmyk_jpeg", "grey_png", "rgba_png", "webp", "exif_rotated_jpeg"]
+
+
+def test_the_model_finds_the_same_face_in_every_accepted_format_and_colour_mode(face_model):
+    from facepipeline.embedding import FaceJob, embed_faces
+
+    photos = {"original": PHOTO.read_bytes(), **{name: _variant(name) for name in VARIANTS}}
+    assert all(decode_image(data).shape == (250, 250, 3) for data in photos.values())  # upright, three channels
+    results = {r.face_id: r for r in embed_faces(face_model, [FaceJob(k, k, None) for k in photos], photos.__getitem__)}
+    assert all(r.ok for r in results.values()), {k: r.error for k, r in results.items()}
+    reference = results["original"].embedding
+    similarity = {name: float(np.dot(results[name].embedding, reference)) for name in VARIANTS}
+    assert min(similarity.values()) > 0.85, similarity  # greyscale loses the most: ~0.93
+    centre = results["original"].detection.bbox.center
+    for name in VARIANTS:  # the same face at the same place (the pixel-exact rotation check is above)
+        x, y = results[name].detection.bbox.center
+        assert abs(x - centre[0]) < 5 and abs(y - centre[1]) < 5, (name, (x, y), centre)
+
+
+def test_formats_outside_the_accepted_ones_never_reach_a_decoder():
+    original = Image.open(PHOTO)
+    for fmt, name in [("GIF", "GIF"), ("BMP", "BMP"), ("TIFF", "TIFF"), ("PPM", "PNM")]:
+        with pytest.raises(ImageError, match=rf"^not an image \(a {name} image; accepted formats: JPEG, PNG, WEBP\)$"):
+            decode_image(encode(original, fmt))

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from PIL import Image
 
-from tests.conftest import FACES, GROUP_PHOTOS, SHARED, copy_people, fresh_gallery_database
+from tests.conftest import FACES, GROUP_PHOTOS, SHARED, allow_photo_hosts, copy_people, fresh_gallery_database
 from tests.test_cli import facepipeline
 
 DISTRACTORS = SHARED / "data" / "distractors"
@@ -58,7 +58,8 @@ def gallery(tmp_path_factory, postgres_server):
     known = copy_people(root / "known", [FACES / name for name in KNOWN], TRAINED_PHOTOS)
     background = sorted(p for p in FACES.iterdir() if p.is_dir() and len(list(p.glob("*.jpg"))) == 4)[:BACKGROUND_PEOPLE]
     copy_people(known, background, 4)
-    with fresh_gallery_database(postgres_server) as dsn, photo_server.serve(root) as server:
+    with fresh_gallery_database(postgres_server) as dsn, photo_server.serve(root) as server, pytest.MonkeyPatch.context() as mp:
+        allow_photo_hosts(mp, server.base_url)  # the photo policy refuses 127.0.0.1 unless it is listed
         seed_from_folder(dsn, known, lambda rel: server.url_for(f"known/{rel}"), unverified_share=0.0)
         g = Gallery(dsn, root, server.url_for, root / "home")
         g.strangers = sorted(p.name for p in DISTRACTORS.iterdir() if p.is_dir() and len(list(p.glob("*.jpg"))) == 3)

@@ -357,6 +357,12 @@ def daemon_url(state_dir: Path) -> str | None:
     return _base_url(state["port"]) if _serving(state) else None
 
 
+def recorded_url(state_dir: Path) -> str | None:
+    """The base URL recorded in ``state_dir``, running or not (the photos' URLs keep it)."""
+    state = _read_state(Path(state_dir).expanduser().resolve())
+    return _base_url(state["port"]) if isinstance(state.get("port"), int) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m facepipeline.gallery.photo_server", description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="the folder of photos to serve")
