@@ -6,7 +6,7 @@ from dagster import AssetExecutionContext, Failure, MetadataValue, Output, asset
 from assets.errors import failures_explained
 from assets.metadata import counts_table
 from facepipeline.faces import table_to_faces
-from facepipeline.gallery.base import CoOccurrence, WriteBackInterrupted
+from facepipeline.gallery.base import CoOccurrence, WriteBackFailed
 from facepipeline.writeback import descriptor_updates
 from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
 
@@ -23,7 +23,10 @@ def face_descriptors(
     """insightface_descriptor, _confidence, _bbox, training_used and training_context, per face.
 
     Batched, one transaction per batch; only verified rows still labelled and boxed as they were
-    read are written, and only when a value changes, so a rerun writes nothing.
+    read are written, and only when a value changes, so a rerun writes nothing. Rows the gallery
+    deleted, un-verified, relabelled or re-boxed during the run are skipped and counted by reason;
+    the next run reads them as they are then. A database lost, refusing or timing out part-way
+    fails the step with the counts of the batches committed before; the next run writes the rest.
     """
     with failures_explained():
         gallery = face_source.gallery()
@@ -46,19 +49,23 @@ def face_descriptors(
 
     with failures_explained():
         try:
-            report = gallery.write_descriptors(updates, progress=progress)
-        except WriteBackInterrupted as exc:  # a Failure that also says how far it got
-            raise Failure(description=str(exc), metadata={"status": "interrupted", **exc.report.as_dict()}) from None
+            report = gallery.write_descriptors(updates, batch_size=face_source.write_batch_size, progress=progress)
+        except WriteBackFailed as exc:  # a Failure that also says how far it got
+            metadata = {"status": "interrupted", **exc.report.as_dict(), "left": exc.report.left,
+                        "skipped_by_reason": MetadataValue.json(exc.report.skipped_by_reason)}
+            raise Failure(description=f"{type(exc).__name__}: {exc}", metadata=metadata) from None
     for face_id in report.skipped_ids[:20]:
-        context.log.warning(f"face {face_id} changed in the gallery during the run (verified, person or box): not written")
+        reason = report.skip_reason_of.get(face_id, "changed")
+        context.log.warning(f"face {face_id} changed in the gallery during the run ({reason}): not written")
     context.log.info(report.line())
-    result = {"status": "written", **report.as_dict(), "left_out": dict(left_out)}
+    result = {"status": "written", **report.as_dict(), "skipped_by_reason": report.skipped_by_reason, "left_out": dict(left_out)}
     return Output(
         result,
         metadata={
             "status": "written",
             "summary": report.line(),
             **report.as_dict(),
+            "skipped_by_reason": counts_table("reason", report.skipped_by_reason, "rows"),
             "left_out": counts_table("reason", left_out, "faces"),
             "training_session_id": session.id if session else "none",
             "write_back": MetadataValue.json(result),

@@ -5,6 +5,14 @@ first and is the ledger: it can be read while the database is down (``facepipeli
 a session whose last state could not reach the database is marked *unsynced* and pushed by the
 next retrain that reaches it. So a session is never left ``running`` in the gallery for good
 because the database went away at the wrong moment.
+
+Session ids are made here, not by the database, and every write of a session is an upsert by
+that id: a create whose answer was lost (the row committed, the connection gone) is simply done
+again, so each run has exactly one row. The database down before the session starts leaves no
+session at all; lost after it started, the ledger says ``failed`` (unsynced) at once and the
+gallery's row follows with the next run that reaches it (:meth:`TrainingSessions.sync_pending`).
+NaN and infinite numbers in the fields are stored as null, in the ledger and in the gallery: they
+are not JSON, and jsonb refuses them.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from facepipeline.gallery.base import Gallery, GalleryError, GalleryUnavailable
+from facepipeline.gallery.base import Gallery, GalleryError, GalleryUnavailable, finite_json, json_text
 
 
 def _now() -> str:
@@ -59,7 +67,9 @@ class SessionHistory:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self._path(record.run_id)
         staging = path.with_suffix(f".{os.getpid()}.tmp")
-        staging.write_text(json.dumps(asdict(record), indent=2, sort_keys=True, default=str))
+        # Strict JSON, NaN and inf as null: the file is read by other tools too, and its fields are
+        # what gets pushed to the gallery's jsonb, which refuses them.
+        staging.write_text(json_text(asdict(record), indent=2, sort_keys=True))
         os.replace(staging, path)
 
     def for_run(self, run_id: str) -> SessionRecord | None:
@@ -94,14 +104,20 @@ class TrainingSessions:
         existing = self.history.for_run(run_id)
         if existing is not None:
             return existing
-        fields = {**fields, "status": "running"}
-        session_id = self.gallery.create_session(fields) if self.gallery is not None else str(uuid.uuid4())
+        fields = finite_json({**fields, "status": "running"})
         now = _now()
+        # The id is made here and the ledger written first: if the connection is lost after the
+        # gallery committed the row but before it answered, the run still knows its row, and every
+        # later write of this session (an upsert by id) lands on that one row, never a second.
         record = SessionRecord(
-            id=session_id, run_id=run_id, source=self.source, status="running", created_at=now, updated_at=now,
-            in_gallery=self.gallery is not None, synced=True, fields=dict(fields),
+            id=str(uuid.uuid4()), run_id=run_id, source=self.source, status="running", created_at=now, updated_at=now,
+            in_gallery=self.gallery is not None, synced=self.gallery is None, fields=dict(fields),
         )
         self.history.save(record)
+        if self.gallery is not None:
+            self.gallery.create_session(fields, session_id=record.id)
+            record.synced = True
+            self.history.save(record)
         return record
 
     def finish(self, run_id: str, status: str, fields: Mapping[str, Any]) -> tuple[SessionRecord | None, str | None]:
@@ -110,7 +126,7 @@ class TrainingSessions:
         if record is None:
             return None, None
         record.status = status
-        record.fields = {**record.fields, **fields, "status": status}
+        record.fields = finite_json({**record.fields, **fields, "status": status})
         record.updated_at = _now()
         record.synced = not record.in_gallery
         self.history.save(record)  # the ledger first: it is what the next run trusts
@@ -133,7 +149,8 @@ class TrainingSessions:
         if not record.in_gallery or self.gallery is None:
             return None
         try:
-            self.gallery.update_session(record.id, record.fields)
+            # An upsert: the row is created if the first attempt never reached the gallery.
+            self.gallery.create_session(record.fields, session_id=record.id)
         except GalleryError as exc:
             return f"training session {record.id} is {record.status} locally but the gallery was not updated: {exc}"
         record.synced = True

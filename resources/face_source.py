@@ -3,6 +3,7 @@ from pydantic import Field, PrivateAttr
 
 from facepipeline.errors import SourceError
 from facepipeline.gallery.base import Gallery
+from facepipeline.gallery.postgres import PostgresGallery
 from facepipeline.sources import FaceSource, open_source
 
 
@@ -23,6 +24,15 @@ class FaceSourceResource(ConfigurableResource):
     service_role_key: str | None = Field(default=None, repr=False, description="Supabase service role key (from SUPABASE_SERVICE_ROLE_KEY).")
     embedded_home: str | None = Field(default=None, description="State folder of the embedded gallery.")
     seed_folder: str | None = Field(default=None, description="Photo folder the embedded gallery is seeded from.")
+    statement_timeout_s: float = Field(
+        default=120.0, ge=1, le=3600,
+        description="Seconds one statement may run on the gallery database (Postgres' statement_timeout) before "
+        "it is cancelled and the step fails, naming the timeout; write-back reports what it had committed.",
+    )
+    write_batch_size: int = Field(
+        default=500, ge=1, le=10_000,
+        description="Rows per write-back transaction: a lost database costs at most one batch, redone by the next run.",
+    )
 
     _opened: FaceSource | None = PrivateAttr(default=None)
 
@@ -37,6 +47,8 @@ class FaceSourceResource(ConfigurableResource):
                 embedded_home=self.embedded_home,
                 seed_folder=self.seed_folder,
             )
+            if isinstance(self._opened, PostgresGallery):
+                self._opened.statement_timeout_s = self.statement_timeout_s
         return self._opened
 
     def gallery(self) -> Gallery | None:

@@ -167,6 +167,10 @@ def test_write_back_leaves_rows_the_gallery_changed_since_the_read(gallery):
 
     report = source.write_descriptors([_update(f) for f in faces])
     assert (report.written, report.skipped) == (4, 4) and set(report.skipped_ids) == changed
+    assert report.skip_reason_of == {
+        relabelled.face_id: "relabelled", unverified.face_id: "unverified", reboxed.face_id: "reboxed", deleted.face_id: "deleted",
+    }
+    assert "4 skipped (changed by the gallery since the read: 1 deleted, 1 reboxed, 1 relabelled, 1 unverified)" in report.line()
     assert {k: v for k, v in gallery.rows().items() if k in changed} == before
 
 
@@ -274,6 +278,8 @@ def test_a_row_unverified_by_the_gallery_while_the_write_waits_for_it_is_not_wri
     app.close()
     [report] = reports
     assert target.face_id in report.skipped_ids and report.written == len(faces) - 1
+    # It was eligible when compared (the edit not yet committed): the reason is asked after the locked write.
+    assert report.skip_reason_of == {target.face_id: "unverified"}
     row = gallery.conn.execute(
         "select verified, insightface_descriptor is null, training_used from photo_faces where id = %s", [target.face_id]
     ).fetchone()

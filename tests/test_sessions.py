@@ -5,19 +5,8 @@ import pytest
 
 from facepipeline.gallery.base import GalleryUnavailable
 from facepipeline.gallery.config import ConfigStore
-from facepipeline.gallery.embedded_postgres import ThrowAwayPostgres
 from facepipeline.gallery.postgres import PostgresGallery
-from facepipeline.gallery.schema import create_schema
 from facepipeline.sessions import SessionHistory, TrainingSessions
-
-
-@pytest.fixture()
-def own_postgres():
-    """A server of this test's own, so stopping it disturbs no other test."""
-    pg = ThrowAwayPostgres()
-    with pg as running:
-        create_schema(running.dsn())
-        yield pg, running.dsn()
 
 
 def _status(dsn: str, session_id: str):
@@ -26,14 +15,14 @@ def _status(dsn: str, session_id: str):
 
 
 def test_a_session_ended_while_the_database_was_down_reaches_it_with_the_next_run(own_postgres, tmp_path):
-    pg, dsn = own_postgres
+    pg, dsn = own_postgres, own_postgres.dsn
     gallery = PostgresGallery(dsn, connect_timeout_s=2)
     sessions = TrainingSessions(SessionHistory(tmp_path / "history"), gallery, gallery.description)
     record = sessions.start("run-1", {"training_mode": "full", "faces_count": 10})
     assert sessions.start("run-1", {}).id == record.id  # the same run, the same session
     assert _status(dsn, record.id)[0] == "running"
 
-    pg.server.stop()
+    pg.stop()
     ended, warning = sessions.finish("run-1", "failed", {"metrics": {"error": "database lost during write-back"}})
     assert ended.status == "failed" and not ended.synced
     assert "is failed locally but the gallery was not updated" in warning and "127.0.0.1" in warning
@@ -41,7 +30,7 @@ def test_a_session_ended_while_the_database_was_down_reaches_it_with_the_next_ru
     assert (local.status, local.error, local.synced) == ("failed", "database lost during write-back", False)
     assert sessions.sync_pending() == []  # still down: nothing pushed, nothing lost
 
-    pg.server.start()  # the same data directory, the same port
+    pg.start()  # the same data directory, the same port
     assert sessions.sync_pending() == [record.id]
     assert _status(dsn, record.id) == ("failed", {"error": "database lost during write-back"})
     assert SessionHistory(tmp_path / "history").for_run("run-1").synced
@@ -49,7 +38,7 @@ def test_a_session_ended_while_the_database_was_down_reaches_it_with_the_next_ru
 
 
 def test_the_last_good_config_is_used_with_a_warning_while_the_database_is_down(own_postgres, tmp_path):
-    pg, dsn = own_postgres
+    pg, dsn = own_postgres, own_postgres.dsn
     gallery = PostgresGallery(dsn, connect_timeout_s=2)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("update face_recognition_config set value = '7' where key = 'min_faces_per_person'")
@@ -57,9 +46,42 @@ def test_the_last_good_config_is_used_with_a_warning_while_the_database_is_down(
     store = ConfigStore(tmp_path / "config", gallery.description, gallery)
     assert store.load() == (store.load()[0], []) and store.load()[0].min_faces_per_person == 7
 
-    pg.server.stop()
+    pg.stop()
     config, notes = store.load()
     assert config.min_faces_per_person == 7
     assert len(notes) == 1 and "cannot reach the gallery database at 127.0.0.1" in notes[0] and "config saved at" in notes[0]
     with pytest.raises(GalleryUnavailable):
         fresh.load()  # no saved copy: the error stands
+
+
+def test_a_session_whose_start_could_not_reach_the_database_gets_exactly_one_row_once_it_is_back(own_postgres, tmp_path):
+    """The database crashes between the run's read and its session's start: the ledger holds the session
+    (its id made locally), the run ends it failed, and the next run writes that one row: failed."""
+    pg, dsn = own_postgres, own_postgres.dsn
+    gallery = PostgresGallery(dsn, connect_timeout_s=2)
+    sessions = TrainingSessions(SessionHistory(tmp_path / "history"), gallery, gallery.description)
+    pg.crash()
+    with pytest.raises(GalleryUnavailable, match="cannot reach the gallery database at 127.0.0.1"):
+        sessions.start("run-1", {"training_mode": "full"})
+    started = SessionHistory(tmp_path / "history").for_run("run-1")
+    assert (started.status, started.in_gallery, started.synced) == ("running", True, False)
+    ended, warning = sessions.finish("run-1", "failed", {"metrics": {"error": "lost the database"}})
+    assert warning and not ended.synced
+
+    pg.start()
+    assert sessions.sync_pending() == [started.id]
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("select id::text, status, training_mode, metrics from face_training_sessions").fetchall()
+    assert rows == [(started.id, "failed", "full", {"error": "lost the database"})]
+
+
+def test_creating_a_session_again_with_its_id_updates_the_one_row(own_postgres):
+    """A create retried after its answer was lost (the row committed) leaves one row, as last written."""
+    gallery = PostgresGallery(own_postgres.dsn)
+    session_id = "3f1b2a9e-8c4d-4e2f-9a1b-0c3d5e7f9a11"
+    assert gallery.create_session({"status": "running", "faces_count": 3}, session_id=session_id) == session_id
+    assert gallery.create_session({"status": "failed", "faces_count": 3}, session_id=session_id) == session_id
+    with psycopg.connect(own_postgres.dsn) as conn:
+        assert conn.execute("select id::text, status, faces_count from face_training_sessions").fetchall() == [
+            (session_id, "failed", 3)
+        ]

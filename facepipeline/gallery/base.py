@@ -8,6 +8,7 @@ protocol and share the records below, so the pipeline never knows which one it t
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,6 +24,9 @@ from facepipeline.sources.base import FaceSource
 
 DESCRIPTOR_DIM = 512
 SESSION_STATUSES = ("running", "completed", "failed")
+SKIP_REASONS = ("deleted", "unverified", "relabelled", "reboxed", "changed")
+"""Why write-back leaves a row alone: gone, no longer verified, another person, another box since
+the read, or changed in a way the transport cannot tell apart."""
 SESSION_FIELDS = (
     "model_version", "training_mode", "faces_count", "people_count", "context_weight", "min_faces_per_person",
     "metrics", "status",
@@ -37,12 +41,21 @@ class GalleryUnavailable(GalleryError):
     """The gallery database cannot be reached. The message names where, never a secret."""
 
 
-class WriteBackInterrupted(GalleryUnavailable):
-    """The connection was lost during write-back; what was committed before stays committed."""
+class GalleryTimeout(GalleryError):
+    """The database is there but a statement ran past the configured statement timeout."""
+
+
+class WriteBackFailed(GalleryError):
+    """Write-back stopped part-way (a refused or timed-out statement); the batches committed before
+    stay committed and :attr:`report` counts them, so the message can say how far it got."""
 
     def __init__(self, message: str, report: WriteBackReport) -> None:
         super().__init__(message)
         self.report = report
+
+
+class WriteBackInterrupted(WriteBackFailed, GalleryUnavailable):
+    """The connection was lost during write-back; what was committed before stays committed."""
 
 
 def checked_descriptor(face_id: str, values: Any) -> np.ndarray:
@@ -54,6 +67,34 @@ def checked_descriptor(face_id: str, values: Any) -> np.ndarray:
     if not np.isfinite(vector).all():
         raise ValueError(f"face {face_id}: descriptor is not finite; nothing is written")
     return vector
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` as plain JSON data in which every non-finite float (NaN, +-inf) is ``null``.
+
+    Python's ``json`` writes ``NaN`` and ``Infinity``, which are not JSON: Postgres' jsonb refuses
+    them (the whole statement fails) and other readers choke on them. A metric that could not be
+    computed is better stored as null than losing the session row it belongs to. numpy scalars and
+    arrays become Python numbers and lists; anything else unknown becomes its ``str``.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset, np.ndarray)):
+        return [finite_json(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+def json_text(value: Any, **dumps: Any) -> str:
+    """Strict JSON text of ``value`` with non-finite floats as null (see :func:`finite_json`)."""
+    return json.dumps(finite_json(value), allow_nan=False, **dumps)
 
 
 def pgvector_text(vector: np.ndarray) -> str:
@@ -106,15 +147,41 @@ class WriteBackReport:
     """Rows no longer verified, relabelled, re-boxed or deleted since the read: left alone."""
     batches_committed: int = 0
     skipped_ids: list[str] = field(default_factory=list)
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    """Why rows were skipped, for the transports that can tell (see :data:`SKIP_REASONS`)."""
+    skip_reason_of: dict[str, str] = field(default_factory=dict)
+    """The reason per skipped face id, where told."""
+
+    def skip(self, face_id: str, reason: str = "changed") -> None:
+        """Count one row left alone because the gallery changed it since the read."""
+        self.skipped += 1
+        self.skipped_ids.append(face_id)
+        self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
+        self.skip_reason_of[face_id] = reason
+
+    @property
+    def skipped_by_reason(self) -> dict[str, int]:
+        """Skipped rows per reason; rows a transport counted without one are ``changed``."""
+        reasons = dict(sorted(self.skip_reasons.items()))
+        untold = self.skipped - sum(reasons.values())
+        if untold > 0:
+            reasons["changed"] = reasons.get("changed", 0) + untold
+        return reasons
 
     @property
     def done(self) -> int:
         return self.written + self.unchanged + self.skipped
 
+    @property
+    def left(self) -> int:
+        """Rows neither written, found up to date nor skipped: the next run's work."""
+        return self.faces - self.done
+
     def line(self) -> str:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped_by_reason.items())
         return (
             f"write-back: {self.written} rows written, {self.unchanged} unchanged, {self.skipped} skipped "
-            f"(changed by the gallery since the read), of {self.faces}"
+            f"(changed by the gallery since the read{': ' + reasons if reasons else ''}), of {self.faces}"
         )
 
     def as_dict(self) -> dict[str, int]:
@@ -139,8 +206,9 @@ def write_in_batches(
     writes one batch and counts it into ``report``. ``to_write(connection, updates, report)``, when
     given, first sorts out the rows that would not change (counted as unchanged or skipped into
     ``report``) and returns the others, the only ones then sent in batches. A
-    :class:`GalleryUnavailable` on the way becomes :class:`WriteBackInterrupted`, carrying the
-    counts of what was committed before.
+    :class:`GalleryUnavailable` on the way becomes :class:`WriteBackInterrupted`, any other
+    :class:`GalleryError` (a refused statement, a statement timeout) :class:`WriteBackFailed`; both
+    carry the counts of what was committed before.
     """
     report = WriteBackReport(faces=len(updates))
     try:
@@ -152,9 +220,16 @@ def write_in_batches(
                 report.batches_committed += 1
                 if progress:
                     progress(report)
-    except GalleryUnavailable as exc:
-        raise WriteBackInterrupted(
-            f"{exc}; {report.done} of {report.faces} rows were committed before, the rest is left for the next run",
+    except WriteBackFailed:
+        raise
+    except GalleryError as exc:
+        # Lost, refused or timed out: each batch is its own transaction, so what was committed before
+        # stays and the message says how much that was; the next run sends only the rest.
+        failure = WriteBackInterrupted if isinstance(exc, GalleryUnavailable) else WriteBackFailed
+        raise failure(
+            f"{exc}; {report.done} of {report.faces} rows were committed before, the rest is left for the next run "
+            f"({report.batches_committed} batches committed: {report.written} written, {report.unchanged} unchanged, "
+            f"{report.skipped} skipped; {report.left} left)",
             report,
         ) from None
     return report
@@ -308,8 +383,13 @@ class Gallery(FaceSource, Protocol):
         """Write descriptors back in batches, each one transaction; only rows that changed are touched."""
         ...
 
-    def create_session(self, fields: Mapping[str, Any]) -> str:
-        """Insert a ``face_training_sessions`` row; returns its id."""
+    def create_session(self, fields: Mapping[str, Any], *, session_id: str | None = None) -> str:
+        """Insert a ``face_training_sessions`` row; returns its id.
+
+        With ``session_id`` (a UUID the caller made and recorded first) the call is idempotent: a
+        row with that id already there, from an attempt whose answer was lost with the connection,
+        is set to ``fields`` instead of a second row being made. So a run has exactly one row.
+        """
         ...
 
     def update_session(self, session_id: str, fields: Mapping[str, Any]) -> None: ...

@@ -1,13 +1,28 @@
 """The gallery over a direct Postgres connection (psycopg 3): Supabase's connection string, or any
 PostgreSQL with pgvector and the SPEC schema.
 
-Every statement is parameterised. Connections are short-lived, one per operation, opened with a
-connect timeout so an unreachable database fails fast; messages name host and port, never the
-password. Write-back first asks, in one read per 5,000 rows, which rows would change (the stored
+Every statement is parameterised: values travel only as parameters, and the one statement with
+variable column names (the training session's) composes them with ``psycopg.sql.Identifier``
+from a whitelist; no SQL text is built by formatting. JSON values go through
+:func:`~facepipeline.gallery.base.finite_json` (NaN and inf as null, which jsonb would refuse).
+
+Connections are short-lived, one per operation, opened with a connect timeout so an unreachable
+database fails fast, and run with a bounded ``statement_timeout`` (``statement_timeout_s``, 1 to
+3,600 s; the face source resource's field of that name) so a slow database or a row locked by the
+gallery app fails the step with :class:`GalleryTimeout`, naming the timeout, instead of hanging.
+Messages name ``host:port/database``, never the password.
+
+Write-back first asks, in one read per 5,000 rows, which rows would change (the stored
 descriptor is compared by the md5 of its binary form, so no vector travels for a row that holds it
 already); then it sends only those, one ``UPDATE ... FROM unnest(...)`` per batch, each its own
 transaction, touching only rows that are still verified, still labelled and boxed as they were
-read, and whose values actually change (checked again under the row lock).
+read, and whose values actually change (checked again under the row lock). Rows left alone are
+counted by reason: ``deleted``, ``unverified``, ``relabelled`` (another person) or ``reboxed``
+(another box) since the read. A database lost, refusing or timing out part-way raises
+:class:`~facepipeline.gallery.base.WriteBackFailed` (``WriteBackInterrupted`` when lost) with the
+counts of the batches committed before; the next run compares again and sends only the rest. (A
+connection lost during a COMMIT may leave that batch committed though not counted: the next run
+finds its rows up to date.)
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import sql
 from pgvector.psycopg import register_vector
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
@@ -32,12 +48,14 @@ from facepipeline.gallery.base import (
     ExistingFace,
     FaceLabel,
     GalleryError,
+    GalleryTimeout,
     GalleryUnavailable,
     PendingPhoto,
     SuggestionReport,
     SuggestionRow,
     UnknownFaceRow,
     WriteBackReport,
+    finite_json,
     session_fields,
     write_in_batches,
 )
@@ -109,15 +127,19 @@ written as (
 select (select array_agg(id::text) from eligible), (select count(*) from written)
 """
 
-# Which offered rows are eligible (as in _WRITE_BATCH) and which of those already hold every value
-# (as its "is distinct from" test, the descriptor compared by digest): a plain read, nothing locked.
+# Which offered rows are eligible (as in _WRITE_BATCH; when not, why: the first of its conditions
+# that fails) and which of those already hold every value (as its "is distinct from" test, the
+# descriptor compared by digest): a plain read, nothing locked.
 _COMPARE_BATCH = """
 with incoming as (
     select * from jsonb_to_recordset(%(rows)s::jsonb)
            as t(n integer, id uuid, person_id uuid, bbox jsonb, digest text, confidence real, detected_bbox jsonb, context jsonb)
 )
 select i.n,
-       coalesce(f.verified and f.person_id = i.person_id and f.bbox @> i.bbox, false),
+       case when f.id is null then 'deleted'
+            when not coalesce(f.verified, false) then 'unverified'
+            when f.person_id is distinct from i.person_id then 'relabelled'
+            when not coalesce(f.bbox @> i.bbox, false) then 'reboxed' end,
        coalesce(md5(vector_send(f.insightface_descriptor)) = i.digest
                 and f.insightface_confidence is not distinct from i.confidence
                 and f.insightface_bbox is not distinct from i.detected_bbox
@@ -129,6 +151,31 @@ from incoming i left join photo_faces f on f.id = i.id
 order by i.n
 """
 COMPARE_BATCH_SIZE = 5000
+
+# Why rows a batch did not write were not eligible, asked after the batch's own statement and in its
+# transaction: a new statement sees what a concurrent transaction committed meanwhile (READ COMMITTED).
+# A row that matches again (changed and changed back) is "changed".
+_SKIP_REASONS = """
+select i.id::text,
+       case when f.id is null then 'deleted'
+            when not coalesce(f.verified, false) then 'unverified'
+            when f.person_id is distinct from i.person_id then 'relabelled'
+            when not coalesce(f.bbox @> i.bbox, false) then 'reboxed'
+            else 'changed' end
+from unnest(%(ids)s::uuid[], %(person_ids)s::uuid[], %(bboxes)s::jsonb[]) as i(id, person_id, bbox)
+left join photo_faces f on f.id = i.id
+"""
+
+_INSERT_SESSION = sql.SQL("insert into face_training_sessions ({columns}) values ({values}) returning id::text")
+_UPSERT_SESSION = sql.SQL(
+    "insert into face_training_sessions (id, {columns}) values (%(session_id)s::uuid, {values}) "
+    "on conflict (id) do update set {assignments} returning id::text"
+)
+_UPDATE_SESSION = sql.SQL("update face_training_sessions set {assignments} where id = %(session_id)s::uuid")
+
+STATEMENT_TIMEOUT_RANGE_S = (1.0, 3600.0)
+"""Bounds of the statement timeout: below a second ordinary reads fail; zero would mean none at all."""
+CONNECT_TIMEOUT_RANGE_S = (1, 300)
 
 
 _PENDING_EVENTS = """
@@ -219,8 +266,6 @@ def exact_json(bbox: BBox) -> dict[str, float]:
 class PostgresGallery:
     def __init__(self, dsn: str, *, connect_timeout_s: int = 5, statement_timeout_s: float = 120.0) -> None:
         self._dsn = dsn
-        self.connect_timeout_s = connect_timeout_s
-        self.statement_timeout_s = statement_timeout_s
         try:
             params = conninfo_to_dict(dsn)
         except psycopg.ProgrammingError:
@@ -229,6 +274,33 @@ class PostgresGallery:
         self.where = f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
         self._user = params.get("user") or ""
         self._database = params.get("dbname") or self._user
+        self.address = f"{self.where}/{self._database}"
+        """host:port/database: what every error names (never the user's password)."""
+        self.connect_timeout_s = connect_timeout_s
+        self.statement_timeout_s = statement_timeout_s
+
+    @property
+    def statement_timeout_s(self) -> float:
+        """How long one statement may run before the server cancels it (Postgres' ``statement_timeout``)."""
+        return self._statement_timeout_s
+
+    @statement_timeout_s.setter
+    def statement_timeout_s(self, seconds: float) -> None:
+        low, high = STATEMENT_TIMEOUT_RANGE_S
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not low <= seconds <= high:
+            raise GalleryError(f"statement timeout must be a number of seconds from {low:g} to {high:g}, got {seconds!r}")
+        self._statement_timeout_s = float(seconds)
+
+    @property
+    def connect_timeout_s(self) -> int:
+        return self._connect_timeout_s
+
+    @connect_timeout_s.setter
+    def connect_timeout_s(self, seconds: int) -> None:
+        low, high = CONNECT_TIMEOUT_RANGE_S
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or not low <= seconds <= high:
+            raise GalleryError(f"connect timeout must be whole seconds from {low} to {high}, got {seconds!r}")
+        self._connect_timeout_s = seconds
 
     @property
     def description(self) -> str:
@@ -254,17 +326,23 @@ class PostgresGallery:
                 prepare_threshold=None,  # Supabase's transaction pooler (port 6543) has no prepared statements
             )
         except psycopg.Error as exc:
-            raise GalleryUnavailable(f"cannot reach the gallery database at {self.where}: {self._clean(exc)}") from None
+            raise GalleryUnavailable(f"cannot reach the gallery database at {self.address}: {self._clean(exc)}") from None
         try:
             with conn:
-                conn.execute("select set_config('statement_timeout', %s, false)", [f"{int(self.statement_timeout_s * 1000)}"])
+                conn.execute("select set_config('statement_timeout', %s, false)", [str(round(self.statement_timeout_s * 1000))])
                 yield conn
         except psycopg.errors.QueryCanceled as exc:  # an OperationalError, but the server is there
-            raise GalleryError(f"the gallery database at {self.where} cancelled a query: {self._clean(exc)}") from None
+            if "statement timeout" in str(exc):
+                raise GalleryTimeout(
+                    f"the gallery database at {self.address} cancelled a statement after the statement timeout of "
+                    f"{self.statement_timeout_s:g} s (the database is slow or a row is locked by another transaction; "
+                    f"the timeout is the face source's statement_timeout_s)"
+                ) from None
+            raise GalleryError(f"the gallery database at {self.address} cancelled a query: {self._clean(exc)}") from None
         except psycopg.OperationalError as exc:
-            raise GalleryUnavailable(f"lost the gallery database at {self.where}: {self._clean(exc)}") from None
+            raise GalleryUnavailable(f"lost the gallery database at {self.address}: {self._clean(exc)}") from None
         except psycopg.Error as exc:
-            raise GalleryError(f"the gallery database at {self.where} refused a query: {self._clean(exc)}") from None
+            raise GalleryError(f"the gallery database at {self.address} refused a query: {self._clean(exc)}") from None
         finally:
             conn.close()
 
@@ -320,34 +398,50 @@ class PostgresGallery:
             to_write=_changed_rows,
         )
 
-    def create_session(self, fields: Mapping[str, Any]) -> str:
+    def create_session(self, fields: Mapping[str, Any], *, session_id: str | None = None) -> str:
         columns = session_fields(fields) or {"status": "running"}
-        names = ", ".join(columns)
-        values = ", ".join(f"%({name})s" for name in columns)
+        # Column names are whitelisted by session_fields and still quoted as identifiers: no value
+        # ever becomes SQL text.
+        names = sql.SQL(", ").join(sql.Identifier(name) for name in columns)
+        values = sql.SQL(", ").join(sql.Placeholder(name) for name in columns)
+        params = _jsonb(columns)
+        if session_id is None:
+            statement = _INSERT_SESSION.format(columns=names, values=values)
+        else:
+            statement = _UPSERT_SESSION.format(
+                columns=names, values=values,
+                assignments=sql.SQL(", ").join(
+                    sql.SQL("{} = excluded.{}").format(sql.Identifier(name), sql.Identifier(name)) for name in columns
+                ),
+            )
+            params["session_id"] = session_id
         with self._connection() as conn:
-            (session_id,) = conn.execute(
-                f"insert into face_training_sessions ({names}) values ({values}) returning id::text", _jsonb(columns)
-            ).fetchone()
-        return session_id
+            (created,) = conn.execute(statement, params).fetchone()
+        return created
 
     def update_session(self, session_id: str, fields: Mapping[str, Any]) -> None:
         columns = session_fields(fields)
         if not columns:
             return
-        assignments = ", ".join(f"{name} = %({name})s" for name in columns)
+        statement = _UPDATE_SESSION.format(
+            assignments=sql.SQL(", ").join(
+                sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(name)) for name in columns
+            )
+        )
         with self._connection() as conn:
-            updated = conn.execute(
-                f"update face_training_sessions set {assignments} where id = %(session_id)s::uuid",
-                {**_jsonb(columns), "session_id": session_id},
-            ).rowcount
+            updated = conn.execute(statement, {**_jsonb(columns), "session_id": session_id}).rowcount
         if updated != 1:
-            raise GalleryError(f"training session {session_id} is not in face_training_sessions at {self.where}")
+            raise GalleryError(f"training session {session_id} is not in face_training_sessions at {self.address}")
 
     def read_config(self) -> dict[str, Any]:
         with self._connection() as conn:
             return dict(conn.execute("select key, value from face_recognition_config order by key").fetchall())
 
     def write_config(self, key: str, value: Any) -> None:
+        try:  # NaN or inf: jsonb would refuse it anyway, with a worse message
+            json.dumps(value, allow_nan=False, default=str)
+        except ValueError:
+            raise ValueError(f"config {key}: {value!r} is not a finite JSON value; nothing is written") from None
         with self._connection() as conn:
             conn.execute(
                 "insert into face_recognition_config (key, value) values (%s, %s) "
@@ -410,7 +504,7 @@ def _suggestion_params(batch: Sequence[SuggestionRow]) -> dict[str, list]:
         "descriptors": [r.vector_literal() for r in batch],
         "det_scores": [float(r.det_score) for r in batch],
         "detected": [Jsonb(dict(r.detected_bbox)) for r in batch],
-        "contexts": [Jsonb(dict(r.context)) for r in batch],
+        "contexts": [Jsonb(finite_json(r.context)) for r in batch],
         "updates": [r.replaces is not None for r in batch],
         "read_persons": [r.replaces.person_id if r.replaces else None for r in batch],
         "read_bboxes": [Jsonb(dict(r.replaces.bbox)) if r.replaces and r.replaces.bbox is not None else None for r in batch],
@@ -420,12 +514,13 @@ def _suggestion_params(batch: Sequence[SuggestionRow]) -> dict[str, list]:
 def _write_batch(conn: psycopg.Connection, batch: Sequence[DescriptorUpdate], report: WriteBackReport) -> None:
     with conn.transaction():
         eligible, written = conn.execute(_WRITE_BATCH, _batch_params(batch)).fetchone()
-    eligible = set(eligible or ())
+        eligible = set(eligible or ())
+        skipped = [u for u in batch if u.face_id not in eligible]
+        reasons = dict(conn.execute(_SKIP_REASONS, _identity_params(skipped)).fetchall()) if skipped else {}
     report.written += written
     report.unchanged += len(eligible) - written
-    skipped = [u.face_id for u in batch if u.face_id not in eligible]
-    report.skipped += len(skipped)
-    report.skipped_ids.extend(skipped)
+    for update in skipped:
+        report.skip(update.face_id, reasons.get(update.face_id, "changed"))
 
 
 def descriptor_digest(vector: np.ndarray) -> str:
@@ -447,17 +542,25 @@ def _changed_rows(
              "confidence": float(u.confidence), "detected_bbox": u.detected_bbox.to_json(), "context": dict(u.context)}
             for n, u in enumerate(batch)
         ]
-        state = {n: (eligible, same) for n, eligible, same in conn.execute(_COMPARE_BATCH, {"rows": Jsonb(rows)})}
+        state = {n: (reason, same) for n, reason, same in conn.execute(_COMPARE_BATCH, {"rows": Jsonb(finite_json(rows))})}
         for n, update in enumerate(batch):
-            eligible, same = state[n]
-            if not eligible:
-                report.skipped += 1
-                report.skipped_ids.append(update.face_id)
+            reason, same = state[n]
+            if reason is not None:
+                report.skip(update.face_id, reason)
             elif same:
                 report.unchanged += 1
             else:
                 changed.append(update)
     return changed
+
+
+def _identity_params(batch: Sequence[DescriptorUpdate]) -> dict[str, list]:
+    """What a row must still be for its update: the same person and box as read."""
+    return {
+        "ids": [u.face_id for u in batch],
+        "person_ids": [u.person_id for u in batch],
+        "bboxes": [Jsonb(exact_json(u.bbox)) for u in batch],
+    }
 
 
 def _batch_params(batch: Sequence[DescriptorUpdate]) -> dict[str, list]:
@@ -468,10 +571,17 @@ def _batch_params(batch: Sequence[DescriptorUpdate]) -> dict[str, list]:
         "descriptors": [u.vector_literal() for u in batch],
         "confidences": [float(u.confidence) for u in batch],
         "detected": [Jsonb(u.detected_bbox.to_json()) for u in batch],
-        "contexts": [Jsonb(dict(u.context)) for u in batch],
+        "contexts": [Jsonb(finite_json(u.context)) for u in batch],
     }
 
 
 def _jsonb(columns: Mapping[str, Any]) -> dict[str, Any]:
-    """Session columns as query parameters: ``metrics`` is jsonb."""
-    return {k: Jsonb(json.loads(json.dumps(v, default=str))) if k == "metrics" and v is not None else v for k, v in columns.items()}
+    """Session columns as query parameters: ``metrics`` is jsonb, with NaN and inf as null (jsonb
+    refuses them, and the session row must not be lost for a metric that could not be computed);
+    a non-finite number in a plain column is null too."""
+    def value(name: str, v: Any) -> Any:
+        if name == "metrics" and v is not None:
+            return Jsonb(finite_json(v))
+        return finite_json(v) if isinstance(v, float) else v
+
+    return {name: value(name, v) for name, v in columns.items()}

@@ -51,6 +51,7 @@ from facepipeline.gallery.base import (
     SuggestionRow,
     UnknownFaceRow,
     WriteBackReport,
+    finite_json,
     photos_fingerprint,
     session_fields,
     write_in_batches,
@@ -244,7 +245,7 @@ class RestGallery:
 
     def _write_batch(self, _: None, batch: Sequence[DescriptorUpdate], report: WriteBackReport) -> None:
         """Read the batch's rows, compare as the SQL does, PATCH the changed ones (each guarded)."""
-        contexts = [json.loads(json.dumps(dict(u.context))) for u in batch]
+        contexts = [finite_json(u.context) for u in batch]
         current = self._current_rows([u.face_id for u in batch])
         for update, context in zip(batch, contexts, strict=True):
             row = current.get(update.face_id.lower())
@@ -286,8 +287,14 @@ class RestGallery:
         )
         return bool(self._rows(query))
 
-    def create_session(self, fields: Mapping[str, Any]) -> str:
-        rows = self._rows(self._table("face_training_sessions").insert(_json_ready(session_fields(fields))).select("id"))
+    def create_session(self, fields: Mapping[str, Any], *, session_id: str | None = None) -> str:
+        row = _json_ready(session_fields(fields))
+        if session_id is None:
+            rows = self._rows(self._table("face_training_sessions").insert(row).select("id"))
+        else:  # idempotent: an earlier attempt's row (its answer lost) is updated, not doubled
+            rows = self._rows(
+                self._table("face_training_sessions").upsert({"id": session_id, **row}, on_conflict="id").select("id")
+            )
         if not rows:
             raise GalleryError(f"the gallery's REST API at {self.where} returned no id for the new training session")
         return str(rows[0]["id"])
@@ -487,8 +494,8 @@ def _existing_face(face: Mapping[str, Any]) -> ExistingFace:
 
 
 def _plain_json(value: Any) -> Any:
-    """Plain JSON values (tuples as lists, numpy scalars as numbers), as jsonb will hold them."""
-    return json.loads(json.dumps(value, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
+    """Plain JSON values (tuples as lists, numpy scalars as numbers, NaN and inf as null), as jsonb will hold them."""
+    return finite_json(value)
 
 
 def _suggestion_columns(row: SuggestionRow, people: set[str]) -> dict[str, Any]:
@@ -562,8 +569,9 @@ def _api_error_text(exc: APIError) -> str:
 
 
 def _json_ready(columns: Mapping[str, Any]) -> dict[str, Any]:
-    """Session columns as JSON: ``metrics`` as the Postgres transport stores it."""
-    return {k: json.loads(json.dumps(v, default=str)) if k == "metrics" and v is not None else v for k, v in columns.items()}
+    """Session columns as JSON: ``metrics`` as the Postgres transport stores it (NaN and inf as null,
+    which jsonb and JSON itself refuse)."""
+    return {k: finite_json(v) if (k == "metrics" and v is not None) or isinstance(v, float) else v for k, v in columns.items()}
 
 
 def _json_equal(a: Any, b: Any) -> bool:
