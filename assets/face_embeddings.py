@@ -5,6 +5,11 @@ split_by_event -> embed_event (one step per event with faces to embed) -> combin
 Each event with work is a step of its own, so Dagster's multiprocess executor (or dagster-celery,
 or dagster-k8s) embeds events in parallel processes; ``combine_embeddings`` adds the reused rows
 and lays everything out as one table, the same as embedding all faces in one step would give.
+
+Every step journals the rows it makes as it goes (facepipeline.embedding_journal): a run killed
+in the middle loses at most a batch of faces, and the next run resumes from the journal.
+``split_by_event`` first claims the retrain assets for its run (jobs.run_guard): a run beside
+another retrain stops there, before writing anything.
 """
 
 import pyarrow as pa
@@ -25,14 +30,18 @@ from pydantic import Field
 from assets.errors import failures_explained
 from assets.metadata import counts_table, markdown_table
 from facepipeline.embedding import Progress, stage_fingerprint
+from facepipeline.embedding_journal import EmbeddingJournal
 from facepipeline.embedding_shards import combine, plan_shards, total_report
-from facepipeline.embedding_store import EmbeddingReport, faces_to_embed, update_embeddings
+from facepipeline.embedding_store import EmbeddingReport, faces_to_embed, reusable_keys, update_embeddings
 from facepipeline.faces import VerifiedFace, table_to_faces
 from facepipeline.model.face_model import FaceModel
 from facepipeline.photos import records_by_ref
+from jobs.run_guard import claim_retrain
 from resources import ArtifactStoreResource, FaceModelResource, RetrainOptionsResource, table_name
 
 FACE_EMBEDDINGS = AssetKey("face_embeddings")
+JOURNAL_DIR = "embedding_journal"
+"""Under FACEPIPELINE_HOME: the rows of embedding steps that have not been published yet."""
 
 
 class ShardConfig(Config):
@@ -60,10 +69,16 @@ def split_by_event(
     retrain_options: RetrainOptionsResource,
 ):
     """One shard of face ids per event with faces to embed; events whose faces are all reused need none."""
-    faces = table_to_faces(verified_faces)
     with failures_explained():
+        claim_retrain(context.instance, context.run.run_id)
         model, mode = face_model.load(), retrain_options.options().mode
-    pending = faces_to_embed(model, faces, records_by_ref(cached_photos), _previous(artifacts), mode=mode)
+    faces = table_to_faces(verified_faces)
+    previous, journal = _previous(artifacts), journal_of(artifacts, model)
+    pruned = journal.prune(reusable_keys(previous), compact=True)  # no step of this stage is writing yet
+    journalled = journal.rows()
+    if pruned or journalled:
+        context.log.info(f"embedding journal: {pruned} rows already published dropped, {journalled} rows of an unfinished run to resume from")
+    pending = faces_to_embed(model, faces, records_by_ref(cached_photos), previous, mode=mode, journal=journal)
     shards = plan_shards(faces, pending, config.max_shards, config.min_faces_per_shard)
     context.log.info(f"{len(pending)} of {len(faces)} faces to embed ({mode}), in {len(shards)} step(s) by event")
     for shard in shards:
@@ -85,7 +100,8 @@ def embed_event(
     faces = [face for face in table_to_faces(verified_faces) if face.face_id in wanted]
     table, report = _update(context, faces, cached_photos, face_model, artifacts, retrain_options)
     context.log.info(f"{report.line()} in {report.seconds:.1f}s ({report.faces_per_second:.1f} faces/s)")
-    return Output((context.get_mapping_key(), table, report), metadata={"faces_embedded": report.embedded, "faces_failed": report.failed,
+    return Output((context.get_mapping_key(), table, report), metadata={"faces_embedded": report.embedded, "faces_resumed": report.resumed,
+                                             "faces_failed": report.failed,
                                              "faces_per_second": round(report.faces_per_second, 1)})
 
 
@@ -123,6 +139,21 @@ def _previous(artifacts: ArtifactStoreResource) -> pa.Table | None:
     return artifacts.tables().read(table_name(FACE_EMBEDDINGS))
 
 
+def journal_of(artifacts: ArtifactStoreResource, model: FaceModel | None) -> EmbeddingJournal:
+    """The embedding journal of ``model``'s stage; with no model, of every stage (to prune it)."""
+    return EmbeddingJournal(artifacts.root / JOURNAL_DIR, stage_fingerprint(model) if model is not None else None)
+
+
+def published_keys(artifacts: ArtifactStoreResource) -> set[str]:
+    """The reusable keys of the published face_embeddings table (only its key columns are read)."""
+    import pyarrow.parquet as pq
+
+    path = artifacts.tables().path(table_name(FACE_EMBEDDINGS))
+    if not path.is_file():
+        return set()
+    return reusable_keys(pq.read_table(path, columns=["face_id", "embed_key", "status", "error_code"]))
+
+
 def _update(
     context: OpExecutionContext,
     faces: list[VerifiedFace],
@@ -138,7 +169,10 @@ def _update(
         context.log.info(state.line())
 
     with artifacts.photo_cache() as cache:
-        return update_embeddings(model, faces, records_by_ref(cached_photos), cache.read, _previous(artifacts), mode=mode, progress=progress)
+        return update_embeddings(
+            model, faces, records_by_ref(cached_photos), cache.read, _previous(artifacts), mode=mode, progress=progress,
+            journal=journal_of(artifacts, model),
+        )
 
 
 def _metadata(report: EmbeddingReport, mode: str, model: FaceModel) -> dict:
@@ -148,6 +182,7 @@ def _metadata(report: EmbeddingReport, mode: str, model: FaceModel) -> dict:
         "faces_total": report.faces_total,
         "faces_embedded": report.embedded,
         "faces_reused": report.reused,
+        "faces_resumed": report.resumed,
         "faces_failed": report.failed,
         "faces_failed_before": report.failed_before,
         "embed_seconds": round(report.seconds, 2),

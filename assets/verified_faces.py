@@ -9,6 +9,7 @@ from assets.sessions import run_trains_model, training_sessions
 from facepipeline.faces import faces_to_table, with_facts
 from facepipeline.prepare import prepare_dataset
 from facepipeline.snapshots import snapshot_counts, snapshot_of
+from jobs.run_guard import claim_retrain, close_orphaned_sessions
 from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
 
 
@@ -24,11 +25,18 @@ def verified_faces(
     Its check ``dataset_valid`` stops the retrain when the set cannot make an index. Every row read
     (also those left out, and why) is kept as the dataset snapshot, under the set's fingerprint. In
     a retrain run this step also opens the run's training session.
+
+    First of all it claims the retrain assets for its run (jobs.run_guard.claim_retrain): beside
+    another retrain in progress, whoever started either, this run fails here, having written
+    nothing. Sessions that runs killed or lost left ``running`` are closed ``failed``.
     """
     with failures_explained():
+        claim_retrain(context.instance, context.run.run_id)
         options = retrain_options.options()
         source = face_source.open()
         sessions = training_sessions(face_source, artifacts)
+        for session_id in close_orphaned_sessions(context.instance, sessions, context.run.run_id):
+            context.log.warning(f"training session {session_id} was left running by a run that is over: closed failed")
         for session_id in sessions.sync_pending():
             context.log.info(f"training session {session_id}: its final state reached the gallery now")
         prepared = prepare_dataset(source, options, artifacts.config_store(source.description, face_source.gallery()))

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from dagster import DagsterInstance, execute_job, reconstructable
+from dagster import execute_job, reconstructable
 
 from cli.main import print_json
 from cli.runs import CONSOLE_LOGS, first_error, materialization_metadata
@@ -15,7 +15,7 @@ from cli.sources import options_from, settings_for
 from definitions import retrain_job_from_environment
 from facepipeline.metrics import SUMMARY_KEYS
 from facepipeline.settings import Settings
-from jobs.run_guard import one_retrain_at_a_time
+from jobs.run_guard import one_retrain_at_a_time, open_instance
 from resources import ArtifactStoreResource, options_run_config
 
 
@@ -42,7 +42,7 @@ def retrain(settings: Settings, run_config: dict) -> dict:
     if Settings.from_env() != settings:
         raise RuntimeError("the retrain job's settings must come from the environment")
     run_config = {**run_config, **CONSOLE_LOGS, "execution": {"config": {"in_process": {}}}}
-    with DagsterInstance.get() as instance, one_retrain_at_a_time(settings.home, instance) as tags:
+    with open_instance() as instance, one_retrain_at_a_time(settings.home, instance) as tags:
         with execute_job(reconstructable(retrain_job_from_environment), instance, run_config=run_config, tags=tags) as result:
             session = _session_of(settings, result.run_id)
             if not result.success:
@@ -67,6 +67,7 @@ def _success_summary(settings: Settings, result, session: dict | None) -> dict:
         "faces_total": embeddings["faces_total"],
         "faces_embedded": embeddings["faces_embedded"],
         "faces_reused": embeddings["faces_reused"],
+        "faces_resumed": embeddings.get("faces_resumed", 0),
         "faces_failed": embeddings["faces_failed"],
         "faces_per_second": embeddings["faces_per_second"],
         "photos_total": photos["photos"],
@@ -108,7 +109,8 @@ def _human_summary(summary: dict) -> str:
     lines = [
         f"retrain {summary['run_id']} succeeded",
         f"  faces:    {summary['faces_total']} verified of {summary['people']} people; "
-        f"{summary['faces_embedded']} embedded, {summary['faces_reused']} reused, {summary['faces_failed']} failed",
+        f"{summary['faces_embedded']} embedded, {summary['faces_reused']} reused, {summary['faces_failed']} failed"
+        + (f", {summary['faces_resumed']} resumed from an interrupted run" if summary["faces_resumed"] else ""),
         f"  photos:   {summary['photos_fetched']} fetched, {summary['photos_failed']} failed",
         f"  index:    {summary['index_version']} at {summary['index_path']} (promoted: {summary['promoted_index']})",
     ]

@@ -5,6 +5,10 @@ silently. A face is embedded again only when its key changes: the photo's bytes 
 verified box, or the stage's fingerprint (model weights, detection settings, stage version). A
 changed *label* needs no new embedding: the earlier row is relabelled, also when the face got a
 new id (a photo moved to another person's folder) but its photo and box are the same.
+
+Rows are reused from the published table and from the embedding journal (rows a run killed before
+it published had already made, see facepipeline.embedding_journal); new rows are journalled in
+batches as they are made.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pyarrow.compute as pc
 
 from facepipeline.errors import FacePipelineError
 from facepipeline.embedding import PERMANENT_FAILURES, PHOTO_UNAVAILABLE, FaceJob, Progress, embed_faces, stage_fingerprint
+from facepipeline.embedding_journal import EmbeddingJournal
 from facepipeline.faces import VerifiedFace
 from facepipeline.model.face_model import FaceModel
 from facepipeline.photos import PhotoRecord
@@ -71,6 +76,8 @@ class EmbeddingReport:
     faces_total: int = 0
     embedded: int = 0
     reused: int = 0
+    resumed: int = 0
+    """Faces whose row (embedded, or failed for good) came from the journal of a run that did not finish."""
     failed: int = 0
     failed_before: int = 0
     """Faces whose earlier, permanent failure stands (same photo, box and stage): not retried."""
@@ -87,6 +94,7 @@ class EmbeddingReport:
         return (
             f"processed {usable_faces}/{self.faces_total} faces ({self.failed} failed); "
             f"embedded {self.embedded}, reused {self.reused}"
+            + (f", resumed {self.resumed} from an unfinished run" if self.resumed else "")
         )
 
 
@@ -164,17 +172,24 @@ def update_embeddings(
     *,
     mode: Mode = "incremental",
     progress: Callable[[Progress], None] | None = None,
+    journal: EmbeddingJournal | None = None,
 ) -> tuple[pa.Table, EmbeddingReport]:
-    """The new embeddings table for ``faces`` (same order): earlier rows reused where they still hold."""
+    """The new embeddings table for ``faces`` (same order): earlier rows reused where they still hold.
+
+    With a ``journal``, its rows are reused like the published ones (also in mode ``full``: they
+    were made by this very stage, by a run that did not finish), and each batch of new rows worth
+    keeping is appended to it as soon as it is made.
+    """
     if mode not in ("full", "incremental"):
         raise ValueError(f"mode must be 'full' or 'incremental', got {mode!r}")
     started = time.perf_counter()
     now = datetime.now(UTC).replace(microsecond=0)
     schema = embeddings_schema(model.embedding_dim)
-    previous = None if mode == "full" else _conformed(previous, schema)
+    previous, n_previous = _earlier_table(previous, journal, schema, mode)
     plan = _plan(model, faces, photos, previous, now)
 
     by_id = {face.face_id: face for face in faces}
+    unjournalled: list[dict] = []
     for result in embed_faces(model, plan.jobs, read_photo, progress=progress):
         face = by_id[result.face_id]
         row = {**_base_row(face, photos[face.photo_ref].sha256, model, plan.keys[face.face_id]), "embedded_at": now}
@@ -185,6 +200,13 @@ def update_embeddings(
         else:
             row.update(status=FAILED, error_code=result.error_code, error=result.error)
         plan.new_rows[face.face_id] = row
+        if journal is not None and (result.ok or result.error_code in PERMANENT_FAILURES):
+            unjournalled.append(row)
+            if len(unjournalled) >= journal.flush_rows:
+                journal.append(_rows_to_table(unjournalled, schema))
+                unjournalled = []
+    if journal is not None and unjournalled:
+        journal.append(_rows_to_table(unjournalled, schema))
 
     parts = [_rows_to_table(list(plan.new_rows.values()), schema)]
     if plan.reuse:
@@ -195,13 +217,14 @@ def update_embeddings(
     table = combined.take(pa.array([position[face.face_id] for face in faces], type=pa.int64()))
 
     earlier_status = previous.column("status").to_pylist() if plan.reuse else []
-    reused_status = Counter(earlier_status[row] for row, _ in plan.reuse)
+    reused_status = Counter(earlier_status[row] for row, _ in plan.reuse if row < n_previous)
     statuses, error_codes = table.column("status").to_pylist(), table.column("error_code").to_pylist()
     codes = Counter(code for status, code in zip(statuses, error_codes, strict=True) if status != OK)
     report = EmbeddingReport(
         faces_total=len(faces),
         embedded=sum(1 for row in plan.new_rows.values() if row["status"] == OK),
         reused=reused_status[OK],
+        resumed=sum(1 for row, _ in plan.reuse if row >= n_previous),
         failed=sum(codes.values()),
         failed_before=reused_status[FAILED],
         failure_reasons=dict(codes),
@@ -211,12 +234,18 @@ def update_embeddings(
 
 
 def faces_to_embed(
-    model: FaceModel, faces: Sequence[VerifiedFace], photos: Mapping[str, PhotoRecord], previous: pa.Table | None, *, mode: Mode = "incremental"
+    model: FaceModel,
+    faces: Sequence[VerifiedFace],
+    photos: Mapping[str, PhotoRecord],
+    previous: pa.Table | None,
+    *,
+    mode: Mode = "incremental",
+    journal: EmbeddingJournal | None = None,
 ) -> list[str]:
     """The ids of the faces ``update_embeddings`` would run the model on; the others it reuses or fails at once."""
     if mode not in ("full", "incremental"):
         raise ValueError(f"mode must be 'full' or 'incremental', got {mode!r}")
-    previous = None if mode == "full" else _conformed(previous, embeddings_schema(model.embedding_dim))
+    previous, _ = _earlier_table(previous, journal, embeddings_schema(model.embedding_dim), mode)
     return [job.face_id for job in _plan(model, faces, photos, previous, datetime.now(UTC)).jobs]
 
 
@@ -242,6 +271,27 @@ def _plan(
         else:
             plan.jobs.append(FaceJob(face.face_id, sha, face.bbox))
     return plan
+
+
+def _earlier_table(
+    previous: pa.Table | None, journal: EmbeddingJournal | None, schema: pa.Schema, mode: Mode
+) -> tuple[pa.Table | None, int]:
+    """The rows to reuse from: the published table's (not in mode ``full``), then the journal's;
+    and how many of them come from the published table (the rest: from the journal)."""
+    previous = None if mode == "full" else _conformed(previous, schema)
+    journalled = _conformed(journal.read(), schema) if journal is not None else None
+    n_previous = previous.num_rows if previous is not None else 0
+    if journalled is None or journalled.num_rows == 0:
+        return previous, n_previous
+    return (journalled if previous is None else pa.concat_tables([previous, journalled])), n_previous
+
+
+def reusable_keys(table: pa.Table | None) -> set[str]:
+    """The keys of the rows of an embeddings table that a later run reuses: embedded, or failed for good."""
+    if table is None or "embed_key" not in table.schema.names:
+        return set()
+    _, by_key = _earlier_rows(table.select(["face_id", "embed_key", "status", "error_code"]))
+    return set(by_key)
 
 
 def _conformed(table: pa.Table | None, schema: pa.Schema) -> pa.Table | None:

@@ -5,9 +5,21 @@ Runs launched through the instance (the sensors, the schedule, the UI) wait in D
 in its own process, past the queue, so it takes a file lock (one CLI retrain per home) and refuses
 to start while another retrain is in progress; its own run, once started, holds the queue's slot.
 
+Neither covers everything: the CLI checks before its run exists (two CLIs sharing an instance
+from two homes can both pass), and a run that is not the ``retrain`` job (the UI's "Materialize
+all", ``materialize()`` in a notebook) carries no tag for the queue to count. So the first step
+of the retrain assets that a run executes *claims* the run (:func:`claim_retrain`): under a lock
+in the instance's directory it looks for another in-progress run holding the claim tag; if there
+is one, this run fails at once, before writing anything, with "another retrain is in progress";
+if not, it tags itself. Check and tag happen under one lock, so of two runs that start together
+exactly one proceeds: the one that reaches the lock first. (A lock file orders the runs of one
+machine; the run storage alone cannot, as it has no compare-and-set on tags.)
+
 A CLI process that was killed leaves its run ``STARTED`` for ever, which would hold that slot for
 ever. Its runs carry the process that executes them (host, pid, start time): a run whose process
-is gone is reported failed, and the run-failure sensor closes its training session.
+is gone is reported failed (:func:`release_stale_runs`), and its training session, which nobody
+closed, is closed ``failed`` by the next retrain's claim (:func:`close_orphaned_sessions`; the
+run-failure sensor does the same where the daemon runs).
 """
 
 from __future__ import annotations
@@ -18,19 +30,48 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from filelock import FileLock, Timeout
 
 from assets.sessions import RETRAIN_JOB
 from facepipeline.errors import FacePipelineError
+from facepipeline.sessions import TrainingSessions
 
 PROCESS_TAG = "facepipeline/process"
+CLAIM_TAG = "facepipeline/writes_retrain_assets"
+"""Set on a run by :func:`claim_retrain`: this run writes the retrain assets; no other may meanwhile."""
+CLAIM_LOCK = "facepipeline-retrain-claim.lock"
 IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 UNDER_WAY = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, *IN_PROGRESS]
 
 
+BUSY = "another retrain is in progress"
+
+
 class RetrainBusy(FacePipelineError):
-    """Another retrain is in progress."""
+    """Another retrain is in progress: every message starts with :data:`BUSY`."""
+
+
+@contextmanager
+def open_instance() -> Iterator[DagsterInstance]:
+    """``DagsterInstance.get()`` for a process started beside others on a fresh ``DAGSTER_HOME``.
+
+    The SQLite storages create their tables when first opened, without a lock: two CLIs started
+    at once on a new home both create them ("table jobs already exists", then an alembic table
+    with two heads that breaks the instance for good). The first opening is serialised here.
+    """
+    root = Path(os.environ["DAGSTER_HOME"]).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(root / "facepipeline-instance.lock", timeout=300):
+        instance = DagsterInstance.get()
+        try:
+            instance.get_runs(limit=1)  # every storage the CLI writes, opened and migrated under the lock
+            instance.event_log_storage.get_asset_records()
+        except BaseException:
+            instance.dispose()
+            raise
+    with instance:
+        yield instance
 
 
 def this_process() -> str:
@@ -63,20 +104,87 @@ def _process_gone(process: str) -> bool:
 
 def release_stale_runs(instance: DagsterInstance) -> list[DagsterRun]:
     """Report failed every in-progress retrain whose CLI process is gone; returns those runs."""
-    stale = [
-        run for run in instance.get_runs(RunsFilter(job_name=RETRAIN_JOB, statuses=IN_PROGRESS))
-        if PROCESS_TAG in run.tags and _process_gone(run.tags[PROCESS_TAG])
-    ]
+    candidates = {
+        run.run_id: run
+        for runs_filter in (RunsFilter(job_name=RETRAIN_JOB, statuses=IN_PROGRESS), RunsFilter(tags={CLAIM_TAG: "true"}, statuses=IN_PROGRESS))
+        for run in instance.get_runs(runs_filter)
+    }
+    stale = [run for run in candidates.values() if PROCESS_TAG in run.tags and _process_gone(run.tags[PROCESS_TAG])]
     for run in stale:
         instance.report_run_failed(run, f"its process ({run.tags[PROCESS_TAG]}) is gone: it was killed or crashed")
     return stale
 
 
 def retrain_under_way(instance: DagsterInstance, statuses: list[DagsterRunStatus] = UNDER_WAY) -> DagsterRun | None:
-    """A retrain run queued or in progress (after releasing those whose process died), or None."""
+    """A retrain run queued or in progress, or any run writing the retrain assets (after releasing
+    those whose process died), or None."""
     release_stale_runs(instance)
     runs = instance.get_runs(RunsFilter(job_name=RETRAIN_JOB, statuses=statuses), limit=1)
+    runs = runs or instance.get_runs(RunsFilter(tags={CLAIM_TAG: "true"}, statuses=IN_PROGRESS), limit=1)
     return runs[0] if runs else None
+
+
+def _describe(run: DagsterRun) -> str:
+    trigger = run.tags.get("facepipeline/trigger") or run.tags.get("dagster/sensor_name") or "the UI or a CLI"
+    return f"run {run.run_id} ({run.job_name}, {trigger}) is {run.status.value.lower()}"
+
+
+def claim_retrain(instance: DagsterInstance, run_id: str) -> None:
+    """Claim the retrain assets for run ``run_id``, or raise :class:`RetrainBusy` before it writes.
+
+    Called at the start of the first retrain step a run executes, and again by later ones (a run
+    that holds the claim passes at once). See the module's docstring.
+    """
+    if CLAIM_TAG in _fresh(instance, run_id).tags:
+        return
+    root = Path(instance.root_directory)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(root / CLAIM_LOCK, timeout=120):
+        release_stale_runs(instance)
+        others = [
+            run for run in instance.get_runs(RunsFilter(tags={CLAIM_TAG: "true"}, statuses=IN_PROGRESS))
+            if run.run_id != run_id
+        ]
+        if others:
+            raise RetrainBusy(
+                f"{BUSY}: {_describe(others[0])}; this run stopped before writing anything "
+                "(wait for that one, or cancel it in the Dagster UI)"
+            )
+        instance.add_run_tags(run_id, {CLAIM_TAG: "true"})
+
+
+def _fresh(instance: DagsterInstance, run_id: str) -> DagsterRun:
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        raise FacePipelineError(f"run {run_id} is not in the instance's run storage")
+    return run
+
+
+def close_orphaned_sessions(instance: DagsterInstance, sessions: TrainingSessions, current_run_id: str) -> list[str]:
+    """Close ``failed`` every training session still ``running`` whose run is over (killed, failed
+    outside any step, canceled) or unknown to the instance; returns their ids.
+
+    The run-failure sensor does this where the daemon runs; a CLI-only deployment has no daemon.
+    """
+    closed = []
+    for record in sessions.history.list():
+        if record.status != "running" or record.run_id == current_run_id or record.source != sessions.source:
+            continue
+        run = instance.get_run_by_id(record.run_id)
+        if run is not None and not run.is_finished:
+            continue
+        status = run.status.value if run is not None else "UNKNOWN"
+        error = f"run {record.run_id} ended ({status}) without closing its training session"
+        if run is not None and run.status == DagsterRunStatus.FAILURE:
+            error = f"run {record.run_id} failed: {_failure_reason(instance, run.run_id)}"
+        sessions.finish(record.run_id, "failed", {"metrics": {"error": error, "run_id": record.run_id, "run_status": status}})
+        closed.append(record.id)
+    return closed
+
+
+def _failure_reason(instance: DagsterInstance, run_id: str) -> str:
+    events = instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)
+    return (events[-1].message if events else None) or "the run failed"
 
 
 @contextmanager
@@ -88,13 +196,14 @@ def one_retrain_at_a_time(home: Path, instance: DagsterInstance) -> Iterator[dic
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise RetrainBusy(f"another facepipeline retrain is running with this home ({home}): wait for it") from None
+        raise RetrainBusy(f"{BUSY}: another facepipeline retrain is running with this home ({home}); wait for it") from None
     try:
         running = retrain_under_way(instance, IN_PROGRESS)
         if running is not None:
             trigger = running.tags.get("facepipeline/trigger") or running.tags.get("dagster/sensor_name") or "the UI or a CLI"
+            what = "retrain run" if running.job_name == RETRAIN_JOB else f"run {running.job_name}"
             raise RetrainBusy(
-                f"retrain run {running.run_id} ({trigger}) is {running.status.value.lower()}: "
+                f"{BUSY}: {what} {running.run_id} ({trigger}) is {running.status.value.lower()}: "
                 "wait for it, or cancel it in the Dagster UI"
             )
         yield {PROCESS_TAG: this_process(), "facepipeline/trigger": "cli"}

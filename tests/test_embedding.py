@@ -207,3 +207,36 @@ def test_an_earlier_table_from_a_model_with_another_dimension_is_set_aside(face_
     assert (report.embedded, report.reused) == (2, 0)
     empty, report = build(face_model, tmp_path, [])
     assert empty.num_rows == 0 and report.faces_total == 0
+
+
+def test_the_journal_keeps_each_batch_and_a_rerun_embeds_only_the_faces_it_lacks(face_model, tmp_path, small_faces):
+    """A run that made 6 rows and no table (as if killed), then a run over all 10 faces: it embeds
+    the 4 the journal lacks and reuses the 6 bit for bit; the published table's keys prune it all."""
+    import pyarrow.parquet as pq
+
+    from facepipeline.embedding import stage_fingerprint
+    from facepipeline.embedding_journal import EmbeddingJournal
+    from facepipeline.embedding_store import reusable_keys
+
+    faces = FolderSource(small_faces).verified_faces()[:10]
+    journal = EmbeddingJournal(tmp_path / "journal", stage_fingerprint(face_model), flush_rows=4)
+    with PhotoCache(tmp_path / "cache") as cache:
+        records = {r.ref: r for r in cache.fetch_all(f.photo_ref for f in faces)}
+        _, killed = update_embeddings(face_model, faces[:6], records, cache.read, None, journal=journal)
+        assert [pq.ParquetFile(p).metadata.num_rows for p in journal.parts()] == [4, 2]  # a batch at a time
+        (journal.root / ".part-stray.parquet.tmp").write_bytes(b"half a part")  # what a kill mid-write leaves
+        table, report = update_embeddings(face_model, faces, records, cache.read, None, journal=journal)
+        uninterrupted, _ = update_embeddings(face_model, faces, records, cache.read, None)
+    assert (killed.embedded, report.embedded, report.resumed, report.reused, report.failed) == (6, 4, 6, 0, 0)
+    assert journal.rows() == 10  # the rerun journalled its own 4 rows
+    assert table.column("face_id").to_pylist() == uninterrupted.column("face_id").to_pylist()
+    assert np.array_equal(embedding_matrix(table), embedding_matrix(uninterrupted))  # bit-identical
+
+    assert journal.prune(reusable_keys(table.slice(0, 3))) == 3
+    assert journal.rows() == 7
+    other_stage = EmbeddingJournal(journal.root, "f" * 64)
+    other_stage.append(table.slice(0, 1))
+    assert journal.prune(set(), compact=True) == 0
+    assert [pq.ParquetFile(p).metadata.num_rows for p in journal.parts()] == [7]  # merged into one part
+    assert sorted(p.name.split("-")[1] for p in journal.root.iterdir()) == [journal.stage]  # strays and other stages gone
+    assert journal.prune(reusable_keys(table), compact=True) == 7 and journal.parts() == []
