@@ -2,19 +2,31 @@
 
 Every command that computes something materializes the pipeline's assets on the persistent Dagster
 instance, so its runs appear in the Dagster UI like any other. Progress goes to stderr; with
-``--json`` the one result object is the only thing on stdout. Bad input ends with a one-line
-error and exit status 2; a failed run with status 1.
+``--json`` the one result object is the only thing on stdout.
+
+Errors are one line on stderr, ``facepipeline: error: ...``, never a traceback or argparse's usage
+block: bad input (an unknown flag, a bad UUID, a number out of range, a missing folder) exits with
+status 2 before any work starts; a failed run or an unreachable source with status 1. A bug (an
+exception facepipeline did not raise on purpose) says ``unexpected error (TypeError): ...`` and
+exits with status 1; ``FACEPIPELINE_DEBUG=1`` prints its traceback. Every message passes through
+:func:`facepipeline.gallery.secrets.redact` with the secrets of the environment, so neither the
+service role key nor a database password can reach the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
+import uuid
+from typing import NoReturn
 
 from cli.environment import prepare_environment
 from facepipeline.errors import FacePipelineError
 from facepipeline.gallery.config import ConfigError
+from facepipeline.gallery.secrets import environment_secrets, one_line, redact
 from facepipeline.options import OptionsError
 
 SOURCE_HELP = (
@@ -27,8 +39,49 @@ class UsageError(FacePipelineError):
     """Bad input on the command line: exit status 2."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one :class:`UsageError`, not a usage block and ``exit(2)``.
+
+    Sub-command parsers are made with the parent's class, so this covers every level.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def whole_number(low: int, high: int):
+    """An argparse ``type``: a whole number in ``[low, high]`` (digits only: no 1e9, no 5000-digit values)."""
+
+    def parse(text: str) -> int:
+        stripped = text.strip()
+        digits = stripped.removeprefix("-")
+        if not digits.isascii() or not digits.isdigit() or len(digits) > 12:
+            raise argparse.ArgumentTypeError(f"expected a whole number between {low} and {high}, got {_shown(text)}")
+        value = int(stripped)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    parse.__name__ = "whole number"  # argparse names the type in its message
+    return parse
+
+
+def event_arg(text: str) -> str:
+    """An argparse ``type``: an event's UUID (canonical form), or ``none`` for photos without an event."""
+    if text.strip() == "none":
+        return "none"
+    try:
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an event's UUID or 'none', got {_shown(text)}") from None
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facepipeline", description=__doc__.split("\n")[0])
+    parser = Parser(prog="facepipeline", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     retrain = commands.add_parser("retrain", help="read verified faces, embed, build and evaluate a new index version")
@@ -39,21 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--no-update-existing", dest="update_existing", action="store_false", help="do not write descriptors back")
     retrain.add_argument("--target-far", metavar="RATE", help="false-accept rate for the recommended threshold (default 0.001)")
     retrain.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    retrain.set_defaults(handler="cli.retrain:run")
+    retrain.set_defaults(handler="cli.retrain:run", option_fields=("mode", "model_version", "update_existing", "target_far"))
 
     prepare = commands.add_parser("prepare", help="the dataset a retrain would use: statistics and validation")
     _source_argument(prepare)
     _filter_arguments(prepare)
     prepare.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    prepare.set_defaults(handler="cli.gallery:prepare")
+    prepare.set_defaults(handler="cli.gallery:prepare", option_fields=())
 
     history = commands.add_parser("history", help="training sessions, newest first (from the local history)")
-    history.add_argument("--limit", type=int, default=20, metavar="N")
+    history.add_argument("--limit", type=whole_number(1, 1_000_000), default=20, metavar="N")
     history.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     history.set_defaults(handler="cli.gallery:history")
 
     versions = commands.add_parser("versions", help="the index versions with their metrics and checks; * = promoted")
-    versions.add_argument("--limit", type=int, default=20, metavar="N")
+    versions.add_argument("--limit", type=whole_number(1, 1_000_000), default=20, metavar="N")
     versions.add_argument("--json", action="store_true", help="print one JSON object on stdout (with every promotion)")
     versions.set_defaults(handler="cli.versions:versions")
 
@@ -93,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     recognize = commands.add_parser("recognize", help="suggest names for the faces on new photos, per event, with the promoted index")
     _source_argument(recognize)
-    recognize.add_argument("--event-id", "--event", dest="event_ids", action="append", metavar="UUID",
+    recognize.add_argument("--event-id", "--event", dest="event_ids", action="append", metavar="UUID", type=event_arg,
                            help="only this event (repeatable; 'none' = photos without an event); default: every event with new photos")
     recognize.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     recognize.set_defaults(handler="cli.recognize:recognize")
@@ -109,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser("search", help="the faces of the promoted index most like the faces on a photo")
     search.add_argument("photo", help="a photo file (JPEG, PNG, WEBP)")
-    search.add_argument("--event", metavar="UUID", help="only faces of this event")
-    search.add_argument("-k", type=int, default=10, help="matches per face (default 10)")
+    search.add_argument("--event", metavar="UUID", type=event_arg, help="only faces of this event")
+    search.add_argument("-k", type=whole_number(1, 10_000), default=10, help="matches per face (default 10)")
     search.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     search.set_defaults(handler="cli.search:run")
 
@@ -134,22 +187,40 @@ def _filter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-weight", metavar="W", help="in [0, 1]; default: the config table's")
 
 
+BAD_INPUT = (OptionsError, ConfigError, UsageError)
+"""Errors of the user's input: exit status 2."""
+DEBUG_VARIABLE = "FACEPIPELINE_DEBUG"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    module_name, _, function = args.handler.partition(":")
     try:
+        args = build_parser().parse_args(argv)
+        module_name, _, function = args.handler.partition(":")
         prepare_environment()
+        from cli.sources import check_arguments
+
+        check_arguments(args)  # bad options, a missing folder, an unknown source: refused before Dagster loads
         module = __import__(module_name, fromlist=[function])  # Dagster loads only once the environment is set
         return getattr(module, function)(args)
-    except (OptionsError, ConfigError, UsageError) as exc:  # bad input
-        print(f"facepipeline: error: {exc}", file=sys.stderr)
-        return 2
+    except BAD_INPUT as exc:
+        return _fail(str(exc), 2)
     except FacePipelineError as exc:
-        print(f"facepipeline: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc), 1)
     except KeyboardInterrupt:
         print("facepipeline: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # ``facepipeline versions | head``: the reader left, nothing to say
+        return 1
+    except Exception as exc:  # a bug: still one line, and the way to see more
+        if os.environ.get(DEBUG_VARIABLE, "").strip() not in ("", "0"):
+            print(redact(traceback.format_exc(), environment_secrets()), file=sys.stderr, end="")
+        return _fail(f"unexpected error ({type(exc).__name__}): {exc}; rerun with {DEBUG_VARIABLE}=1 for the traceback", 1)
+
+
+def _fail(message: str, status: int) -> int:
+    """One line on stderr, without secrets; returns the exit status."""
+    print(f"facepipeline: error: {one_line(redact(message, environment_secrets()))}", file=sys.stderr)
+    return status
 
 
 def print_json(value: object) -> None:

@@ -1,11 +1,21 @@
-"""What the commands need of a Dagster run they executed: its first error, an asset's metadata."""
+"""What the commands need of a Dagster run they executed: its first error, an asset's metadata.
+
+The error is redacted once more with the environment's secrets before a command prints it: the
+messages are built without secrets where they are raised, and this is the last line of defence
+for an exception from a library that quotes a connection string.
+"""
 
 from __future__ import annotations
 
 from assets.sessions import describe_failed_checks
+from facepipeline.gallery.secrets import environment_secrets, redact
 
 
 def first_error(result) -> str:
+    return redact(_first_error(result), environment_secrets())
+
+
+def _first_error(result) -> str:
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error

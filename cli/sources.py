@@ -2,6 +2,10 @@
 
 ``postgres:DSN`` on the command line is moved into ``SUPABASE_DB_URL`` for the run, so the
 connection string reaches Dagster only as an ``EnvVar`` and never shows in run config or the UI.
+
+The source spec of a command that reads one is checked here, before any run starts: an unknown
+kind, a folder that is not there or a connection string that cannot be parsed is bad input (one
+line, exit status 2), not a failed run in the instance's history.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import argparse
 import os
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 from facepipeline.options import RetrainOptions
 from facepipeline.settings import Settings
@@ -22,13 +27,56 @@ FILTER_FIELDS = (
 
 
 def settings_for(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, with the command's ``--source``; a command that takes
+    ``--source`` has its source (given or from FACEPIPELINE_SOURCE) checked first."""
     settings = Settings.from_env()
     source = getattr(args, "source", None) or settings.source
+    if hasattr(args, "source"):
+        check_source_spec(source)
     dsn = connection_string_in(source)
     if dsn:
         os.environ["SUPABASE_DB_URL"] = dsn
         source = "postgres"
     return replace(settings, source=source)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """What ``args`` says, checked before a command's module (and Dagster) is loaded: the retrain
+    options of a command that takes them (``option_fields``: those beyond the filters) and, for a
+    command with ``--source``, the source. Raises the first error."""
+    if hasattr(args, "option_fields"):
+        options_from(args, *args.option_fields)
+    if hasattr(args, "source"):
+        check_source_spec(args.source or Settings.from_env().source)
+
+
+def check_source_spec(spec: str) -> None:
+    """Raise :class:`~cli.main.UsageError` for a source spec that cannot work, naming why.
+
+    Only what can be known without connecting: whether the database answers is the run's business
+    (it reports an unreachable database as its own failure, with the session marked).
+    """
+    from cli.main import UsageError
+    from facepipeline.gallery.secrets import redact
+
+    kind, _, rest = spec.partition(":")
+    dsn = connection_string_in(spec)
+    if kind == "folder" and rest:
+        folder = Path(rest).expanduser()
+        if not folder.is_dir():
+            raise UsageError(f"--source {redact(spec)!r}: folder not found: {folder}")
+    elif dsn:
+        import psycopg
+
+        try:
+            psycopg.conninfo.conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError:
+            raise UsageError(f"--source: not a valid Postgres connection string: {redact(dsn)!r}") from None
+    elif spec == "postgres":
+        if not os.environ.get("SUPABASE_DB_URL"):
+            raise UsageError("source 'postgres' needs a connection string: set SUPABASE_DB_URL or use --source postgres:DSN")
+    elif spec not in ("embedded", "supabase"):
+        raise UsageError(f"unknown source {redact(spec)!r}: use embedded, postgres:DSN, postgres, supabase or folder:DIR")
 
 
 def open_configured_source(settings: Settings) -> FaceSource:

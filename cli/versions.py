@@ -76,9 +76,9 @@ def versions(args: argparse.Namespace) -> int:
 
 
 def _version_number(text: str) -> int:
-    match = re.fullmatch(r"v?(\d+)", text.strip())
+    match = re.fullmatch(r"v?([0-9]{1,9})", text.strip())  # ASCII digits, few: int() never meets a 5000-digit string
     if not match:
-        raise UsageError(f"VERSION must look like v7 or 7, got {text!r}")
+        raise UsageError(f"VERSION must look like v7 or 7, got {text[:40]!r}")
     return int(match.group(1))
 
 

@@ -1,8 +1,17 @@
-"""Face boxes in photo pixels, and how to compare them."""
+"""Face boxes in photo pixels, and how to compare them.
+
+A :class:`BBox` is valid by construction: four finite numbers (never booleans, strings or nested
+values), a positive size, and every coordinate within :data:`MAX_COORDINATE` pixels. The bound is
+what keeps arithmetic on boxes finite: a gallery row saying ``"width": 1.7e308`` would otherwise
+turn into ``inf`` the moment the box is grown to look for the face around it. No photo is that
+large (decoding refuses far smaller ones), so a box beyond it is malformed, reported as such, and
+the face it belongs to is counted as rejected while the rest of the run goes on.
+"""
 
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +21,23 @@ from facepipeline.errors import FacePipelineError
 
 class BBoxError(FacePipelineError, ValueError):
     """A bounding box that cannot describe a face in a photo."""
+
+
+MAX_COORDINATE = 10_000_000.0
+"""Pixels: the largest ``|x|``, ``|y|``, width or height a box may have (a photo 10 million pixels
+wide does not exist; decoding refuses photos long before)."""
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 40, 40, 40
+
+
+def _shown(value: Any) -> str:
+    """A short, one-line repr for messages (a box's value may be a 5,000-digit number or a deep object)."""
+    try:
+        text = _REPR.repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +56,14 @@ class BBox:
         for name in ("x", "y", "width", "height"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise BBoxError(f"bbox {name} must be a number, got {value!r}")
-            if not math.isfinite(value):
+                raise BBoxError(f"bbox {name} must be a number, got {_shown(value)}")
+            # An int is compared as an int: math.isfinite would overflow on a 400-digit one.
+            if isinstance(value, float) and not math.isfinite(value):
                 raise BBoxError(f"bbox {name} must be finite, got {value!r}")
+            if not -MAX_COORDINATE <= value <= MAX_COORDINATE:
+                raise BBoxError(f"bbox {name} must be within +-{MAX_COORDINATE:,.0f} pixels, got {_shown(value)}")
         if self.width <= 0 or self.height <= 0:
-            raise BBoxError(f"bbox must have a positive size, got {self.width}x{self.height}")
+            raise BBoxError(f"bbox must have a positive size, got {_shown(self.width)}x{_shown(self.height)}")
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BBox:
@@ -76,10 +105,20 @@ class BBox:
         return self.x <= px <= self.x2 and self.y <= py <= self.y2
 
     def expanded(self, factor: float) -> BBox:
-        """The box grown around its centre, e.g. ``factor=2`` doubles width and height."""
+        """The box grown around its centre, e.g. ``factor=2`` doubles width and height.
+
+        ``factor`` is at least 1 (a box only grows). Width and height stop at
+        :data:`MAX_COORDINATE`, and the corner stays within it, so the result is a valid, finite box
+        for any valid box and factor (it is clipped to a photo afterwards anyway).
+        """
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 <= factor < math.inf:
+            raise BBoxError(f"a box grows by a finite factor >= 1, got {_shown(factor)}")
+        factor = float(min(factor, 1e300))  # a 400-digit int factor would overflow float()
         cx, cy = self.center
-        w, h = self.width * factor, self.height * factor
-        return BBox(cx - w / 2, cy - h / 2, w, h)
+        w, h = min(self.width * factor, MAX_COORDINATE), min(self.height * factor, MAX_COORDINATE)
+        x = min(max(cx - w / 2, -MAX_COORDINATE), MAX_COORDINATE)
+        y = min(max(cy - h / 2, -MAX_COORDINATE), MAX_COORDINATE)
+        return BBox(x, y, w, h)
 
     def clipped(self, image_width: int, image_height: int) -> BBox | None:
         """The part of the box inside the image, or None when nothing of it is."""

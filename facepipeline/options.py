@@ -3,15 +3,20 @@
 The CLI, the Dagster run config (Launchpad) and the sensors all build a :class:`RetrainOptions`;
 a bad value raises :class:`OptionsError` whose message starts with the field's name. Options left
 unset (``min_faces_per_person``, ``context_weight``) take the gallery's config table values.
+
+Every parser takes any value at all (a string from the command line, any JSON value from run
+config) and either returns a value within its bounds or raises :class:`OptionsError`: never
+another exception, even for a 5,000-digit number, NaN, a nested object or a control character
+(tests/test_parsers_properties.py holds them to that with hypothesis).
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from facepipeline.errors import FacePipelineError
@@ -19,6 +24,9 @@ from facepipeline.gallery.config import GalleryConfig
 from facepipeline.sources.base import FaceFilters
 
 MODES = ("incremental", "full")
+MAX_FACES_PER_PERSON = 1_000_000
+MAX_SEED = 2**63 - 1
+MAX_LABEL = 200
 
 
 class OptionsError(FacePipelineError, ValueError):
@@ -89,54 +97,87 @@ class RetrainOptions:
         return data
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A short repr for a message; safe for any value (``repr`` of a 5,000-digit int raises)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"a number of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _uuids(name: str, value: Any) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, Iterable):
-        raise OptionsError(f"{name}: expected a list of UUIDs, got {value!r}")
+    if not isinstance(items, (list, tuple)):
+        raise OptionsError(f"{name}: expected a list of UUIDs, got {_shown(value)}")
     out = []
     for i, item in enumerate(items):
-        text = str(item).strip()
+        text = item.strip() if isinstance(item, str) else None
         try:
             out.append(str(uuid.UUID(text)))
-        except ValueError:
-            raise OptionsError(f"{name}[{i}]: {text!r} is not a UUID") from None
+        except (TypeError, ValueError, AttributeError):
+            raise OptionsError(f"{name}[{i}]: {_shown(text if text is not None else item)} is not a UUID") from None
     return tuple(dict.fromkeys(out))
 
 
 def _day(name: str, value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
     if isinstance(value, date):
         return value
-    try:
-        return date.fromisoformat(str(value).strip())
-    except ValueError:
-        raise OptionsError(f"{name}: {value!r} is not a date (YYYY-MM-DD)") from None
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise OptionsError(f"{name}: {_shown(value)} is not a date (YYYY-MM-DD)")
 
 
 def _count(name: str, value: Any) -> int:
-    try:
-        number = int(value) if not isinstance(value, bool) and float(value) == int(float(value)) else None
-    except (TypeError, ValueError, OverflowError):
-        number = None
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 12:
+        number = int(value.strip())
+    elif isinstance(value, str):
+        try:
+            as_float = float(value)
+        except ValueError:
+            as_float = math.nan
+        if as_float.is_integer() and abs(as_float) <= MAX_FACES_PER_PERSON:
+            number = int(as_float)  # "3.0"
     if number is None:
-        raise OptionsError(f"{name}: expected a whole number, got {value!r}")
+        raise OptionsError(f"{name}: expected a whole number, got {_shown(value)}")
     if number < 1:
-        raise OptionsError(f"{name}: must be at least 1, got {number}")
+        raise OptionsError(f"{name}: must be at least 1, got {_shown(number)}")
+    if number > MAX_FACES_PER_PERSON:
+        raise OptionsError(f"{name}: must be at most {MAX_FACES_PER_PERSON:,}, got {_shown(number)}")
     return number
 
 
 def _seed(name: str, value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 42.0 from JSON, as pydantic takes it
     if isinstance(value, bool) or not isinstance(value, int):
-        raise OptionsError(f"{name}: expected a whole number, got {value!r}")
+        raise OptionsError(f"{name}: expected a whole number, got {_shown(value)}")
+    if not 0 <= value <= MAX_SEED:
+        raise OptionsError(f"{name}: must be between 0 and 2**63 - 1, got {_shown(value)}")
     return value
 
 
 def _unit(name: str, value: Any, *, open_interval: bool = False) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise OptionsError(f"{name}: expected a number between 0 and 1, got {value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(number):
-        raise OptionsError(f"{name}: expected a number between 0 and 1, got {value!r}")
+    number = math.nan
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (ValueError, OverflowError):  # "abc"; a 400-digit int
+            number = math.nan
+    if not math.isfinite(number):
+        raise OptionsError(f"{name}: expected a number between 0 and 1, got {_shown(value)}")
     inside = 0 < number < 1 if open_interval else 0 <= number <= 1
     if not inside:
         bounds = "strictly between 0 and 1" if open_interval else "between 0 and 1"
@@ -147,24 +188,28 @@ def _unit(name: str, value: Any, *, open_interval: bool = False) -> float:
 def _flag(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "on"):
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text in ("true", "yes", "1", "on", 1):
         return True
-    if text in ("false", "no", "0", "off"):
+    if text in ("false", "no", "0", "off", 0):
         return False
-    raise OptionsError(f"{name}: expected true or false, got {value!r}")
+    raise OptionsError(f"{name}: expected true or false, got {_shown(value)}")
 
 
 def _mode(name: str, value: Any) -> str:
-    if value not in MODES:
-        raise OptionsError(f"{name}: must be one of {', '.join(MODES)}, got {value!r}")
+    if not isinstance(value, str) or value not in MODES:
+        raise OptionsError(f"{name}: must be one of {', '.join(MODES)}, got {_shown(value)}")
     return value
 
 
 def _label(name: str, value: Any) -> str | None:
-    text = str(value).strip()
-    if len(text) > 200:
-        raise OptionsError(f"{name}: at most 200 characters")
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise OptionsError(f"{name}: expected a text, got {_shown(value)}")
+    text = value.strip() if isinstance(value, str) else _shown(value)
+    if len(text) > MAX_LABEL:
+        raise OptionsError(f"{name}: at most {MAX_LABEL} characters")
+    if any(not character.isprintable() for character in text):
+        raise OptionsError(f"{name}: must be one line of printable characters, got {_shown(text)}")
     return text or None
 
 

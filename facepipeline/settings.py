@@ -80,7 +80,8 @@ def _whole(env: Mapping[str, str], name: str, default: int, low: int, high: int,
     try:
         value = int(text)
     except ValueError:
-        raise SettingsError(f"{name} must be a whole number{' of' + unit if unit else ''}, got {text!r}") from None
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise SettingsError(f"{name} must be a whole number{' of' + unit if unit else ''}, got {shown!r}") from None
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}{unit}, got {value}")
     return value

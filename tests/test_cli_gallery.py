@@ -72,7 +72,7 @@ def test_bad_input_is_one_line_and_exit_status_2_with_no_run(tmp_path):
         (("retrain", "--event-id", "not-a-uuid"), "facepipeline: error: event_ids[0]: 'not-a-uuid' is not a UUID"),
         (("prepare", "--date-from", "2024-02-01", "--date-to", "2024-01-01"), "facepipeline: error: date_from: 2024-02-01 is after date_to 2024-01-01"),
         (("retrain", "--mode", "sometimes"), "facepipeline: error: mode: must be one of incremental, full, got 'sometimes'"),
-        (("config", "set", "colour", "1", "--source", "folder:/nowhere"), "facepipeline: error: unknown config key 'colour'"),
+        (("config", "set", "colour", "1", "--source", f"folder:{tmp_path}"), "facepipeline: error: unknown config key 'colour'"),
     ]:
         done = facepipeline(*args, home=tmp_path / "h", cwd=tmp_path)
         assert done.returncode == 2 and done.stderr.strip().startswith(message), done.stderr

@@ -132,3 +132,66 @@ def test_an_unreadable_saved_copy_is_treated_as_none(tmp_path):
     path = tmp_path / "c.json"
     path.write_text("{not json")
     assert ConfigCache(path).load() is None
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        # 400 digits used to raise OverflowError in math.isfinite (and in formatting the message)
+        ({"context_weight": 10**400}, "context_weight must be between 0 and 1, got a number of about 401 digits"),
+        ({"confidence_thresholds": {"low_data": -(10**400), "medium_data": 0.6, "high_data": 0.5}},
+         "confidence_thresholds.low_data must be between 0 and 1, got a number of about 401 digits"),
+        ({"min_faces_per_person": 10**400}, "min_faces_per_person must be at most 1,000,000,000"),
+        ({"auto_retrain_threshold": 10**4400}, "auto_retrain_threshold must be at most"),  # str() of it would raise
+        ({"regression_tolerance": float("inf")}, "regression_tolerance must be a number between 0 and 1, got Infinity"),
+        ({"data_levels": {"medium_data": 5, "high_data": 10**10}}, "data_levels.high_data must be at most 1,000,000,000"),
+    ],
+)
+def test_a_huge_config_number_is_a_config_error_not_an_overflow(rows, message):
+    with pytest.raises(ConfigError, match=message):
+        GalleryConfig.from_rows(rows)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("9" * 5000, "context_weight: the value has too many digits"),  # json.loads raised ValueError (int-string limit)
+        ("[" * 100_000, "context_weight: the value is nested too deeply"),  # RecursionError
+        ("1" + "0" * 400, "context_weight must be between 0 and 1, got a number of about 401 digits"),
+        ("-1e999", "context_weight must be a number between 0 and 1, got -Infinity"),
+    ],
+)
+def test_config_set_of_an_absurd_value_is_a_config_error(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_assignment("context_weight", text, {})
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"context_weight": 10**400}, "context_weight: expected a number between 0 and 1, got a number of about 401 digits"),  # float() overflowed
+        ({"seed": -1}, "seed: must be between 0 and 2**63 - 1"),
+        ({"seed": 10**5000}, "seed: must be between 0 and 2**63 - 1, got a number of about 5001 digits"),  # repr() of it would raise
+        ({"min_faces_per_person": "9" * 5000}, "min_faces_per_person: expected a whole number"),
+        ({"min_faces_per_person": 10**7}, "min_faces_per_person: must be at most 1,000,000"),
+        ({"model_version": "v1\nv2"}, "model_version: must be one line of printable characters"),
+        ({"mode": ["full"]}, "mode: must be one of incremental, full, got ['full']"),
+        ({"event_ids": {"a": 1}}, "event_ids: expected a list of UUIDs"),
+        ({"date_from": 20240101}, "date_from: 20240101 is not a date"),
+    ],
+)
+def test_absurd_run_options_are_refused_naming_the_field(raw, message):
+    with pytest.raises(OptionsError) as caught:
+        RetrainOptions.parse(raw)
+    assert str(caught.value).startswith(message)
+
+
+def test_a_config_row_the_json_reader_refuses_is_a_config_error_naming_the_key():
+    from facepipeline.gallery.config import decode_row
+
+    assert decode_row("context_weight", "0.25") == 0.25
+    with pytest.raises(ConfigError, match=r"^context_weight: its value in face_recognition_config cannot be read \(Exceeds the limit"):
+        decode_row("context_weight", "9" * 5000)
+    with pytest.raises(ConfigError, match="^data_levels: its value in face_recognition_config is nested too deeply"):
+        decode_row("data_levels", "[" * 100_000 + "]" * 100_000)
+    assert decode_row("gallery_theme", "9" * 5000) == "9" * 5000  # the app's own key: kept, not ours to judge

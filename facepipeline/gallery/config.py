@@ -98,30 +98,54 @@ class GalleryConfig:
         return {key: to_json(key, getattr(self, key)) for key in KNOWN_KEYS}
 
 
+MAX_WHOLE = 1_000_000_000
+"""The largest whole-number value (a face count): beyond it a value is a typo, and would not fit
+the ``integer`` columns or the JSON readers that meet it later."""
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A value for an error message: its JSON, cut short, and safe for any value.
+
+    ``json.dumps`` itself fails on a 5,000-digit int (Python's int-to-string limit), recurses on a
+    deeply nested list, and a message must not be a megabyte of JSON.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"a number of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    try:
+        text = json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError, RecursionError):
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _number(key: str, value: Any, *, low: float = 0.0, high: float = 1.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{key} must be a number between {low:g} and {high:g}, got {json.dumps(value)}")
+    # Ints are compared as ints: math.isfinite and float() overflow on a 400-digit JSON number.
+    finite = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not finite:
+        raise ConfigError(f"{key} must be a number between {low:g} and {high:g}, got {shown(value)}")
     if not low <= value <= high:
-        raise ConfigError(f"{key} must be between {low:g} and {high:g}, got {value:g}")
+        raise ConfigError(f"{key} must be between {low:g} and {high:g}, got {shown(value)}")
     return float(value)
 
 
-def _whole(key: str, value: Any, *, minimum: int = 1) -> int:
+def _whole(key: str, value: Any, *, minimum: int = 1, maximum: int = MAX_WHOLE) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key} must be a whole number >= {minimum}, got {json.dumps(value)}")
+        raise ConfigError(f"{key} must be a whole number >= {minimum}, got {shown(value)}")
     if value < minimum:
-        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+        raise ConfigError(f"{key} must be >= {minimum}, got {shown(value)}")
+    if value > maximum:
+        raise ConfigError(f"{key} must be at most {maximum:,}, got {shown(value)}")
     return value
 
 
 def _thresholds(key: str, value: Any) -> ConfidenceThresholds:
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{key} must be an object with {', '.join(THRESHOLD_LEVELS)}, got {json.dumps(value)}")
-    unknown = sorted(set(value) - set(THRESHOLD_LEVELS))
+        raise ConfigError(f"{key} must be an object with {', '.join(THRESHOLD_LEVELS)}, got {shown(value)}")
+    unknown = sorted(str(level) for level in set(value) - set(THRESHOLD_LEVELS))
     if unknown:
-        raise ConfigError(f"{key} has unknown levels {', '.join(unknown)} (known: {', '.join(THRESHOLD_LEVELS)})")
+        raise ConfigError(f"{key} has unknown levels {shown(', '.join(unknown))[1:-1]} (known: {', '.join(THRESHOLD_LEVELS)})")
     missing = [level for level in THRESHOLD_LEVELS if level not in value]
     if missing:
         raise ConfigError(f"{key} is missing {', '.join(missing)}")
@@ -131,7 +155,7 @@ def _thresholds(key: str, value: Any) -> ConfidenceThresholds:
 def _levels(key: str, value: Any) -> DataLevels:
     names = ("medium_data", "high_data")
     if not isinstance(value, Mapping) or set(value) != set(names):
-        raise ConfigError(f"{key} must be an object with exactly {', '.join(names)} (minimum faces), got {json.dumps(value)}")
+        raise ConfigError(f"{key} must be an object with exactly {', '.join(names)} (minimum faces), got {shown(value)}")
     levels = DataLevels(**{name: _whole(f"{key}.{name}", value[name], minimum=1) for name in names})
     if levels.medium_data > levels.high_data:
         raise ConfigError(f"{key}.medium_data ({levels.medium_data}) must not exceed {key}.high_data ({levels.high_data})")
@@ -153,8 +177,26 @@ KNOWN_KEYS = tuple(_PARSERS)
 def parse_value(key: str, value: Any) -> Any:
     """Validate one key's JSON value; returns it in its typed form."""
     if key not in _PARSERS:
-        raise ConfigError(f"unknown config key {key!r} (known: {', '.join(KNOWN_KEYS)})")
+        raise ConfigError(f"unknown config key {key[:60]!r} (known: {', '.join(KNOWN_KEYS)})")
     return _PARSERS[key](key, value)
+
+
+def decode_row(key: str, text: str) -> Any:
+    """One ``face_recognition_config`` value read as text (``value::text``), decoded.
+
+    For a transport to call instead of letting its driver decode jsonb: Python's JSON reader
+    refuses a number of more than 4,300 digits (ValueError) and a deeply nested value
+    (RecursionError), and only here can the error name the key. A key facepipeline does not know
+    belongs to the gallery app: its unreadable value is kept as the text it is.
+    """
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        if key not in _PARSERS:
+            return text
+        why = "is nested too deeply" if isinstance(exc, RecursionError) else f"cannot be read ({str(exc).split(';')[0]})"
+        raise ConfigError(f"{key}: its value in face_recognition_config {why}; write it again with: "
+                          f"facepipeline config set {key} VALUE") from None
 
 
 def to_json(key: str, value: Any) -> Any:
@@ -165,6 +207,31 @@ def to_json(key: str, value: Any) -> Any:
 OBJECT_KEYS = {"confidence_thresholds": THRESHOLD_LEVELS, "data_levels": ("medium_data", "high_data")}
 
 
+def decode_assignment(key: str, text: str) -> tuple[str, str, Any]:
+    """``KEY VALUE`` of ``config set`` decoded, without the current rows: ``(top key, part, value)``.
+
+    Checks what needs no database: VALUE is JSON (not too deep, no number past Python's
+    4,300-digit int limit), KEY is known, a part is one its object has. ``config set`` calls it
+    before it connects, so a typo costs no connection.
+    """
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{key[:60]}: the value is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or a number past Python's int-string limit (4,300 digits)
+        why = "must be JSON (a number, or an object)" if isinstance(exc, json.JSONDecodeError) else "has too many digits"
+        raise ConfigError(f"{key[:60]}: the value {why}, got {shown(text)}") from None
+    top, _, part = key.partition(".")
+    if part:
+        if top not in OBJECT_KEYS:
+            raise ConfigError(f"only {' and '.join(OBJECT_KEYS)} have parts (e.g. confidence_thresholds.low_data); got {shown(key)}")
+        if part not in OBJECT_KEYS[top]:
+            raise ConfigError(f"unknown level {shown(part)} of {top} (known: {', '.join(OBJECT_KEYS[top])})")
+    elif top not in _PARSERS:
+        raise ConfigError(f"unknown config key {key[:60]!r} (known: {', '.join(KNOWN_KEYS)})")
+    return top, part, value
+
+
 def parse_assignment(key: str, text: str, current: Mapping[str, Any]) -> tuple[str, Any]:
     """``config set KEY VALUE`` from the command line: returns the row to write (key, JSON value).
 
@@ -172,16 +239,8 @@ def parse_assignment(key: str, text: str, current: Mapping[str, Any]) -> tuple[s
     value (``confidence_thresholds.low_data 0.7``) and keeps the other parts from ``current`` (the
     rows as they are, key -> JSON value; a missing or bad row counts as the defaults).
     """
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        raise ConfigError(f"{key}: the value must be JSON (a number, or an object), got {text!r}") from None
-    top, _, part = key.partition(".")
+    top, part, value = decode_assignment(key, text)
     if part:
-        if top not in OBJECT_KEYS:
-            raise ConfigError(f"only {' and '.join(OBJECT_KEYS)} have parts (e.g. confidence_thresholds.low_data); got {key!r}")
-        if part not in OBJECT_KEYS[top]:
-            raise ConfigError(f"unknown level {part!r} of {top} (known: {', '.join(OBJECT_KEYS[top])})")
         try:
             base = to_json(top, parse_value(top, current[top]))
         except (KeyError, ConfigError):
@@ -235,7 +294,7 @@ class ConfigStore:
             cached = self.cache.load()
             return (cached[0], []) if cached else (GalleryConfig(), ["no config saved for this source; using the SPEC's defaults"])
         try:
-            rows = self.gallery.read_config()
+            rows = self._read_rows()
         except GalleryUnavailable as exc:
             cached = self.cache.load()
             if cached is None:
@@ -245,11 +304,34 @@ class ConfigStore:
         self.cache.save(config, self.source)
         return config, notes
 
+    def _read_rows(self) -> Mapping[str, Any]:
+        """The table's rows; a value the JSON reader itself refuses is a :class:`ConfigError`.
+
+        Python's ``json`` refuses a number of more than 4,300 digits (its int-string conversion
+        limit) with a ValueError, and a deeply nested value with a RecursionError: jsonb holds both.
+        """
+        try:
+            return self.gallery.read_config()
+        except FacePipelineError:
+            raise
+        except (ValueError, RecursionError) as exc:
+            detail = str(exc).split(";")[0] or type(exc).__name__
+            raise ConfigError(
+                f"face_recognition_config of {self.source} holds a value that cannot be read ({detail}); "
+                "write the key again with: facepipeline config set KEY VALUE"
+            ) from None
+
     def set(self, key: str, text: str) -> tuple[str, Any]:
         """Validate ``KEY VALUE`` and write it; returns the row written."""
         # Only the key written is validated: a bad value elsewhere in the table must not block its repair.
+        top, part, value = decode_assignment(key, text)  # before any connection
+        if not part:
+            parse_value(top, value)
         if self.gallery is not None:
-            current = self.gallery.read_config()
+            try:
+                current = self._read_rows()
+            except ConfigError:
+                current = {}  # an unreadable row must not block its repair: parts default
         else:
             local = self.load()[0]
             current = local.to_rows()
