@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from tests.conftest import MODEL_ROOT, PACK, copy_people, fresh_gallery_database, people_with_most_photos
+from tests.conftest import MODEL_ROOT, PACK, copy_people, fresh_gallery_database, people_with_most_photos, serve_http
 
 SCRIPT = Path(sys.executable).with_name("facepipeline")
 PASSED_ON = ("FACEPIPELINE_PHOTO_HOSTS",)  # the photo policy's allow-list, as an operator would set it
@@ -175,15 +175,11 @@ class HeldPhotos:
             def log_message(self, *args) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
-        finally:
-            self.release.set()
-            server.shutdown()
-            server.server_close()
+        with serve_http(Handler) as base_url:
+            try:
+                yield base_url
+            finally:
+                self.release.set()  # before the server closes: it waits for a held answer
 
 
 @dataclass
@@ -231,15 +227,21 @@ def assert_written_once(g: Gallery, winner: dict) -> None:
     assert rows == [(session_id, written)]
 
 
-def test_two_retrains_started_together_on_one_home_one_writes_the_other_is_refused(gallery, tmp_path):
-    home = tmp_path / "home"
-    retrains = [start_retrain(gallery.source, home, tmp_path, name=f"r{i}") for i in range(2)]
-    results = [retrain.finish() for retrain in retrains]
+def one_completed_one_refused(results: list[tuple[int, dict | None, str]]) -> dict:
+    """Of two retrains' (exit code, JSON summary, stderr): one exited 0, the other 1 with a one-line refusal. The winner's summary."""
     assert sorted(code for code, _, _ in results) == [0, 1], [stderr[-2000:] for _, _, stderr in results]
     [(_, winner, _)] = [r for r in results if r[0] == 0]
     [(_, loser, loser_err)] = [r for r in results if r[0] == 1]
     message = (loser or {}).get("error") or loser_err.strip().splitlines()[-1]
     assert "another retrain is in progress" in message and "Traceback" not in loser_err, loser_err[-2000:]
+    return winner
+
+
+def test_two_retrains_started_together_on_one_home_one_writes_the_other_is_refused(gallery, tmp_path):
+    home = tmp_path / "home"
+    retrains = [start_retrain(gallery.source, home, tmp_path, name=f"r{i}") for i in range(2)]
+    results = [retrain.finish() for retrain in retrains]
+    winner = one_completed_one_refused(results)
     assert winner["index_version"] == "v1" and sorted(p.name for p in (home / "index").iterdir() if p.name.startswith("v")) == ["v1"]
     assert_written_once(gallery, winner)
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
@@ -259,11 +261,7 @@ def test_two_retrains_of_two_homes_on_one_instance_one_writes_the_other_is_refus
         start_retrain(gallery.source, tmp_path / f"home{i}", tmp_path, dagster_home=instance_home, name=f"r{i}") for i in range(2)
     ]
     results = [retrain.finish() for retrain in retrains]
-    assert sorted(code for code, _, _ in results) == [0, 1], [stderr[-2000:] for _, _, stderr in results]
-    [(_, winner, _)] = [r for r in results if r[0] == 0]
-    [(_, loser, loser_err)] = [r for r in results if r[0] == 1]
-    message = (loser or {}).get("error") or loser_err.strip().splitlines()[-1]
-    assert "another retrain is in progress" in message and "Traceback" not in loser_err, loser_err[-2000:]
+    winner = one_completed_one_refused(results)
     assert_written_once(gallery, winner)
     loser_home = next(tmp_path / f"home{i}" for i in range(2) if results[i][0] == 1)
     assert not (loser_home / "index").exists() and not (loser_home / "tables").exists()  # nothing written
