@@ -46,7 +46,8 @@ class Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see {self.prog} --help)")
+        printable = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)  # an argument may hold a newline
+        raise UsageError(f"{printable} (see {self.prog} --help)")
 
 
 def whole_number(low: int, high: int):

@@ -46,6 +46,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     command with ``--source``, the source. Raises the first error."""
     if hasattr(args, "option_fields"):
         options_from(args, *args.option_fields)
+    if getattr(args, "config_command", None) == "set":  # the key and JSON first: they need no source
+        from facepipeline.gallery.config import decode_assignment
+
+        decode_assignment(args.key, args.value)
     if hasattr(args, "source"):
         check_source_spec(args.source or Settings.from_env().source)
 

@@ -9,6 +9,7 @@ HTTP. The test only writes rows into the gallery, as the gallery app does when p
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
@@ -35,6 +36,7 @@ def test_new_verified_faces_become_a_promoted_index_version_through_the_daemon(g
         "FACEPIPELINE_MODEL_ROOT": str(MODEL_ROOT),
         "FACEPIPELINE_MODEL": PACK,
         "FACEPIPELINE_SENSOR_INTERVAL_S": "5",
+        "FACEPIPELINE_PHOTO_HOSTS": os.environ["FACEPIPELINE_PHOTO_HOSTS"],  # the gallery fixture's photo server
     }
     with running_dagster_dev(env) as dev:
         added = g.add_verified_faces(5)  # 6 people x 5 = 30 faces, confirmed in the gallery

@@ -45,7 +45,7 @@ def test_the_code_location_has_the_pipeline_we_expect():
     for name in ("auto_retrain", "retrain_run_failed", "retrain_run_canceled"):
         assert defs.resolve_sensor_def(name).default_status.value == "RUNNING"
     job = defs.resolve_job_def("retrain")
-    assert {hook.name for hook in job.hook_defs} == {"mark_session_failed"}
+    assert {hook.name for hook in job.hook_defs} == {"mark_session_failed", "prune_embedding_journal"}
     assert job.tags["facepipeline/retrain"] == "true"  # the run queue's one-at-a-time limit keys on it
     checks = {(key.asset_key.to_user_string(), key.name) for key in job.asset_layer.asset_graph.asset_check_keys}
     assert checks == {("verified_faces", "dataset_valid"), ("face_embeddings", "embeddings_sane"),

@@ -207,6 +207,11 @@ def to_json(key: str, value: Any) -> Any:
 OBJECT_KEYS = {"confidence_thresholds": THRESHOLD_LEVELS, "data_levels": ("medium_data", "high_data")}
 
 
+def _name(key: str) -> str:
+    """A key as typed, for a message: cut short, and quoted when it holds a newline or the like."""
+    return key[:60] if key[:60].isprintable() else repr(key[:60])
+
+
 def decode_assignment(key: str, text: str) -> tuple[str, str, Any]:
     """``KEY VALUE`` of ``config set`` decoded, without the current rows: ``(top key, part, value)``.
 
@@ -217,10 +222,10 @@ def decode_assignment(key: str, text: str) -> tuple[str, str, Any]:
     try:
         value = json.loads(text)
     except RecursionError:
-        raise ConfigError(f"{key[:60]}: the value is nested too deeply") from None
+        raise ConfigError(f"{_name(key)}: the value is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, or a number past Python's int-string limit (4,300 digits)
         why = "must be JSON (a number, or an object)" if isinstance(exc, json.JSONDecodeError) else "has too many digits"
-        raise ConfigError(f"{key[:60]}: the value {why}, got {shown(text)}") from None
+        raise ConfigError(f"{_name(key)}: the value {why}, got {shown(text)}") from None
     top, _, part = key.partition(".")
     if part:
         if top not in OBJECT_KEYS:
