@@ -442,7 +442,7 @@ def test_recognize_without_a_promoted_index_or_with_a_bad_event_id_is_one_clear_
     assert empty_home.returncode == 1 and "no promoted index version" in empty_home.stderr
     assert empty_home.stderr.strip().count("\n") == 0
     bad = gallery.cli("recognize", "--source", gallery.source, "--event", "42")
-    assert bad.returncode == 2 and "must be a UUID" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "expected an event's UUID or 'none', got '42'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_thresholds_out_of_range_in_the_config_table_stop_recognition_with_the_key_named(gallery):
