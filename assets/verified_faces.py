@@ -1,28 +1,45 @@
 """The verified faces: every face people confirmed, with its person, photo and box, as filtered."""
 
+from collections.abc import Iterator
+
 import pyarrow as pa
-from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
+from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
 from assets.errors import failures_explained
+from assets.gates import check_result
 from assets.metadata import bullet_list, markdown_table
 from assets.sessions import run_trains_model, training_sessions
 from facepipeline.faces import faces_to_table, with_facts
 from facepipeline.prepare import prepare_dataset
+from facepipeline.quality import dataset_gate
 from facepipeline.snapshots import snapshot_counts, snapshot_of
 from jobs.run_guard import claim_retrain, close_orphaned_sessions
 from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
 
 
-@asset(group_name="retrain", io_manager_key="table_io_manager", code_version="3", kinds={"python", "parquet"})
+DATASET_VALID = AssetCheckSpec(
+    "dataset_valid",
+    asset="verified_faces",
+    blocking=True,
+    description="At least two people, each with the minimum number of faces; no face twice.",
+)
+WARNINGS_LOGGED = 20
+
+
+@asset(
+    group_name="retrain", io_manager_key="table_io_manager", code_version="3", kinds={"python", "parquet"},
+    check_specs=[DATASET_VALID],
+)
 def verified_faces(
     context: AssetExecutionContext,
     face_source: FaceSourceResource,
     retrain_options: RetrainOptionsResource,
     artifacts: ArtifactStoreResource,
-) -> Output[pa.Table]:
+) -> Iterator[Output[pa.Table] | AssetCheckResult]:
     """The training set read from the source with the run's filters (SPEC section 3).
 
-    Its check ``dataset_valid`` stops the retrain when the set cannot make an index. Every row read
+    Its blocking check ``dataset_valid``, evaluated in this step on the set just read, stops the
+    retrain when the set cannot make an index. Every row read
     (also those left out, and why) is kept as the dataset snapshot, under the set's fingerprint. In
     a retrain run this step also opens the run's training session.
 
@@ -43,10 +60,12 @@ def verified_faces(
     for note in prepared.notes:
         context.log.warning(note)
     stats, validation, read = prepared.stats, prepared.validation, prepared.read
-    for warning in validation.warnings[:20]:
-        context.log.warning(warning)
-    if len(validation.warnings) > 20:
-        context.log.warning(f"... and {len(validation.warnings) - 20} more people with fewer than 5 faces")
+    if validation.warnings:  # one line: a gallery of 1,000 people can have hundreds
+        more = len(validation.warnings) - WARNINGS_LOGGED
+        context.log.warning(
+            f"{len(validation.warnings)} people have few verified faces: " + "; ".join(validation.warnings[:WARNINGS_LOGGED])
+            + (f"; and {more} more" if more > 0 else "")
+        )
     for rejected in read.rejected[:20]:
         context.log.warning(f"verified face {rejected.face_id} left out: {rejected.reason}")
 
@@ -76,7 +95,7 @@ def verified_faces(
         min_faces_per_person=prepared.options.min_faces_per_person,
         partial=prepared.options.partial,
     )
-    return Output(
+    yield Output(
         table,
         data_version=DataVersion(prepared.fingerprint[:16]),
         metadata={
@@ -101,3 +120,4 @@ def verified_faces(
             **snapshot_counts(snapshot),
         },
     )
+    yield check_result(dataset_gate(prepared.faces, prepared.options.min_faces_per_person), DATASET_VALID.name)

@@ -98,7 +98,7 @@ def test_a_single_person_is_stopped_by_the_dataset_check_before_any_photo_is_fet
     result = run(settings, instance)
     assert not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure]
-    assert failure.step_key == "verified_faces_dataset_valid"  # the dataset is materialized, its check blocks
+    assert failure.step_key == "verified_faces"  # the dataset is materialized, its check (in the same step) blocks
     [check] = result.get_asset_check_evaluations()
     assert (check.check_name, check.passed) == ("dataset_valid", False)
     assert check.description == "need at least 2 people with verified faces, found 1"
