@@ -12,7 +12,7 @@ import os
 import facepipeline  # noqa: F401  (first: it chooses Arrow's memory allocator before pyarrow loads)
 from dagster import Definitions, EnvVar, FilesystemIOManager
 
-from assets import recognize_assets, retrain_assets, retrain_checks
+from assets import recognize_assets, report_assets, retrain_assets, retrain_checks
 from cli.environment import load_env_files
 from facepipeline.errors import SourceError
 from facepipeline.settings import Settings
@@ -56,7 +56,7 @@ def face_source_resource(settings: Settings) -> FaceSourceResource:
 def build_definitions(settings: Settings) -> Definitions:
     artifacts = ArtifactStoreResource(home=str(settings.home))
     return Definitions(
-        assets=[*retrain_assets, *recognize_assets],
+        assets=[*retrain_assets, *recognize_assets, *report_assets],
         asset_checks=retrain_checks,
         jobs=[retrain_job, recognize_job, cluster_job],
         schedules=build_schedules(settings.full_retrain_cron),

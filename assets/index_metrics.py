@@ -19,7 +19,7 @@ from assets.gates import check_result
 from facepipeline.calibration import calibrate, level_groups
 from facepipeline.index import IndexStore, IndexVersion
 from facepipeline.metrics import EvaluationConfig, ScoreCache, evaluate, gallery_scores
-from facepipeline.plots import PER_PERSON_COLUMNS, evaluation_png, per_person_rows, png_markdown
+from facepipeline.plots import PER_PERSON_COLUMNS, per_person_rows
 from facepipeline.quality import GateResult, baseline_evaluation, regression_gate
 from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
 
@@ -56,7 +56,8 @@ def index_metrics(
     mode), keyed by the exact vectors, so they are the numbers a fresh computation gives.
 
     Its blocking check ``no_regression`` compares this evaluation with the promoted version's, made
-    with the same split and seed (facepipeline.quality.regression_gate).
+    with the same split and seed (facepipeline.quality.regression_gate). The plot of the sweep is
+    the asset ``evaluation_plot``, drawn after the retrain.
     """
     options = retrain_options.options()
     with failures_explained():
@@ -81,7 +82,7 @@ def index_metrics(
         if calibration.warning:
             context.log.warning(f"{face_index.name}: {calibration.warning}")
     path = face_index.record_evaluation(context.run.run_id, metrics)
-    plots = _plots(metrics, face_index, context.run.run_id, dict(zip(people, index.entries.column("person_name").to_pylist(), strict=True)))
+    names = dict(zip(people, index.entries.column("person_name").to_pylist(), strict=True))
     healthy = result.status == "ok" and result.target_met
     (context.log.info if healthy else context.log.warning)(
         f"{face_index.name}: {result.message} (face-to-person scores: {scores.computed} computed, {scores.reused} reused)"
@@ -115,7 +116,7 @@ def index_metrics(
             "person_scores_reused": scores.reused,
             "threshold_sweep": MetadataValue.md(result.markdown()),
             **thresholds,
-            **plots,
+            **_per_person(metrics, names),
             "metrics_path": MetadataValue.path(str(path)),
         },
     )
@@ -130,17 +131,9 @@ def _no_regression(metrics: dict, candidate: IndexVersion, store: IndexStore, to
     return regression_gate(metrics, baseline, baseline_name=promoted.name if promoted else None, tolerance=tolerance)
 
 
-def _plots(metrics: dict, version: IndexVersion, run_id: str, names: dict[str, str]) -> dict:
-    """The threshold sweep and ROC image (inline, and as a file beside the evaluation) and the
-    per-person table, worst first."""
-    png = evaluation_png(metrics)
-    if png is None:
-        return {}
-    image = version.path / "evaluations" / f"{run_id}.png"
-    image.write_bytes(png)
+def _per_person(metrics: dict, names: dict[str, str]) -> dict:
+    """The per-person table, worst first (the plot is the asset evaluation_plot, drawn after the run)."""
     rows = per_person_rows(metrics, names)
-    return {
-        "evaluation_plot": MetadataValue.md(png_markdown(png, f"{version.name}: threshold sweep and ROC")),
-        "evaluation_plot_path": MetadataValue.path(str(image)),
-        "per_person": MetadataValue.table([TableRecord(row) for row in rows], schema=PER_PERSON_SCHEMA),
-    }
+    if not rows:
+        return {}
+    return {"per_person": MetadataValue.table([TableRecord(row) for row in rows], schema=PER_PERSON_SCHEMA)}

@@ -66,6 +66,13 @@ class VersionedStore(Generic[V]):
             raise FacePipelineError(f"{self.kind} v{version} not found in {self.root}") from exc
         return self.version_type(version, path, manifest)
 
+    def named(self, name: str) -> V:
+        """The version called ``name`` ("v3")."""
+        match = _VERSION_DIR.match(name)
+        if match is None:
+            raise FacePipelineError(f"not a {self.kind} name: {name!r} (expected v1, v2, ...)")
+        return self.get(int(match.group(1)))
+
     def latest(self) -> V | None:
         versions = self.versions()
         return versions[-1] if versions else None

@@ -19,7 +19,7 @@ def test_the_code_location_has_the_pipeline_we_expect():
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert keys == {
         "verified_faces", "cached_photos", "face_embeddings", "face_index", "index_metrics", "promoted_index", "face_descriptors",
-        "training_session", "face_suggestions", "unknown_face_clusters",
+        "training_session", "face_suggestions", "unknown_face_clusters", "evaluation_plot",
     }
     upstream = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys} for key in graph.get_all_asset_keys()}
     assert upstream == {
@@ -36,13 +36,14 @@ def test_the_code_location_has_the_pipeline_we_expect():
         },
         "face_suggestions": {"promoted_index"},
         "unknown_face_clusters": {"face_suggestions"},
+        "evaluation_plot": {"index_metrics"},
     }
     assert graph.get(AssetKey("face_suggestions")).partitions_def.name == "events"
     assert defs.resolve_job_def("recognize").partitions_def.name == "events"
     sensor = defs.resolve_sensor_def("new_event_photos")
     assert sensor.job_name == "recognize" and sensor.default_status.value == "RUNNING"
     assert defs.resolve_sensor_def("auto_retrain").job_name == "retrain"
-    for name in ("auto_retrain", "retrain_run_failed", "retrain_run_canceled"):
+    for name in ("auto_retrain", "retrain_run_failed", "retrain_run_canceled", "evaluation_reports"):
         assert defs.resolve_sensor_def(name).default_status.value == "RUNNING"
     job = defs.resolve_job_def("retrain")
     assert {hook.name for hook in job.hook_defs} == {"mark_session_failed", "prune_embedding_journal"}
