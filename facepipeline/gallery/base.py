@@ -75,12 +75,20 @@ def finite_json(value: Any) -> Any:
     Python's ``json`` writes ``NaN`` and ``Infinity``, which are not JSON: Postgres' jsonb refuses
     them (the whole statement fails) and other readers choke on them. A metric that could not be
     computed is better stored as null than losing the session row it belongs to. numpy scalars and
-    arrays become Python numbers and lists; anything else unknown becomes its ``str``.
+    arrays become Python numbers and lists; anything else unknown becomes its ``str``; keys become
+    strings as JSON writes them.
     """
+    try:  # the usual case, plain and finite already: checked and copied by the C encoder and decoder
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError):
+        return _finite_json(value)
+
+
+def _finite_json(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {str(k): finite_json(v) for k, v in value.items()}
+        return {_json_key(k): _finite_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset, np.ndarray)):
-        return [finite_json(v) for v in value]
+        return [_finite_json(v) for v in value]
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -90,6 +98,13 @@ def finite_json(value: Any) -> Any:
     if value is None or isinstance(value, str):
         return value
     return str(value)
+
+
+def _json_key(key: Any) -> str:
+    """A key as ``json.dumps`` writes it (``True`` -> "true", ``None`` -> "null"), else its ``str``."""
+    if key is None or isinstance(key, bool):
+        return json.dumps(key)
+    return str(key)
 
 
 def json_text(value: Any, **dumps: Any) -> str:

@@ -537,12 +537,13 @@ def _changed_rows(
     changed = []
     for start in range(0, len(updates), COMPARE_BATCH_SIZE):
         batch = updates[start : start + COMPARE_BATCH_SIZE]
+        # A DescriptorUpdate's boxes and confidence are finite by construction; only its context is free-form.
         rows = [
             {"n": n, "id": u.face_id, "person_id": u.person_id, "bbox": exact_json(u.bbox), "digest": descriptor_digest(u.descriptor),
-             "confidence": float(u.confidence), "detected_bbox": u.detected_bbox.to_json(), "context": dict(u.context)}
+             "confidence": float(u.confidence), "detected_bbox": u.detected_bbox.to_json(), "context": finite_json(u.context)}
             for n, u in enumerate(batch)
         ]
-        state = {n: (reason, same) for n, reason, same in conn.execute(_COMPARE_BATCH, {"rows": Jsonb(finite_json(rows))})}
+        state = {n: (reason, same) for n, reason, same in conn.execute(_COMPARE_BATCH, {"rows": Jsonb(rows)})}
         for n, update in enumerate(batch):
             reason, same = state[n]
             if reason is not None:
