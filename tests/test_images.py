@@ -24,6 +24,44 @@ def test_real_jpeg_decodes_to_bgr_uint8():
     assert np.array_equal(pixels[:, :, ::-1], rgb)
 
 
+def pillow_bgr(data: bytes) -> np.ndarray:
+    """Pillow's own decode, EXIF rotation applied, as BGR: what every photo decoded to before the
+    plain-JPEG path."""
+    from PIL import ImageOps
+
+    return np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))[:, :, ::-1]
+
+
+def exif_jpeg(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(Image.open(PHOTO).crop((0, 0, 250, 120)), "JPEG", quality=95, exif=exif.tobytes())
+
+
+def test_real_photos_decode_to_exactly_the_pixels_pillow_gives():
+    photos = sorted(FACES.glob("*/*.jpg"))[::20]  # plain JPEGs: decoded by OpenCV
+    assert len(photos) > 200
+    different = [p.name for p in photos if not np.array_equal(decode_image(p.read_bytes()), pillow_bgr(p.read_bytes()))]
+    assert different == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        PHOTO.read_bytes() + b"trailing bytes after the end-of-image marker",  # goes Pillow's way
+        PHOTO.read_bytes()[:6000] + PHOTO.read_bytes()[-2:],  # the middle lost, the end marker kept
+        exif_jpeg(1),  # EXIF without a rotation: plain
+        exif_jpeg(3),  # rotated: Pillow's way
+        encode(Image.open(PHOTO).convert("L"), "JPEG"),
+        encode(Image.open(PHOTO).convert("CMYK"), "JPEG"),
+        encode(Image.open(PHOTO), "JPEG", progressive=True),
+    ],
+    ids=["trailing-bytes", "middle-lost", "exif-1", "exif-3", "grey", "cmyk", "progressive"],
+)
+def test_every_jpeg_decodes_to_exactly_the_pixels_pillow_gives(data):
+    assert np.array_equal(decode_image(data), pillow_bgr(data))
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
