@@ -3,6 +3,7 @@
 import pyarrow as pa
 from dagster import AssetExecutionContext, Failure, MetadataValue, Output, asset
 
+from assets.claims import claim_run
 from assets.errors import failures_explained
 from assets.metadata import counts_table
 from facepipeline.faces import table_to_faces
@@ -28,6 +29,7 @@ def face_descriptors(
     the next run reads them as they are then. A database lost, refusing or timing out part-way
     fails the step with the counts of the batches committed before; the next run writes the rest.
     """
+    claim_run(context)
     with failures_explained():
         gallery = face_source.gallery()
         options = retrain_options.options()

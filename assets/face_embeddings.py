@@ -27,6 +27,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.claims import claim_run
 from assets.errors import failures_explained
 from assets.metadata import counts_table, markdown_table
 from facepipeline.embedding import Progress, stage_fingerprint
@@ -36,7 +37,6 @@ from facepipeline.embedding_store import EmbeddingReport, faces_to_embed, reusab
 from facepipeline.faces import VerifiedFace, table_to_faces
 from facepipeline.model.face_model import FaceModel
 from facepipeline.photos import records_by_ref
-from jobs.run_guard import claim_retrain
 from resources import ArtifactStoreResource, FaceModelResource, RetrainOptionsResource, table_name
 
 FACE_EMBEDDINGS = AssetKey("face_embeddings")
@@ -69,8 +69,8 @@ def split_by_event(
     retrain_options: RetrainOptionsResource,
 ):
     """One shard of face ids per event with faces to embed; events whose faces are all reused need none."""
+    claim_run(context)
     with failures_explained():
-        claim_retrain(context.instance, context.run.run_id)
         model, mode = face_model.load(), retrain_options.options().mode
     faces = table_to_faces(verified_faces)
     previous, journal = _previous(artifacts), journal_of(artifacts, model)

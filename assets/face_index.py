@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
+from assets.claims import claim_run
 from assets.errors import failures_explained
 from assets.gates import check_result
 from assets.lineage import code_versions, software
@@ -50,6 +51,7 @@ def face_index(
     Its blocking check ``index_consistent`` reads the published version back from disk and compares
     it with the embeddings (facepipeline.quality.index_gate).
     """
+    claim_run(context)
     with failures_explained():
         mode = retrain_options.options().mode
     rows = usable(face_embeddings.drop_columns(["embedding"]))  # labels and locations; the vectors apart

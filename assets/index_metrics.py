@@ -14,6 +14,7 @@ from dagster import (
     asset,
 )
 
+from assets.claims import claim_run
 from assets.errors import failures_explained
 from assets.gates import check_result
 from facepipeline.calibration import calibrate, level_groups
@@ -59,6 +60,7 @@ def index_metrics(
     with the same split and seed (facepipeline.quality.regression_gate). The plot of the sweep is
     the asset ``evaluation_plot``, drawn after the retrain.
     """
+    claim_run(context)
     options = retrain_options.options()
     with failures_explained():
         source = face_source.open()

@@ -2,6 +2,7 @@
 
 from dagster import AssetCheckKey, AssetExecutionContext, AssetKey, DataVersion, DagsterInstance, MetadataValue, Output, asset
 
+from assets.claims import claim_run
 from facepipeline.index import IndexVersion
 from resources import ArtifactStoreResource
 
@@ -21,6 +22,7 @@ def promoted_index(
     recognition forget everyone else. The first version is promoted whatever its evaluation, since
     recognition needs one to start with.
     """
+    claim_run(context)
     store = artifacts.index_store()
     current = store.promoted()
     if face_index.manifest.get("partial"):

@@ -5,6 +5,7 @@ from collections import Counter
 import pyarrow as pa
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
+from assets.claims import claim_run
 from assets.sessions import training_sessions
 from facepipeline.index import IndexVersion
 from facepipeline.metrics import SUMMARY_KEYS
@@ -27,6 +28,7 @@ def training_session(
     retrain_options: RetrainOptionsResource,
 ) -> Output[dict]:
     """Ends the run's session ``completed``: what was processed, what failed and why, how good it is."""
+    claim_run(context)
     statuses = face_embeddings.column("status").to_pylist()
     failed_reasons = Counter(c for c, s in zip(face_embeddings.column("error_code").to_pylist(), statuses, strict=True) if s != "ok")
     # "HTTP 404", "not an image (html)", "request failed: timeout" -> "HTTP 404", "not an image", "request failed"

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
+from assets.claims import claim_run
 from assets.errors import failures_explained
 from assets.gates import check_result
 from assets.metadata import bullet_list, markdown_table
@@ -13,7 +14,7 @@ from facepipeline.faces import faces_to_table, with_facts
 from facepipeline.prepare import prepare_dataset
 from facepipeline.quality import dataset_gate
 from facepipeline.snapshots import snapshot_counts, snapshot_of
-from jobs.run_guard import claim_retrain, close_orphaned_sessions
+from jobs.run_guard import close_orphaned_sessions
 from resources import ArtifactStoreResource, FaceSourceResource, RetrainOptionsResource
 
 
@@ -47,8 +48,8 @@ def verified_faces(
     another retrain in progress, whoever started either, this run fails here, having written
     nothing. Sessions that runs killed or lost left ``running`` are closed ``failed``.
     """
+    claim_run(context)
     with failures_explained():
-        claim_retrain(context.instance, context.run.run_id)
         options = retrain_options.options()
         source = face_source.open()
         sessions = training_sessions(face_source, artifacts)

@@ -217,3 +217,32 @@ def test_a_filtered_retrain_is_kept_for_inspection_but_not_promoted(settings, in
     full = run(settings, instance)
     assert metadata(full, "promoted_index")["switched"] and store.promoted().name == "v3"
     assert [p["version"] for p in store.promotions()] == [1, 3]
+
+
+def test_each_writing_asset_alone_is_refused_beside_a_retrain_that_holds_the_claim(settings, instance):
+    """A run that selects only a downstream asset starts with that step: each writing step claims
+    the run, so none writes beside another retrain in progress (here a live run holding the claim)."""
+    import uuid
+
+    from dagster import DagsterRun, DagsterRunStatus
+
+    from assets import face_descriptors, face_index, index_metrics, promoted_index, training_session
+    from jobs.run_guard import CLAIM_TAG, PROCESS_TAG, this_process
+
+    assert run(settings, instance).success
+    resources = build_definitions(settings).resources
+    holder = instance.add_run(DagsterRun(
+        job_name="retrain", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
+        tags={PROCESS_TAG: this_process(), CLAIM_TAG: "true"},  # this process is alive: the claim is held
+    ))
+    for asset in (face_index, index_metrics, promoted_index, face_descriptors, training_session):
+        refused = materialize(retrain_assets, resources=resources, instance=instance, selection=[asset], raise_on_error=False)
+        assert not refused.success, asset.key
+        [failure] = refused.get_step_failure_events()
+        assert failure.step_key == asset.key.to_user_string()
+        assert f"another retrain is in progress: run {holder.run_id}" in failure.step_failure_data.error.message
+        assert refused.get_asset_materialization_events() == []
+    assert sorted(p.name for p in (settings.home / "index").glob("v*")) == ["v1"]  # no version published
+    instance.report_run_failed(instance.get_run_by_id(holder.run_id), "test over")
+    assert materialize(retrain_assets, resources=resources, instance=instance, selection=[face_index]).success
+    assert sorted(p.name for p in (settings.home / "index").glob("v*")) == ["v1", "v2"]
