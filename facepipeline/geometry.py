@@ -11,12 +11,11 @@ the face it belongs to is counted as rejected while the rest of the run goes on.
 from __future__ import annotations
 
 import math
-import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from facepipeline.errors import FacePipelineError
+from facepipeline.errors import FacePipelineError, shown
 
 
 class BBoxError(FacePipelineError, ValueError):
@@ -26,19 +25,6 @@ class BBoxError(FacePipelineError, ValueError):
 MAX_COORDINATE = 10_000_000.0
 """Pixels: the largest ``|x|``, ``|y|``, width or height a box may have (a photo 10 million pixels
 wide does not exist; decoding refuses photos long before)."""
-
-_REPR = reprlib.Repr()
-_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 40, 40, 40
-
-
-def _shown(value: Any) -> str:
-    """A short, one-line repr for messages (a box's value may be a 5,000-digit number or a deep object)."""
-    try:
-        text = _REPR.repr(value)
-    except (ValueError, RecursionError):
-        return f"a {type(value).__name__}"
-    return text if len(text) <= 60 else text[:57] + "..."
-
 
 @dataclass(frozen=True, slots=True)
 class BBox:
@@ -56,14 +42,14 @@ class BBox:
         for name in ("x", "y", "width", "height"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise BBoxError(f"bbox {name} must be a number, got {_shown(value)}")
+                raise BBoxError(f"bbox {name} must be a number, got {shown(value)}")
             # An int is compared as an int: math.isfinite would overflow on a 400-digit one.
             if isinstance(value, float) and not math.isfinite(value):
                 raise BBoxError(f"bbox {name} must be finite, got {value!r}")
             if not -MAX_COORDINATE <= value <= MAX_COORDINATE:
-                raise BBoxError(f"bbox {name} must be within +-{MAX_COORDINATE:,.0f} pixels, got {_shown(value)}")
+                raise BBoxError(f"bbox {name} must be within +-{MAX_COORDINATE:,.0f} pixels, got {shown(value)}")
         if self.width <= 0 or self.height <= 0:
-            raise BBoxError(f"bbox must have a positive size, got {_shown(self.width)}x{_shown(self.height)}")
+            raise BBoxError(f"bbox must have a positive size, got {shown(self.width)}x{shown(self.height)}")
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BBox:
@@ -112,7 +98,7 @@ class BBox:
         for any valid box and factor (it is clipped to a photo afterwards anyway).
         """
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 <= factor < math.inf:
-            raise BBoxError(f"a box grows by a finite factor >= 1, got {_shown(factor)}")
+            raise BBoxError(f"a box grows by a finite factor >= 1, got {shown(factor)}")
         factor = float(min(factor, 1e300))  # a 400-digit int factor would overflow float()
         cx, cy = self.center
         w, h = min(self.width * factor, MAX_COORDINATE), min(self.height * factor, MAX_COORDINATE)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
-from facepipeline.errors import FacePipelineError
+from facepipeline.errors import FacePipelineError, shown
 from facepipeline.gallery.config import GalleryConfig
 from facepipeline.sources.base import FaceFilters
 
@@ -97,28 +97,17 @@ class RetrainOptions:
         return data
 
 
-def _shown(value: Any, limit: int = 60) -> str:
-    """A short repr for a message; safe for any value (``repr`` of a 5,000-digit int raises)."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
-        return f"a number of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
-    try:
-        text = repr(value)
-    except (ValueError, RecursionError):
-        text = f"a {type(value).__name__}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _uuids(name: str, value: Any) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
-        raise OptionsError(f"{name}: expected a list of UUIDs, got {_shown(value)}")
+        raise OptionsError(f"{name}: expected a list of UUIDs, got {shown(value)}")
     out = []
     for i, item in enumerate(items):
         text = item.strip() if isinstance(item, str) else None
         try:
             out.append(str(uuid.UUID(text)))
         except (TypeError, ValueError, AttributeError):
-            raise OptionsError(f"{name}[{i}]: {_shown(text if text is not None else item)} is not a UUID") from None
+            raise OptionsError(f"{name}[{i}]: {shown(text if text is not None else item)} is not a UUID") from None
     return tuple(dict.fromkeys(out))
 
 
@@ -132,7 +121,7 @@ def _day(name: str, value: Any) -> date:
             return date.fromisoformat(value.strip())
         except ValueError:
             pass
-    raise OptionsError(f"{name}: {_shown(value)} is not a date (YYYY-MM-DD)")
+    raise OptionsError(f"{name}: {shown(value)} is not a date (YYYY-MM-DD)")
 
 
 def _count(name: str, value: Any) -> int:
@@ -151,11 +140,11 @@ def _count(name: str, value: Any) -> int:
         if as_float.is_integer() and abs(as_float) <= MAX_FACES_PER_PERSON:
             number = int(as_float)  # "3.0"
     if number is None:
-        raise OptionsError(f"{name}: expected a whole number, got {_shown(value)}")
+        raise OptionsError(f"{name}: expected a whole number, got {shown(value)}")
     if number < 1:
-        raise OptionsError(f"{name}: must be at least 1, got {_shown(number)}")
+        raise OptionsError(f"{name}: must be at least 1, got {shown(number)}")
     if number > MAX_FACES_PER_PERSON:
-        raise OptionsError(f"{name}: must be at most {MAX_FACES_PER_PERSON:,}, got {_shown(number)}")
+        raise OptionsError(f"{name}: must be at most {MAX_FACES_PER_PERSON:,}, got {shown(number)}")
     return number
 
 
@@ -163,9 +152,9 @@ def _seed(name: str, value: Any) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # 42.0 from JSON, as pydantic takes it
     if isinstance(value, bool) or not isinstance(value, int):
-        raise OptionsError(f"{name}: expected a whole number, got {_shown(value)}")
+        raise OptionsError(f"{name}: expected a whole number, got {shown(value)}")
     if not 0 <= value <= MAX_SEED:
-        raise OptionsError(f"{name}: must be between 0 and 2**63 - 1, got {_shown(value)}")
+        raise OptionsError(f"{name}: must be between 0 and 2**63 - 1, got {shown(value)}")
     return value
 
 
@@ -177,7 +166,7 @@ def _unit(name: str, value: Any, *, open_interval: bool = False) -> float:
         except (ValueError, OverflowError):  # "abc"; a 400-digit int
             number = math.nan
     if not math.isfinite(number):
-        raise OptionsError(f"{name}: expected a number between 0 and 1, got {_shown(value)}")
+        raise OptionsError(f"{name}: expected a number between 0 and 1, got {shown(value)}")
     inside = 0 < number < 1 if open_interval else 0 <= number <= 1
     if not inside:
         bounds = "strictly between 0 and 1" if open_interval else "between 0 and 1"
@@ -193,23 +182,23 @@ def _flag(name: str, value: Any) -> bool:
         return True
     if text in ("false", "no", "0", "off", 0):
         return False
-    raise OptionsError(f"{name}: expected true or false, got {_shown(value)}")
+    raise OptionsError(f"{name}: expected true or false, got {shown(value)}")
 
 
 def _mode(name: str, value: Any) -> str:
     if not isinstance(value, str) or value not in MODES:
-        raise OptionsError(f"{name}: must be one of {', '.join(MODES)}, got {_shown(value)}")
+        raise OptionsError(f"{name}: must be one of {', '.join(MODES)}, got {shown(value)}")
     return value
 
 
 def _label(name: str, value: Any) -> str | None:
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        raise OptionsError(f"{name}: expected a text, got {_shown(value)}")
-    text = value.strip() if isinstance(value, str) else _shown(value)
+        raise OptionsError(f"{name}: expected a text, got {shown(value)}")
+    text = value.strip() if isinstance(value, str) else shown(value)
     if len(text) > MAX_LABEL:
         raise OptionsError(f"{name}: at most {MAX_LABEL} characters")
     if any(not character.isprintable() for character in text):
-        raise OptionsError(f"{name}: must be one line of printable characters, got {_shown(text)}")
+        raise OptionsError(f"{name}: must be one line of printable characters, got {shown(text)}")
     return text or None
 
 
