@@ -16,6 +16,7 @@ service role key nor a database password can reach the terminal.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
@@ -218,6 +219,31 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"unexpected error ({type(exc).__name__}): {exc}; rerun with {DEBUG_VARIABLE}=1 for the traceback", 1)
 
 
+def run() -> NoReturn:
+    """The console script ``facepipeline``: :func:`main`, then an exit without the interpreter's teardown.
+
+    With Dagster, InsightFace and the code location loaded (~2,400 modules), Python spends about a
+    second after the last line of a command freeing every module and object one by one (0.4 s for
+    ``import dagster`` alone), work that a finished command does not need: the instance, the
+    database connections and every file are closed by their ``with`` blocks. What a normal exit
+    does first still happens here: the output is flushed and the exit handlers run (logging's
+    flush, file locks, temporary files). Only the freeing is skipped.
+    """
+    try:
+        status = main()
+    except SystemExit as exc:  # argparse's --help
+        status = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that left (``| head``) or a closed stream
+            pass
+    atexit._run_exitfuncs()
+    os._exit(status)
+
+
 def _fail(message: str, status: int) -> int:
     """One line on stderr, without secrets; returns the exit status."""
     print(f"facepipeline: error: {one_line(redact(message, environment_secrets()))}", file=sys.stderr)
@@ -229,4 +255,4 @@ def print_json(value: object) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
