@@ -64,6 +64,16 @@ def test_embeddings_are_unit_vectors_that_separate_people(face_model):
     assert same > 0.4 > different + 0.2
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_cpu_worker_runs_its_calls_on_one_thread(workers):
+    """``workers`` threads in all: a session spreading every call over all cores as well would
+    oversubscribe them when another step process embeds beside this one."""
+    model = FaceModel.load(MODEL_ROOT, PACK, workers=workers)
+    assert model.workers == workers
+    assert model.recognizer.session.get_session_options().intra_op_num_threads == 1
+    assert model.detector.session.get_session_options().intra_op_num_threads == 1
+
+
 def test_an_embedding_does_not_depend_on_its_batch_mates(face_model):
     """The int8 recognizer quantises per call; the model must still give each face one vector."""
     assert face_model.faces_per_call == 1
