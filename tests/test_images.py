@@ -38,6 +38,15 @@ def exif_jpeg(orientation: int) -> bytes:
     return encode(Image.open(PHOTO).crop((0, 0, 250, 120)), "JPEG", quality=95, exif=exif.tobytes())
 
 
+def xmp_jpeg(orientation: int) -> bytes:
+    """A rotation in XMP only (``tiff:Orientation``), no EXIF block: Pillow reads it too."""
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="{orientation}"/></rdf:RDF></x:xmpmeta>'
+    )
+    return encode(Image.open(PHOTO).crop((0, 0, 250, 120)), "JPEG", quality=95, xmp=xmp.encode())
+
+
 def test_real_photos_decode_to_exactly_the_pixels_pillow_gives():
     photos = sorted(FACES.glob("*/*.jpg"))[::20]  # plain JPEGs: decoded by OpenCV
     assert len(photos) > 200
@@ -52,11 +61,18 @@ def test_real_photos_decode_to_exactly_the_pixels_pillow_gives():
         PHOTO.read_bytes()[:6000] + PHOTO.read_bytes()[-2:],  # the middle lost, the end marker kept
         exif_jpeg(1),  # EXIF without a rotation: plain
         exif_jpeg(3),  # rotated: Pillow's way
+        xmp_jpeg(6),  # rotated in XMP only: Pillow's way too
         encode(Image.open(PHOTO).convert("L"), "JPEG"),
         encode(Image.open(PHOTO).convert("CMYK"), "JPEG"),
         encode(Image.open(PHOTO), "JPEG", progressive=True),
+        encode(Image.open(PHOTO), "JPEG", subsampling=0),  # 4:4:4
+        encode(Image.open(PHOTO), "JPEG", subsampling=1),  # 4:2:2
+        encode(Image.open(PHOTO).crop((3, 5, 254, 178)), "JPEG"),  # odd width and height (251 x 173)
+        encode(Image.open(PHOTO).resize((2000, 1500)), "JPEG", quality=90),  # a phone-sized photo
+        encode(Image.open(PHOTO), "JPEG", restart_marker_blocks=4),  # restart markers
     ],
-    ids=["trailing-bytes", "middle-lost", "exif-1", "exif-3", "grey", "cmyk", "progressive"],
+    ids=["trailing-bytes", "middle-lost", "exif-1", "exif-3", "xmp-6", "grey", "cmyk", "progressive",
+         "subsampling-444", "subsampling-422", "odd-size", "phone-size", "restart-markers"],
 )
 def test_every_jpeg_decodes_to_exactly_the_pixels_pillow_gives(data):
     assert np.array_equal(decode_image(data), pillow_bgr(data))
