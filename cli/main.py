@@ -20,6 +20,7 @@ import atexit
 import json
 import os
 import sys
+import threading
 import traceback
 import uuid
 from typing import NoReturn
@@ -226,8 +227,10 @@ def run() -> NoReturn:
     second after the last line of a command freeing every module and object one by one (0.4 s for
     ``import dagster`` alone), work that a finished command does not need: the instance, the
     database connections and every file are closed by their ``with`` blocks. What a normal exit
-    does first still happens here: the output is flushed and the exit handlers run (logging's
-    flush, file locks, temporary files). Only the freeing is skipped.
+    does before that still happens here, in its order: other threads are waited for, the exit
+    handlers run (logging's flush, file locks, temporary files), and the output is flushed; an
+    output that cannot be written (a full disk) fails the command with status 120, as Python's own
+    exit does. Only the freeing is skipped.
     """
     try:
         status = main()
@@ -235,13 +238,18 @@ def run() -> NoReturn:
         status = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # CPython's own exit sequence runs the same (checked on 3.11)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a reader that left (``| head``) or a closed stream
+        except BrokenPipeError:  # a reader that left (``| head``): nothing more to say
             pass
-    atexit._run_exitfuncs()
-    os._exit(status)
+        except (OSError, ValueError):
+            status = status or 120
+    os._exit(status or 0)
 
 
 def _fail(message: str, status: int) -> int:
