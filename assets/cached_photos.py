@@ -3,8 +3,9 @@
 import pyarrow as pa
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
-from assets.metadata import markdown_table
+from assets.claims import claim_run
 from assets.errors import failures_explained
+from assets.metadata import markdown_table
 from facepipeline.photos import records_to_table, redact_ref, summarize
 from resources import ArtifactStoreResource, FaceSourceResource
 
@@ -17,6 +18,7 @@ def cached_photos(
     Only what the source's photo policy allows is fetched (facepipeline.photo_policy): a refused
     photo is a failed one, with its reason.
     """
+    claim_run(context)
     refs = verified_faces.column("photo_ref").to_pylist()
     with failures_explained():
         policy = artifacts.photo_policy(face_source)

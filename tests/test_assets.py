@@ -226,7 +226,7 @@ def test_each_writing_asset_alone_is_refused_beside_a_retrain_that_holds_the_cla
 
     from dagster import DagsterRun, DagsterRunStatus
 
-    from assets import face_descriptors, face_index, index_metrics, promoted_index, training_session
+    from assets import cached_photos, face_descriptors, face_index, index_metrics, promoted_index, training_session
     from jobs.run_guard import CLAIM_TAG, PROCESS_TAG, this_process
 
     assert run(settings, instance).success
@@ -235,7 +235,7 @@ def test_each_writing_asset_alone_is_refused_beside_a_retrain_that_holds_the_cla
         job_name="retrain", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
         tags={PROCESS_TAG: this_process(), CLAIM_TAG: "true"},  # this process is alive: the claim is held
     ))
-    for asset in (face_index, index_metrics, promoted_index, face_descriptors, training_session):
+    for asset in (cached_photos, face_index, index_metrics, promoted_index, face_descriptors, training_session):
         refused = materialize(retrain_assets, resources=resources, instance=instance, selection=[asset], raise_on_error=False)
         assert not refused.success, asset.key
         [failure] = refused.get_step_failure_events()
