@@ -2,12 +2,16 @@
 
 It is not part of the retrain: promotion waits for the numbers (``index_metrics`` and its check),
 never for a picture. Drawing it costs about a second (matplotlib), as much as evaluating an
-incremental retrain, so it is its own asset, materialized after each new evaluation by the
-``evaluation_reports`` automation sensor (sensors/reports.py), or by hand.
+incremental retrain, so it is its own asset, drawn for the latest evaluation by the
+``evaluation_reports`` automation sensor (sensors/reports.py) where the Dagster daemon runs, or by
+hand (``dagster asset materialize --select evaluation_plot -m definitions``) where only the CLI does.
 """
+
+import os
 
 from dagster import AssetExecutionContext, AutomationCondition, MaterializeResult, MetadataValue, asset
 
+from assets.errors import failures_explained
 from facepipeline.plots import evaluation_png, png_markdown
 from resources import ArtifactStoreResource
 
@@ -21,13 +25,16 @@ from resources import ArtifactStoreResource
 def evaluation_plot(context: AssetExecutionContext, index_metrics: dict, artifacts: ArtifactStoreResource) -> MaterializeResult:
     """The threshold sweep and the ROC-like curve of the latest evaluation, inline and as a PNG kept
     beside that evaluation (``index/vN/evaluations/<run_id>.png``)."""
-    version = artifacts.index_store().named(index_metrics["index_version"])
+    with failures_explained():
+        version = artifacts.index_store().named(index_metrics["index_version"])
     png = evaluation_png(index_metrics)
     if png is None:
         context.log.info(f"{version.name}: nothing to plot ({index_metrics.get('message') or index_metrics.get('status')})")
         return MaterializeResult(metadata={"index_version": version.name, "plotted": False})
     image = version.path / "evaluations" / f"{index_metrics['run_id']}.png"
-    image.write_bytes(png)
+    staging = image.with_name(f".{image.name}.{os.getpid()}")
+    staging.write_bytes(png)
+    os.replace(staging, image)  # a reader never sees half a picture
     return MaterializeResult(
         metadata={
             "index_version": version.name,
