@@ -418,6 +418,23 @@ def test_finite_json_turns_nan_and_infinity_into_null_everywhere_in_the_structur
     json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
 
 
+def test_finite_json_names_keys_the_same_whether_or_not_a_value_is_nan():
+    """Plain data takes the C encoder's path, data with a NaN the walk: the keys must not depend on it."""
+    import enum
+
+    class Colour(str, enum.Enum):
+        RED = "red"
+
+    class Level(enum.IntEnum):
+        HIGH = 2
+
+    keys = [Colour.RED, Level.HIGH, True, None, 1.5, 7, "x"]
+    plain = finite_json({key: 1 for key in keys})
+    with_nan = finite_json({key: float("nan") for key in keys})
+    assert list(plain) == list(with_nan) == ["red", "2", "true", "null", "1.5", "7", "x"]
+    assert set(with_nan.values()) == {None} and set(plain.values()) == {1}
+
+
 def test_nan_metrics_are_stored_as_null_in_the_gallery_and_in_the_local_history(own_postgres, tmp_path):
     gallery = PostgresGallery(own_postgres.dsn)
     sessions_ = TrainingSessions(SessionHistory(tmp_path / "history"), gallery, gallery.description)

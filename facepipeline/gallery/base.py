@@ -101,9 +101,17 @@ def _finite_json(value: Any) -> Any:
 
 
 def _json_key(key: Any) -> str:
-    """A key as ``json.dumps`` writes it (``True`` -> "true", ``None`` -> "null"), else its ``str``."""
+    """A key as ``json.dumps`` writes it (``True`` -> "true", ``None`` -> "null", an ``IntEnum`` by
+    its number, a ``str`` enum by its text), so that both paths of :func:`finite_json` agree; a key
+    JSON cannot write (numpy, tuples) becomes its ``str``."""
     if key is None or isinstance(key, bool):
         return json.dumps(key)
+    if isinstance(key, str):
+        return str.__str__(key)
+    if isinstance(key, int):
+        return int.__repr__(key)
+    if isinstance(key, float):
+        return float.__repr__(key)
     return str(key)
 
 
