@@ -67,8 +67,13 @@ def verified_faces(
             f"{len(validation.warnings)} people have few verified faces: " + "; ".join(validation.warnings[:WARNINGS_LOGGED])
             + (f"; and {more} more" if more > 0 else "")
         )
-    for rejected in read.rejected[:20]:
-        context.log.warning(f"verified face {rejected.face_id} left out: {rejected.reason}")
+    if read.rejected:
+        more = len(read.rejected) - WARNINGS_LOGGED
+        context.log.warning(
+            f"{len(read.rejected)} verified faces left out: "
+            + "; ".join(f"{r.face_id}: {r.reason}" for r in read.rejected[:WARNINGS_LOGGED])
+            + (f"; and {more} more" if more > 0 else "")
+        )
 
     session = None
     if run_trains_model(context):
