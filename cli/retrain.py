@@ -57,7 +57,7 @@ def _success_summary(settings: Settings, result, session: dict | None) -> dict:
         return materialization_metadata(result, asset)
 
     embeddings, photos = metadata("face_embeddings"), metadata("cached_photos")
-    version = ArtifactStoreResource(home=str(settings.home)).index_store().get(int(metadata("face_index")["index_version"][1:]))
+    version = ArtifactStoreResource(home=str(settings.home)).index_store().named(metadata("face_index")["index_version"])
     metrics = json.loads((version.path / "evaluations" / f"{result.run_id}.json").read_text())
     return {
         "status": "success",
