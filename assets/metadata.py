@@ -20,3 +20,9 @@ def bullet_list(items: Sequence[str], limit: int = 50) -> MetadataValue:
     if len(items) > limit:
         shown.append(f"- ... and {len(items) - limit} more")
     return MetadataValue.md("\n".join(shown) or "(none)")
+
+
+def one_line(lead: str, items: Sequence[str], limit: int = 20) -> str:
+    """``lead: a; b; c; and N more``: many warnings as one log line (one event-log write, not one each)."""
+    more = len(items) - limit
+    return f"{lead}: " + "; ".join(items[:limit]) + (f"; and {more} more" if more > 0 else "")

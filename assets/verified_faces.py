@@ -8,7 +8,7 @@ from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Dat
 from assets.claims import claim_run
 from assets.errors import failures_explained
 from assets.gates import check_result
-from assets.metadata import bullet_list, markdown_table
+from assets.metadata import bullet_list, markdown_table, one_line
 from assets.sessions import run_trains_model, training_sessions
 from facepipeline.faces import faces_to_table, with_facts
 from facepipeline.prepare import prepare_dataset
@@ -24,7 +24,6 @@ DATASET_VALID = AssetCheckSpec(
     blocking=True,
     description="At least two people, each with the minimum number of faces; no face twice.",
 )
-WARNINGS_LOGGED = 20
 
 
 @asset(
@@ -61,19 +60,10 @@ def verified_faces(
     for note in prepared.notes:
         context.log.warning(note)
     stats, validation, read = prepared.stats, prepared.validation, prepared.read
-    if validation.warnings:  # one line: a gallery of 1,000 people can have hundreds
-        more = len(validation.warnings) - WARNINGS_LOGGED
-        context.log.warning(
-            f"{len(validation.warnings)} people have few verified faces: " + "; ".join(validation.warnings[:WARNINGS_LOGGED])
-            + (f"; and {more} more" if more > 0 else "")
-        )
+    if validation.warnings:  # one line each: a gallery of 1,000 people can have hundreds
+        context.log.warning(one_line(f"{len(validation.warnings)} people have few verified faces", validation.warnings))
     if read.rejected:
-        more = len(read.rejected) - WARNINGS_LOGGED
-        context.log.warning(
-            f"{len(read.rejected)} verified faces left out: "
-            + "; ".join(f"{r.face_id}: {r.reason}" for r in read.rejected[:WARNINGS_LOGGED])
-            + (f"; and {more} more" if more > 0 else "")
-        )
+        context.log.warning(one_line(f"{len(read.rejected)} verified faces left out", [f"{r.face_id}: {r.reason}" for r in read.rejected]))
 
     session = None
     if run_trains_model(context):
