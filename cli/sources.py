@@ -27,12 +27,10 @@ FILTER_FIELDS = (
 
 
 def settings_for(args: argparse.Namespace) -> Settings:
-    """Settings from the environment, with the command's ``--source``; a command that takes
-    ``--source`` has its source (given or from FACEPIPELINE_SOURCE) checked first."""
+    """Settings from the environment, with the command's ``--source`` (checked already, with the
+    rest of the command line, by :func:`check_arguments` before the command started)."""
     settings = Settings.from_env()
     source = getattr(args, "source", None) or settings.source
-    if hasattr(args, "source"):
-        check_source_spec(source)
     dsn = connection_string_in(source)
     if dsn:
         os.environ["SUPABASE_DB_URL"] = dsn
