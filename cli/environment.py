@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +22,13 @@ MANAGED_MARK = "# Written by facepipeline"
 DAGSTER_YAML = f"""\
 {MANAGED_MARK} for its local Dagster instance (runs, events, schedules), and rewritten
 # when facepipeline needs other settings. Remove this first line to keep edits of your own.
+event_log_storage:
+  # Dagster's SQLite event log (the same files), keeping its databases open and committing without
+  # an fsync per event: a retrain stores ~150 events (cli/event_log_storage.py says what changes).
+  module: cli.event_log_storage
+  class: LocalEventLogStorage
+  config:
+    base_dir: {{events_dir}}
 telemetry:
   enabled: false
 concurrency:
@@ -79,9 +87,10 @@ def write_instance_config(dagster_home: Path) -> Path:
     someone else's file is there: a file facepipeline wrote is brought up to date."""
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
+    wanted = DAGSTER_YAML.format(events_dir=json.dumps(str(dagster_home / "history" / "runs")))  # where Dagster's default keeps them
     current = config.read_text() if config.exists() else None
-    if current is None or (current.startswith(MANAGED_MARK) and current != DAGSTER_YAML):
+    if current is None or (current.startswith(MANAGED_MARK) and current != wanted):
         staging = config.with_suffix(f".{os.getpid()}.tmp")
-        staging.write_text(DAGSTER_YAML)
+        staging.write_text(wanted)
         os.replace(staging, config)
     return config

@@ -1,0 +1,106 @@
+"""The local instance's event log (cli/event_log_storage.py) on real SQLite files, through real Dagster instances.
+
+Each test opens the instance the CLI's ``dagster.yaml`` describes, and a second, independent
+instance on the same files where it matters: what one writes through its open connections, the
+other must read, and its file watcher (the UI's live view of a run) must see arrive.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, asset, materialize
+from dagster._core.events.log import EventLogEntry
+
+from cli.environment import write_instance_config
+from cli.event_log_storage import OPEN_DATABASES, LocalEventLogStorage
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path) -> Path:
+    home = tmp_path / "dagster"
+    write_instance_config(home)
+    return home
+
+
+def _instance(home: Path) -> DagsterInstance:
+    return DagsterInstance.from_config(str(home))
+
+
+def _message(run_id: str, text: str) -> EventLogEntry:
+    return EventLogEntry(
+        error_info=None, level=20, user_message=text, run_id=run_id, timestamp=time.time(), step_key=None, job_name=None,
+        dagster_event=None,
+    )
+
+
+@asset
+def answer() -> int:
+    return 42
+
+
+def test_the_instance_the_cli_writes_keeps_dagsters_files_and_a_run_is_read_back_by_another_instance(dagster_home):
+    with _instance(dagster_home) as writer, _instance(dagster_home) as reader:
+        assert isinstance(writer.event_log_storage, LocalEventLogStorage)
+        result = materialize([answer], instance=writer)
+        assert result.success
+        # Dagster's own layout: one database per run beside the index, where its default keeps them.
+        assert (dagster_home / "history" / "runs" / f"{result.run_id}.db").is_file()
+        written = [record.event_log_entry.dagster_event_type for record in writer.get_records_for_run(result.run_id).records]
+        # The writer's connections are still open: the reader sees every event through the log.
+        read = [record.event_log_entry.dagster_event_type for record in reader.get_records_for_run(result.run_id).records]
+        assert read == written and "ASSET_MATERIALIZATION" in {str(kind.value) for kind in read if kind}
+        assert reader.get_latest_materialization_event(answer.key).run_id == result.run_id  # the index database too
+
+
+def test_commits_use_synchronous_normal_and_the_databases_kept_open_are_bounded(dagster_home):
+    with _instance(dagster_home) as instance:
+        storage = instance.event_log_storage
+        runs = [str(uuid.uuid4()) for _ in range(OPEN_DATABASES + 4)]
+        for run_id in runs:
+            storage.store_event(_message(run_id, "hello"))
+        assert len(storage._engines) == OPEN_DATABASES
+        assert list(storage._engines)[-1] == runs[-1]  # the most recently used stay open
+        with storage.run_connection(runs[-1]) as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL (FULL is 2)
+        assert storage.get_logs_for_run(runs[0])[0].user_message == "hello"  # a closed one opens again
+    assert not storage._engines  # disposing the instance closes them all
+
+
+def test_the_live_view_of_a_run_sees_events_another_process_writes_through_its_open_connection(dagster_home):
+    run_id = str(uuid.uuid4())
+    seen: list[str] = []
+    arrived = threading.Event()
+
+    def callback(entry: EventLogEntry, _cursor: str) -> None:
+        seen.append(entry.user_message)
+        if len(seen) == 3:
+            arrived.set()
+
+    with _instance(dagster_home) as watching, _instance(dagster_home) as writing:
+        writing.event_log_storage.store_event(_message(run_id, "first"))  # the run's database exists
+        watching.event_log_storage.watch(run_id, None, callback)
+        time.sleep(0.5)  # the watcher is scheduled
+        for text in ("second", "third"):
+            writing.event_log_storage.store_event(_message(run_id, text))
+        # The writer's connection stays open, so the events are in the run's -wal file, not yet in its database.
+        assert Path(f"{writing.event_log_storage.path_for_shard(run_id)}-wal").stat().st_size > 0
+        assert arrived.wait(timeout=20), f"the watcher saw only {seen}"
+        assert seen == ["first", "second", "third"]
+
+
+def test_wipe_closes_the_deleted_databases_so_new_events_land_in_new_files(dagster_home):
+    with _instance(dagster_home) as instance:
+        storage = instance.event_log_storage
+        run_id = str(uuid.uuid4())
+        storage.store_event(_message(run_id, "before"))
+        storage.wipe()
+        assert not Path(storage.path_for_shard(run_id)).exists()
+        storage.store_event(_message(run_id, "after"))
+        assert Path(storage.path_for_shard(run_id)).is_file()
+    with _instance(dagster_home) as reader:
+        assert [entry.user_message for entry in reader.event_log_storage.get_logs_for_run(run_id)] == ["after"]
