@@ -5,7 +5,7 @@ from dagster import AssetExecutionContext, Failure, MetadataValue, Output, asset
 
 from assets.claims import claim_run
 from assets.errors import failures_explained
-from assets.metadata import counts_table
+from assets.metadata import counts_table, one_line
 from facepipeline.faces import table_to_faces
 from facepipeline.gallery.base import CoOccurrence, WriteBackFailed
 from facepipeline.writeback import descriptor_updates
@@ -56,9 +56,9 @@ def face_descriptors(
             metadata = {"status": "interrupted", **exc.report.as_dict(), "left": exc.report.left,
                         "skipped_by_reason": MetadataValue.json(exc.report.skipped_by_reason)}
             raise Failure(description=f"{type(exc).__name__}: {exc}", metadata=metadata) from None
-    for face_id in report.skipped_ids[:20]:
-        reason = report.skip_reason_of.get(face_id, "changed")
-        context.log.warning(f"face {face_id} changed in the gallery during the run ({reason}): not written")
+    if report.skipped_ids:
+        changed = [f"{face_id} ({report.skip_reason_of.get(face_id, 'changed')})" for face_id in report.skipped_ids]
+        context.log.warning(one_line(f"{len(changed)} faces changed in the gallery during the run, not written", changed))
     context.log.info(report.line())
     result = {"status": "written", **report.as_dict(), "skipped_by_reason": report.skipped_by_reason, "left_out": dict(left_out)}
     return Output(

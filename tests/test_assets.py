@@ -9,6 +9,7 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 from assets import retrain_assets, retrain_checks
+from assets.metadata import one_line
 from cli.runs import first_error
 from definitions import build_definitions
 from tests.conftest import FACES
@@ -246,3 +247,11 @@ def test_each_writing_asset_alone_is_refused_beside_a_retrain_that_holds_the_cla
     instance.report_run_failed(instance.get_run_by_id(holder.run_id), "test over")
     assert materialize(retrain_assets, resources=resources, instance=instance, selection=[face_index]).success
     assert sorted(p.name for p in (settings.home / "index").glob("v*")) == ["v1", "v2"]
+
+
+def test_many_warnings_are_one_log_line_that_says_how_many_it_leaves_out():
+    faces = [f"face-{n} (relabelled)" for n in range(23)]
+    line = one_line("23 faces changed in the gallery during the run, not written", faces)
+    assert line.startswith("23 faces changed in the gallery during the run, not written: face-0 (relabelled); face-1")
+    assert line.endswith("face-19 (relabelled); and 3 more") and "face-20" not in line
+    assert one_line("2 people", ["a", "b"]) == "2 people: a; b"  # nothing left out, nothing said about it
