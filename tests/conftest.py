@@ -185,6 +185,7 @@ class PhotoServer:
 
 
 class _QuietServer(ThreadingHTTPServer):
+    request_queue_size = 128  # as the photo server's: the default 5 drops connections a retrain opens at once
     def handle_error(self, request, client_address) -> None:
         pass  # a client that gave up (the timeout tests) is expected, not worth a traceback
 

@@ -318,3 +318,33 @@ def test_daemon_refuses_when_its_port_was_taken(state_dir, small_faces):
 def test_daemon_reports_a_root_that_is_not_a_folder(state_dir, tmp_path):
     with pytest.raises(PhotoServerError, match="not a directory"):
         start_daemon(tmp_path / "missing", state_dir)
+
+
+def test_the_photo_server_queues_every_connection_a_retrain_opens_at_once(tmp_path):
+    """A retrain fetches 8 photos at once (more where configured). With socketserver's default
+    backlog of 5, the kernel dropped the connections beyond it and each client waited out a 1 s
+    SYN retry: ~1 s of a 25-photo incremental retrain. Here the server listens but does not accept
+    yet: every one of 32 connections must still be established by the kernel."""
+    import select
+    import time
+
+    from facepipeline.gallery.photo_server import _Server
+
+    httpd = _Server(tmp_path, 0)  # the server serve() and the daemon run, listening, not accepting
+    clients = [socket.socket() for _ in range(32)]
+    try:
+        poller = select.poll()
+        for client in clients:
+            client.setblocking(False)
+            client.connect_ex(httpd.server_address)
+            poller.register(client, select.POLLOUT)
+        established: set[int] = set()
+        deadline = time.monotonic() + 0.7  # well under the 1 s a dropped connection waits to retry
+        while len(established) < len(clients) and (left := deadline - time.monotonic()) > 0:
+            established.update(fd for fd, _ in poller.poll(left * 1000))
+        assert len(established) == len(clients)
+        assert all(client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for client in clients)
+    finally:
+        for client in clients:
+            client.close()
+        httpd.server_close()

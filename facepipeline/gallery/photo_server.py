@@ -127,6 +127,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 is less than the 8 photos a retrain fetches at once: the
+    # kernel drops the connections beyond it, and the client retries each after a 1 s timeout.
+    request_queue_size = 128
 
     def __init__(self, root: Path, port: int) -> None:
         self.root = root
