@@ -58,7 +58,7 @@ def face_descriptors(
             raise Failure(description=f"{type(exc).__name__}: {exc}", metadata=metadata) from None
     if report.skipped_ids:
         changed = [f"{face_id} ({report.skip_reason_of.get(face_id, 'changed')})" for face_id in report.skipped_ids]
-        context.log.warning(one_line(f"{len(changed)} faces changed in the gallery during the run, not written", changed))
+        context.log.warning(one_line(f"{len(changed)} face(s) changed in the gallery during the run, not written", changed))
     context.log.info(report.line())
     result = {"status": "written", **report.as_dict(), "skipped_by_reason": report.skipped_by_reason, "left_out": dict(left_out)}
     return Output(

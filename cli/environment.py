@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from pathlib import Path
 
+import yaml
 from dotenv import dotenv_values
 
 from facepipeline.settings import DEFAULT_HOME
@@ -87,7 +88,9 @@ def write_instance_config(dagster_home: Path) -> Path:
     someone else's file is there: a file facepipeline wrote is brought up to date."""
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
-    wanted = DAGSTER_YAML.format(events_dir=json.dumps(str(dagster_home / "history" / "runs")))  # where Dagster's default keeps them
+    events_dir = str(dagster_home / "history" / "runs")  # where Dagster's default storage keeps them
+    # A double-quoted YAML scalar on one line, whatever the path holds (quotes, "#", emoji, odd bytes).
+    wanted = DAGSTER_YAML.format(events_dir=yaml.safe_dump(events_dir, default_style='"', width=math.inf).strip())
     current = config.read_text() if config.exists() else None
     if current is None or (current.startswith(MANAGED_MARK) and current != wanted):
         staging = config.with_suffix(f".{os.getpid()}.tmp")

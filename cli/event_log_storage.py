@@ -28,6 +28,9 @@ its daemon and every run they launch use it. Dagster is pinned to one release (p
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +48,10 @@ from watchdog.events import FileSystemEvent
 
 OPEN_DATABASES = 8
 """Databases kept open per storage: the index and the runs being written or read."""
+SECOND_LOOK_S = 0.1
+"""After a change to a run's files, its watcher reads the run again this much later (see _RunWatcher)."""
+
+_STORAGES: weakref.WeakSet[LocalEventLogStorage] = weakref.WeakSet()
 
 
 class LocalEventLogStorage(SqliteEventLogStorage):
@@ -53,6 +60,7 @@ class LocalEventLogStorage(SqliteEventLogStorage):
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
         self._engines: OrderedDict[str, db.engine.Engine] = OrderedDict()  # guarded by _db_lock
         super().__init__(base_dir, inst_data)
+        _STORAGES.add(self)
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: Any) -> LocalEventLogStorage:
@@ -98,17 +106,45 @@ class LocalEventLogStorage(SqliteEventLogStorage):
         watcher = _RunWatcher(self, run_id, callback, cursor)
         self._watchers[run_id][callback] = (watcher, self._obs.schedule(watcher, self._base_dir, recursive=True))
 
+    def end_watch(self, run_id: str, handler: Any) -> None:
+        watcher = self._watchers[run_id].get(handler, (None, None))[0]
+        if watcher is not None:
+            watcher.stop()
+        super().end_watch(run_id, handler)
+
     def wipe(self) -> None:
         self._close_databases()  # the run databases are deleted: no connection may keep writing to them
         super().wipe()
 
     def dispose(self) -> None:
         super().dispose()
+        for watchers in list(self._watchers.values()):
+            for watcher, _ in list(watchers.values()):
+                watcher.stop()
         self._close_databases()
+
+    def _forget_inherited_connections(self) -> None:
+        """In a forked child: the parent's connections are the parent's; open new ones when needed."""
+        for engine in self._engines.values():
+            engine.dispose(close=False)
+        self._engines.clear()
+        self._db_lock = threading.Lock()
 
 
 class _RunWatcher(SqliteEventLogStorageWatchdog):
-    """Dagster's watcher of one run's database, which also wakes when the run's log file changes."""
+    """Dagster's watcher of one run's database, which also wakes when the run's log file changes.
+
+    SQLite writes a commit's pages to the ``-wal`` file before it publishes the commit to readers
+    (in the shared-memory index, which raises no file event), so a read woken by the last write can
+    miss that commit, and nothing else would wake it: the run's last events would not show until
+    the page is reloaded. Each change is therefore read again :data:`SECOND_LOOK_S` later.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reading = threading.Lock()  # the file watcher's thread and the second look's take turns
+        self._second_look: threading.Timer | None = None
+        self._stopped = False
 
     @property
     def patterns(self) -> list[str]:
@@ -116,7 +152,33 @@ class _RunWatcher(SqliteEventLogStorageWatchdog):
 
     def on_modified(self, event: FileSystemEvent) -> None:
         self._process_log()
+        with self._reading:
+            if self._stopped:
+                return
+            if self._second_look is not None:
+                self._second_look.cancel()
+            self._second_look = threading.Timer(SECOND_LOOK_S, self._process_log)
+            self._second_look.daemon = True
+            self._second_look.start()
+
+    def _process_log(self) -> None:
+        with self._reading:
+            if not self._stopped:
+                super()._process_log()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._second_look is not None:
+            self._second_look.cancel()
 
 
 def _commit_without_fsync(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def _after_fork_in_child() -> None:
+    for storage in list(_STORAGES):
+        storage._forget_inherited_connections()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

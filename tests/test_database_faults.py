@@ -386,7 +386,7 @@ def test_rows_the_gallery_deletes_or_changes_during_a_retrain_are_skipped_by_rea
     assert (report["written"], report["skipped"]) == (len(ok) - 4, 4)
     assert report["skipped_by_reason"] == {"deleted": 1, "relabelled": 1, "reboxed": 1, "unverified": 1}
     said = [entry.user_message for entry in instance.all_logs(first.run_id) if "changed in the gallery" in entry.user_message]
-    assert len(said) == 1 and said[0].startswith("4 faces changed in the gallery during the run, not written: ")  # one line
+    assert len(said) == 1 and said[0].startswith("4 face(s) changed in the gallery during the run, not written: ")  # one line
     assert all(f"{face} ({reason})" in said[0] for face, reason in
                ((deleted, "deleted"), (relabelled, "relabelled"), (unverified, "unverified"), (reboxed, "reboxed")))
     assert query(dsn, "select count(*) from photo_faces where id = %s", [deleted]) == [(0,)]  # not resurrected

@@ -57,6 +57,14 @@ def test_the_instance_the_cli_writes_keeps_dagsters_files_and_a_run_is_read_back
         assert reader.get_latest_materialization_event(answer.key).run_id == result.run_id  # the index database too
 
 
+@pytest.mark.parametrize("folder", ["with space", "quote\"'# {x}: y", "emoji \U0001f600", "newline\nin it"])
+def test_the_dagster_yaml_names_the_event_folder_whatever_characters_its_path_holds(tmp_path, folder):
+    home = tmp_path / folder / "dagster"
+    write_instance_config(home)
+    with _instance(home) as instance:
+        assert instance.event_log_storage._base_dir == str(home / "history" / "runs")
+
+
 def test_commits_use_synchronous_normal_and_the_databases_kept_open_are_bounded(dagster_home):
     with _instance(dagster_home) as instance:
         storage = instance.event_log_storage
