@@ -46,7 +46,7 @@ search temporaries; pgvector: ``pg_relation_size`` of the index), disk MiB (hnsw
 exact ``.npy``; pgvector table + index). Tables are printed as markdown. Progress goes to stderr,
 results to stdout; the last line is
 
-    recall_at_1=X.XXXX p50_ms=Y p50_speedup_vs_exact=Z n=N params=M16/efc200/ef64
+    recall_at_1=X.XXXX p50_ms=Y p50_speedup_vs_exact=Z n=N params=M32/efc200/ef1536
 
 for the project's default ``IndexParams()`` at the largest size run.
 
@@ -385,7 +385,8 @@ def entries_table(n: int) -> pa.Table:
 
 
 def params_label(params: IndexParams) -> str:
-    return f"M{params.M}/efc{params.ef_construction}/ef{'(by size)' if params.ef_search is None else params.ef_search}"
+    m = "(by size)" if params.M is None else params.M
+    return f"M{m}/efc{params.ef_construction}/ef{'(by size)' if params.ef_search is None else params.ef_search}"
 
 
 def build_hnswlib(ds: Dataset, params: IndexParams, threads: int, entries: pa.Table) -> tuple[FaceIndex, float, PeakRSS]:
@@ -411,9 +412,9 @@ def query_hnswlib(ds: Dataset, truth: Truth, index: FaceIndex, ef: int) -> dict:
 def run_hnswlib(ds: Dataset, truth: Truth, args: argparse.Namespace, workdir: Path) -> tuple[list[dict], list[dict]]:
     """Main rows (the project's default, built, saved and searched through FaceIndex) and sweep rows."""
     n = len(ds.vectors)
-    # ef_search None means "by the index's size" (facepipeline.index.EF_SEARCH_BY_SIZE): resolved for n.
-    default = replace(args.default, ef_search=args.default.ef_for(n))
-    project = replace(IndexParams(), ef_search=IndexParams().ef_for(n))
+    # M and ef_search None mean "by the index's size" (facepipeline.index.M_BY_SIZE, EF_SEARCH_BY_SIZE): resolved for n.
+    default = replace(args.default.for_size(n), ef_search=args.default.ef_for(n))
+    project = replace(IndexParams().for_size(n), ef_search=IndexParams().ef_for(n))
     entries = entries_table(n)
     builds = [(default.M, default.ef_construction)]
     grid = args.grid if n <= args.sweep_max else []
@@ -859,7 +860,7 @@ def main() -> None:
     print(
         f"recall_at_1={headline['recall_at_1']:.4f} p50_ms={headline['p50_ms']:.3f} "
         f"p50_speedup_vs_exact={exact_rows[largest]['p50_ms'] / headline['p50_ms']:.1f} n={largest} "
-        f"params={params_label(args.default)}" + (" (--params, not the project default)" if args.params else "")
+        f"params={headline['params']}" + (" (--params, not the project default)" if args.params else "")
     )
 
 

@@ -25,7 +25,7 @@ import getpass
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,33 +46,51 @@ DATASET_FILE = "dataset.parquet"
 LOCATION_COLUMNS = ("photo_ref", "event_id", "bbox_x", "bbox_y", "bbox_width", "bbox_height")
 
 
-EF_SEARCH_BY_SIZE = ((20_000, 128), (200_000, 384), (None, 1024))
-"""``ef_search`` by the number of indexed faces: (at most this many, ef). From ``bench/index.py``
-(clustered 512-d vectors calibrated on real buffalo_sc embeddings, M=16, ef_construction=200): the
-smallest ef whose recall@1 against exact search is at least 0.995 at the next measured size up
-(10,000 faces: 0.9985 at ef 128; 100,000: 0.9955 at 384). Above 200,000 faces: 1,024, the largest
-measured, which at 1,000,000 faces gives only 0.9315 with this graph: an index that size needs a
-larger M and ef_construction (not measured). A fixed ef loses recall as the index grows: ef 64
-gives 0.9905 at 10,000 faces, 0.9175 at 100,000 and 0.5965 at 1,000,000."""
+M_BY_SIZE = ((200_000, 16), (None, 32))
+"""The graph's ``M`` by the number of faces it is built for: (at most this many, M). From
+``bench/index.py`` (clustered 512-d vectors calibrated on real buffalo_sc embeddings,
+ef_construction 200): M 16 reaches recall@1 0.9955 at 100,000 faces (ef 384) and builds ~30 %
+faster than M 32 there, but at 1,000,000 faces it stops at 0.9315 (ef 1,024); M 32 reaches 0.9950
+(ef 2,048). An index that grows past the limit is built anew once, with the larger graph."""
+
+EF_SEARCH_BY_SIZE = ((20_000, 128), (200_000, 384), (None, 2048))
+"""``ef_search`` by the number of indexed faces: (at most this many, ef). From ``bench/index.py``:
+the smallest measured ef whose recall@1 against exact search is at least 0.995 at the next measured
+size up, on the graph :data:`M_BY_SIZE` builds there (10,000 faces, M 16: 0.9985 at ef 128;
+100,000, M 16: 0.9955 at 384; 1,000,000, M 32: 0.9950 at 2,048, 44 ms a query against exact
+search's 186 ms). Measured up to 1,000,000 faces. A fixed ef loses recall as the index grows: ef 64
+gives 0.9905 at 10,000 faces, 0.9175 at 100,000 and 0.5965 at 1,000,000 (M 16)."""
+
+
+def _by_size(table: tuple[tuple[int | None, int], ...], size: int) -> int:
+    return next(value for limit, value in table if limit is None or size <= limit)
 
 
 @dataclass(frozen=True)
 class IndexParams:
-    M: int = 16
+    M: int | None = None
+    """Links per node of the graph; None: by the number of faces it is built for (:data:`M_BY_SIZE`).
+    A built index records the M it has."""
     ef_construction: int = 200
     ef_search: int | None = None
     """Candidates kept while searching; None: by the index's size (:data:`EF_SEARCH_BY_SIZE`)."""
 
+    def m_for(self, size: int) -> int:
+        """The ``M`` of a graph built for ``size`` faces."""
+        return self.M if self.M is not None else _by_size(M_BY_SIZE, size)
+
     def ef_for(self, size: int) -> int:
         """The ``ef_search`` an index of ``size`` faces is searched with."""
-        if self.ef_search is not None:
-            return self.ef_search
-        return next(ef for limit, ef in EF_SEARCH_BY_SIZE if limit is None or size <= limit)
+        return self.ef_search if self.ef_search is not None else _by_size(EF_SEARCH_BY_SIZE, size)
 
-    def same_graph(self, other: dict) -> bool:
+    def for_size(self, size: int) -> IndexParams:
+        """These params with ``M`` settled for a graph of ``size`` faces (``ef_search`` stays as set)."""
+        return replace(self, M=self.m_for(size))
+
+    def same_graph(self, other: dict, size: int) -> bool:
         """Whether an index built with ``other`` (a manifest's params) has the graph these params
-        build: ``ef_search`` is a search setting, not part of the graph."""
-        return (other.get("M"), other.get("ef_construction")) == (self.M, self.ef_construction)
+        build for ``size`` faces: ``ef_search`` is a search setting, not part of the graph."""
+        return (other.get("M"), other.get("ef_construction")) == (self.m_for(size), self.ef_construction)
 
 
 class FaceIndex:
@@ -81,13 +99,14 @@ class FaceIndex:
     def __init__(self, index: hnswlib.Index, entries: pa.Table, params: IndexParams) -> None:
         self._index = index
         self.entries = entries
-        self.params = params
+        self.params = params if params.M is not None else replace(params, M=index.M)  # the graph's own
 
     @classmethod
     def build(cls, vectors: np.ndarray, entries: pa.Table, params: IndexParams = IndexParams(), threads: int = -1) -> FaceIndex:
         if len(vectors) != entries.num_rows:
             raise ValueError(f"{len(vectors)} vectors but {entries.num_rows} entries")
         dim = vectors.shape[1] if vectors.ndim == 2 else 0
+        params = params.for_size(len(vectors))
         index = hnswlib.Index(space="cosine", dim=dim)
         index.init_index(max_elements=max(1, len(vectors)), ef_construction=params.ef_construction, M=params.M, random_seed=100)
         if len(vectors):
@@ -222,7 +241,7 @@ def build_index(
         return FaceIndex.build(vectors, entries, params, threads), BuildReport("built", None, len(vectors), why_not)
     kept, added = plan
     index = FaceIndex.extend(
-        FaceIndex.load(base.path, base.manifest["dim"], params, room=len(added)),
+        FaceIndex.load(base.path, base.manifest["dim"], params.for_size(len(vectors)), room=len(added)),  # base's graph
         vectors[added], entries.take(pa.array(np.concatenate([kept, added]), pa.int64())), threads,
     )
     return index, BuildReport("extended", base.version, len(added), f"v{base.version} holds {len(kept)} of these faces unchanged")
@@ -236,7 +255,7 @@ def _extension_plan(
         return "no earlier version", None
     manifest = base.manifest
     dim = vectors.shape[1] if vectors.ndim == 2 else 0
-    if not params.same_graph(manifest.get("params") or {}) or manifest.get("dim") != dim:
+    if not params.same_graph(manifest.get("params") or {}, len(vectors)) or manifest.get("dim") != dim:
         return f"v{base.version} has other index parameters", None
     indexed = pq.read_table(base.path / "entries.parquet")
     if VECTOR_DIGEST not in indexed.column_names or indexed.num_rows != manifest.get("count"):

@@ -177,3 +177,21 @@ def test_ef_search_follows_the_index_size_unless_set_and_is_what_the_index_searc
     assert index._index.ef == auto.ef_for(len(index))
     index.search(vectors[:2], k=3)
     assert index._index.ef == auto.ef_for(len(index))
+
+
+def test_the_graph_grows_with_the_index_and_a_version_records_the_m_it_was_built_with(tmp_path):
+    """M follows the number of faces (facepipeline.index.M_BY_SIZE); a built index and its manifest
+    say which M it has, and an index that would cross the limit is built anew, not extended."""
+    from facepipeline.index import M_BY_SIZE, IndexParams, build_index
+
+    auto = IndexParams()
+    assert [auto.m_for(n) for n in (1, 200_000, 200_001, 10**7)] == [16, 16, 32, 32] == [M_BY_SIZE[0][1]] * 2 + [M_BY_SIZE[-1][1]] * 2
+    assert IndexParams(M=8).m_for(10**7) == 8
+    vectors, entries = clustered(12, 5)
+    store = IndexStore(tmp_path / "index")
+    v1, _ = _published(store, vectors[:40], entries.slice(0, 40))
+    assert v1.manifest["params"]["M"] == 16 and v1.load().params.M == 16  # settled, not "by size"
+    assert v1.load()._index.M == 16
+    extended, how = build_index(vectors, entries, base=v1)
+    assert how.method == "extended" and extended.params.M == 16
+    assert auto.same_graph(v1.manifest["params"], 200_000) and not auto.same_graph(v1.manifest["params"], 200_001)
