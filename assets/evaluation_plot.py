@@ -7,12 +7,11 @@ incremental retrain, so it is its own asset, drawn for the latest evaluation by 
 hand (``dagster asset materialize --select evaluation_plot -m definitions``) where only the CLI does.
 """
 
-import os
-
 from dagster import AssetExecutionContext, AutomationCondition, MaterializeResult, MetadataValue, asset
 
 from assets.errors import failures_explained
 from facepipeline.plots import evaluation_png, png_markdown
+from facepipeline.versions import replace_file
 from resources import ArtifactStoreResource
 
 
@@ -32,9 +31,7 @@ def evaluation_plot(context: AssetExecutionContext, index_metrics: dict, artifac
         context.log.info(f"{version.name}: nothing to plot ({index_metrics.get('message') or index_metrics.get('status')})")
         return MaterializeResult(metadata={"index_version": version.name, "plotted": False})
     image = version.path / "evaluations" / f"{index_metrics['run_id']}.png"
-    staging = image.with_name(f".{image.name}.{os.getpid()}")
-    staging.write_bytes(png)
-    os.replace(staging, image)  # a reader never sees half a picture
+    replace_file(image, png)  # a reader never sees half a picture
     return MaterializeResult(
         metadata={
             "index_version": version.name,

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facepipeline.errors import FacePipelineError
-from facepipeline.versions import Version, VersionedStore, append_json_line, json_lines
+from facepipeline.versions import Version, VersionedStore, append_json_line, json_lines, replace_file
 
 ENTRY_COLUMNS = ("face_id", "person_id", "person_name")
 VECTOR_DIGEST = "vector_digest"
@@ -299,9 +299,7 @@ class IndexVersion(Version):
         with open(history / f"{evaluation_id}.json", "x") as handle:
             handle.write(text)
         latest = self.path / "metrics.json"
-        staging = latest.with_name(f".metrics-{evaluation_id}.json")
-        staging.write_text(text)
-        os.replace(staging, latest)
+        replace_file(latest, text)
         return latest
 
 
@@ -309,9 +307,7 @@ class IndexVersion(Version):
         """Keep the latest outcome of a quality check of this version: ``checks/<name>.json``."""
         folder = self.path / "checks"
         folder.mkdir(exist_ok=True)
-        staging = folder / f".{name}-{os.getpid()}.json"
-        staging.write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
-        os.replace(staging, folder / f"{name}.json")
+        replace_file(folder / f"{name}.json", json.dumps(result, indent=2, sort_keys=True, default=str))
 
     def checks(self) -> dict[str, dict]:
         """The latest outcome of each quality check of this version, by check name."""

@@ -18,7 +18,6 @@ are not JSON, and jsonb refuses them.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from facepipeline.gallery.base import Gallery, GalleryError, GalleryUnavailable, finite_json, json_text
+from facepipeline.versions import replace_file
 
 
 def _now() -> str:
@@ -65,12 +65,9 @@ class SessionHistory:
 
     def save(self, record: SessionRecord) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self._path(record.run_id)
-        staging = path.with_suffix(f".{os.getpid()}.tmp")
         # Strict JSON, NaN and inf as null: the file is read by other tools too, and its fields are
         # what gets pushed to the gallery's jsonb, which refuses them.
-        staging.write_text(json_text(asdict(record), indent=2, sort_keys=True))
-        os.replace(staging, path)
+        replace_file(self._path(record.run_id), json_text(asdict(record), indent=2, sort_keys=True))
 
     def for_run(self, run_id: str) -> SessionRecord | None:
         try:

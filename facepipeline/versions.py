@@ -103,6 +103,18 @@ class VersionedStore(Generic[V]):
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def replace_file(path: Path, data: str | bytes) -> None:
+    """Write ``path`` whole under a temporary name beside it, then rename it into place: a reader
+    sees the old content or the new, never half of it (text is written as UTF-8)."""
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        staging.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+
+
 def append_json_line(path: Path, record: dict) -> None:
     """Append one record to a JSON-lines ledger, in a single write (lines never interleave)."""
     with open(path, "a", encoding="utf-8") as ledger:

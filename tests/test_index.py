@@ -195,3 +195,23 @@ def test_the_graph_grows_with_the_index_and_a_version_records_the_m_it_was_built
     extended, how = build_index(vectors, entries, base=v1)
     assert how.method == "extended" and extended.params.M == 16
     assert auto.same_graph(v1.manifest["params"], 200_000) and not auto.same_graph(v1.manifest["params"], 200_001)
+
+
+
+def test_replace_file_replaces_whole_and_a_failed_rename_leaves_the_old_content_and_no_staging_file(tmp_path, monkeypatch):
+    import os
+
+    from facepipeline.versions import replace_file
+
+    target = tmp_path / "metrics.json"
+    replace_file(target, '{"v": 1}')
+    replace_file(target, b'{"v": 2}')
+    assert target.read_text() == '{"v": 2}' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+    def refused(src, dst):  # the rename fails (another file system, a full disk's metadata)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(OSError, match="No space left"):
+        replace_file(target, '{"v": 3}')
+    assert target.read_text() == '{"v": 2}' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

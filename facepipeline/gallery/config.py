@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from facepipeline.errors import FacePipelineError
+from facepipeline.versions import replace_file
 
 
 class ConfigError(FacePipelineError, ValueError):
@@ -262,10 +262,8 @@ class ConfigCache:
 
     def save(self, config: GalleryConfig, source: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.path.with_suffix(f".{os.getpid()}.tmp")
         document = {"source": source, "saved_at": datetime.now(UTC).isoformat(timespec="seconds"), "config": config.to_rows()}
-        staging.write_text(json.dumps(document, indent=2, sort_keys=True))
-        os.replace(staging, self.path)
+        replace_file(self.path, json.dumps(document, indent=2, sort_keys=True))
 
     def load(self) -> tuple[GalleryConfig, str] | None:
         """The remembered config and when it was saved, or None when there is none (or it is unreadable)."""

@@ -35,6 +35,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from facepipeline.errors import FacePipelineError
 from facepipeline.sources.folder import PHOTO_SUFFIXES
+from facepipeline.versions import replace_file
 
 HOST = "127.0.0.1"
 IDENTITY_PATH = "/.well-known/facepipeline-photo-server"
@@ -202,9 +203,7 @@ def _read_state(state_dir: Path) -> dict:
 
 
 def _write_state(state_dir: Path, state: dict) -> None:
-    tmp = state_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, state_dir / STATE_FILE)
+    replace_file(state_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
 def _identity(port: int, timeout: float = 1.0) -> dict | None:
