@@ -241,7 +241,7 @@ def build_index(
         return FaceIndex.build(vectors, entries, params, threads), BuildReport("built", None, len(vectors), why_not)
     kept, added = plan
     index = FaceIndex.extend(
-        FaceIndex.load(base.path, base.manifest["dim"], params.for_size(len(vectors)), room=len(added)),  # base's graph
+        FaceIndex.load(base.path, base.manifest["dim"], params, room=len(added)),  # M: the loaded graph's own
         vectors[added], entries.take(pa.array(np.concatenate([kept, added]), pa.int64())), threads,
     )
     return index, BuildReport("extended", base.version, len(added), f"v{base.version} holds {len(kept)} of these faces unchanged")
