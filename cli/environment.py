@@ -10,6 +10,7 @@ import yaml
 from dotenv import dotenv_values
 
 from facepipeline.settings import DEFAULT_HOME
+from facepipeline.versions import replace_file
 
 RETRAIN_TAG = "facepipeline/retrain"  # jobs.RETRAIN_TAG; Dagster is not imported before the environment is set
 
@@ -93,7 +94,5 @@ def write_instance_config(dagster_home: Path) -> Path:
     wanted = DAGSTER_YAML.format(events_dir=yaml.safe_dump(events_dir, default_style='"', width=math.inf).strip())
     current = config.read_text() if config.exists() else None
     if current is None or (current.startswith(MANAGED_MARK) and current != wanted):
-        staging = config.with_suffix(f".{os.getpid()}.tmp")
-        staging.write_text(wanted)
-        os.replace(staging, config)
+        replace_file(config, wanted)
     return config

@@ -377,9 +377,7 @@ class IndexStore(VersionedStore[IndexVersion]):
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "reason": reason,
         }
-        staging = self._promoted_file.with_name(f".promoted-{os.getpid()}.json")
-        staging.write_text(json.dumps(record, indent=2, sort_keys=True))
-        os.replace(staging, self._promoted_file)
+        replace_file(self._promoted_file, json.dumps(record, indent=2, sort_keys=True))
         append_json_line(self.root / "promotions.jsonl", record)
         return record
 

@@ -1,5 +1,4 @@
 import json
-import os
 import re
 from pathlib import Path
 
@@ -7,6 +6,7 @@ import pyarrow as pa
 from dagster import AssetKey, ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 
 from facepipeline.index import IndexVersion
+from facepipeline.versions import replace_file
 from resources.artifacts import ArtifactStoreResource
 
 
@@ -65,9 +65,7 @@ class IndexVersionIOManager(ConfigurableIOManager):
     def handle_output(self, context: OutputContext, obj: IndexVersion) -> None:
         pointer = self._pointer(context.asset_key)
         pointer.parent.mkdir(parents=True, exist_ok=True)
-        staging = pointer.with_suffix(f".{os.getpid()}.tmp")
-        staging.write_text(json.dumps({"version": obj.version}))
-        os.replace(staging, pointer)
+        replace_file(pointer, json.dumps({"version": obj.version}))
 
     def load_input(self, context: InputContext) -> IndexVersion:
         pointer = self._pointer(context.asset_key)
