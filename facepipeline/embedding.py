@@ -121,17 +121,14 @@ def embed_faces(
     Jobs are grouped by photo and cut into chunks of about ``model.batch_size`` faces. Each chunk
     is decoded, detected, aligned and embedded as one batch by one of ``workers`` threads
     (onnxruntime releases the GIL): on CPU, several single-threaded sessions running side by side
-    use the cores better than one session spreading a small batch over them.
+    use the cores better than one session spreading a small batch over them. Fewer faces than
+    ``workers`` full batches are cut into ``workers`` smaller chunks, so that a few new faces keep
+    every worker busy too.
     """
     jobs = sorted(jobs, key=lambda job: job.photo_sha256)
     state = Progress(total=len(jobs), started=time.perf_counter())
-    photos = [list(group) for _, group in groupby(jobs, key=lambda job: job.photo_sha256)]
-    chunks: list[list[list[FaceJob]]] = []
-    for photo_jobs in photos:
-        if not chunks or sum(len(p) for p in chunks[-1]) >= model.batch_size:
-            chunks.append([])
-        chunks[-1].append(photo_jobs)
     workers = workers or model.workers
+    chunks = _chunks(jobs, min(model.batch_size, -(-len(jobs) // workers)))
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embed") as pool:
         for results in _bounded_map(pool, lambda chunk: _embed_chunk(model, chunk, read_photo), chunks, 2 * workers):
@@ -141,6 +138,19 @@ def embed_faces(
                 if progress and (state.done % progress_every == 0 or state.done == state.total):
                     progress(state)
                 yield result
+
+
+def _chunks(jobs: list[FaceJob], size: int) -> list[list[list[FaceJob]]]:
+    """Jobs sorted by photo, cut into chunks of about ``size`` faces; a photo's faces stay together."""
+    chunks: list[list[list[FaceJob]]] = []
+    filled = 0
+    for _, group in groupby(jobs, key=lambda job: job.photo_sha256):
+        if not chunks or filled >= size:
+            chunks.append([])
+            filled = 0
+        chunks[-1].append(list(group))
+        filled += len(chunks[-1][-1])
+    return chunks
 
 
 def _embed_chunk(model: FaceModel, chunk: list[list[FaceJob]], read_photo: Callable[[str], bytes]) -> list[FaceEmbedding]:

@@ -1,6 +1,7 @@
 """The embedding stage and its incremental table, on real photos with the real model."""
 
 import io
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -45,6 +46,24 @@ def test_each_verified_box_of_a_group_photo_gets_its_own_face(face_model):
     vectors = np.stack([r.embedding for r in results.values()])
     similarity = vectors @ vectors.T
     assert np.max(similarity[~np.eye(6, dtype=bool)]) < 0.4  # six different people
+
+
+def test_a_few_faces_keep_every_worker_busy_and_embed_as_one_worker_would(face_model):
+    """Six faces are fewer than one batch: they are still cut so that both workers take some."""
+    photos = {f"p{i}": path.read_bytes() for i, path in enumerate(sorted((FACES / "Tony_Blair").glob("*.jpg"))[:6])}
+    jobs = [FaceJob(f"face{i}", sha, None) for i, sha in enumerate(photos)]
+    readers: set[str] = set()
+
+    def read(sha: str) -> bytes:
+        readers.add(threading.current_thread().name)
+        return photos[sha]
+
+    both = {r.face_id: r for r in embed_faces(face_model, jobs, read, workers=2)}
+    assert len(readers) == 2, readers
+    one = {r.face_id: r for r in embed_faces(face_model, jobs, lambda sha: photos[sha], workers=1)}
+    assert all(r.ok for r in both.values()) and both.keys() == one.keys()
+    for face_id, result in both.items():
+        np.testing.assert_allclose(result.embedding, one[face_id].embedding, atol=1e-6)
 
 
 def test_matches_whole_photo_detection_without_a_tight_crop(face_model):
