@@ -1,0 +1,75 @@
+"""The table store: atomic Parquet files, and decoded tables reused only while their file is unchanged."""
+
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from facepipeline.tables import TableStore, _RecentTables
+
+
+def _table(values: list[int]) -> pa.Table:
+    return pa.table({"face_id": [f"f{v}" for v in values], "value": values})
+
+
+def test_a_table_read_twice_is_decoded_once(tmp_path):
+    store = TableStore(tmp_path)
+    store.write("faces", _table([1, 2, 3]))
+    first = store.read("faces")
+    assert store.read("faces") is first
+    assert first.equals(_table([1, 2, 3]))
+
+
+def test_a_rewritten_table_is_read_anew(tmp_path):
+    store = TableStore(tmp_path)
+    store.write("faces", _table([1, 2, 3]))
+    store.read("faces")
+    store.write("faces", _table([4, 5, 6]))  # the same size on disk, perhaps the same clock tick
+    assert store.read("faces").equals(_table([4, 5, 6]))
+
+
+def test_a_file_another_process_replaced_is_read_anew(tmp_path):
+    store = TableStore(tmp_path)
+    store.write("faces", _table([1, 2, 3]))
+    assert store.read("faces").num_rows == 3
+    writer = (
+        "import sys, pyarrow as pa; from facepipeline.tables import TableStore; "
+        "TableStore(sys.argv[1]).write('faces', pa.table({'face_id': ['x'], 'value': [9]}))"
+    )
+    subprocess.run([sys.executable, "-c", writer, str(tmp_path)], check=True, cwd=os.getcwd())
+    assert store.read("faces").column("value").to_pylist() == [9]
+
+
+def test_a_file_edited_in_place_is_read_anew(tmp_path):
+    """Not the store's own way of writing, but a user's: the size or the modification time changes."""
+    store = TableStore(tmp_path)
+    store.write("faces", _table([1]))
+    assert store.read("faces").num_rows == 1
+    pq.write_table(_table(list(range(100))), store.path("faces"))  # truncates and rewrites the same inode
+    assert store.read("faces").num_rows == 100
+
+
+def test_a_missing_table_is_none_and_a_deleted_one_is_not_handed_out(tmp_path):
+    store = TableStore(tmp_path)
+    assert store.read("faces") is None
+    store.write("faces", _table([1]))
+    store.read("faces")
+    store.path("faces").unlink()
+    assert store.read("faces") is None
+
+
+def test_the_tables_kept_stay_under_the_byte_budget(tmp_path):
+    small, large = _table([1, 2]), _table(list(range(10_000)))
+    for name, table in (("a", small), ("b", small), ("big", large)):
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+    recent = _RecentTables(max_bytes=small.nbytes * 2 + small.nbytes // 2)  # room for two small ones
+    a = recent.read(tmp_path / "a.parquet")
+    assert recent.read(tmp_path / "a.parquet") is a
+    big = recent.read(tmp_path / "big.parquet")
+    assert recent.read(tmp_path / "big.parquet") is not big  # larger than the budget: never kept
+    recent.read(tmp_path / "b.parquet")
+    pq.write_table(small, tmp_path / "c.parquet")
+    recent.read(tmp_path / "c.parquet")  # a third small table pushes out the least recently used, a
+    assert recent.read(tmp_path / "a.parquet") is not a
