@@ -2,6 +2,7 @@
 
 import time
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import psycopg
@@ -150,6 +151,26 @@ def test_write_back_writes_verified_rows_once_and_a_rerun_changes_nothing(galler
     assert (again.written, again.unchanged, again.skipped) == (0, 8, 0)
     assert gallery.rows() == before  # same tuple versions: no row was rewritten
     assert {k: before[k] for k in untouched} == untouched  # unverified rows: byte for byte as they were
+
+
+def test_a_context_with_nan_and_numpy_values_is_written_as_json_and_a_rerun_changes_nothing(gallery):
+    """training_context is free-form: NaN is stored as null (jsonb refuses NaN), numpy numbers as numbers."""
+    _three_people(gallery)
+    source = PostgresGallery(gallery.dsn)
+    faces = source.read(FaceFilters()).faces[:2]
+
+    def odd(face, session):
+        update = _update(face, session=session)
+        return replace(update, context={**update.context, "margin": float("nan"), "votes": np.int64(3), "scores": np.array([0.5, np.inf])})
+
+    report = source.write_descriptors([odd(f, "s1") for f in faces])
+    assert (report.written, report.unchanged) == (2, 0)
+    stored = gallery.conn.execute("select training_context from photo_faces where id = %s", [faces[0].face_id]).fetchone()[0]
+    assert stored["margin"] is None and stored["votes"] == 3 and stored["scores"] == [0.5, None]
+    before = gallery.rows()
+    again = source.write_descriptors([odd(f, "s2") for f in faces])
+    assert (again.written, again.unchanged) == (0, 2)
+    assert gallery.rows() == before
 
 
 def test_write_back_leaves_rows_the_gallery_changed_since_the_read(gallery):

@@ -117,7 +117,10 @@ def _json_key(key: Any) -> str:
 
 def json_text(value: Any, **dumps: Any) -> str:
     """Strict JSON text of ``value`` with non-finite floats as null (see :func:`finite_json`)."""
-    return json.dumps(finite_json(value), allow_nan=False, **dumps)
+    try:  # the usual case, plain and finite already: written once, by the C encoder
+        return json.dumps(value, allow_nan=False, **dumps)
+    except (TypeError, ValueError):
+        return json.dumps(_finite_json(value), allow_nan=False, **dumps)
 
 
 def pgvector_text(vector: np.ndarray) -> str:

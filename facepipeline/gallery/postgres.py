@@ -56,6 +56,7 @@ from facepipeline.gallery.base import (
     UnknownFaceRow,
     WriteBackReport,
     finite_json,
+    json_text,
     session_fields,
     write_in_batches,
 )
@@ -537,13 +538,14 @@ def _changed_rows(
     changed = []
     for start in range(0, len(updates), COMPARE_BATCH_SIZE):
         batch = updates[start : start + COMPARE_BATCH_SIZE]
-        # A DescriptorUpdate's boxes and confidence are finite by construction; only its context is free-form.
+        # A DescriptorUpdate's boxes and confidence are finite by construction; only its context is
+        # free-form, and json_text writes a non-finite value in it as null (as the write does).
         rows = [
             {"n": n, "id": u.face_id, "person_id": u.person_id, "bbox": exact_json(u.bbox), "digest": descriptor_digest(u.descriptor),
-             "confidence": float(u.confidence), "detected_bbox": u.detected_bbox.to_json(), "context": finite_json(u.context)}
+             "confidence": float(u.confidence), "detected_bbox": u.detected_bbox.to_json(), "context": u.context}
             for n, u in enumerate(batch)
         ]
-        state = {n: (reason, same) for n, reason, same in conn.execute(_COMPARE_BATCH, {"rows": Jsonb(rows)})}
+        state = {n: (reason, same) for n, reason, same in conn.execute(_COMPARE_BATCH, {"rows": Jsonb(rows, dumps=json_text)})}
         for n, update in enumerate(batch):
             reason, same = state[n]
             if reason is not None:
