@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from insightface.model_zoo.arcface_onnx import ArcFaceONNX
-from insightface.model_zoo.scrfd import SCRFD
-from insightface.utils import face_align
 
 from facepipeline.geometry import BBox
 from facepipeline.model.pack import DETECTION, RECOGNITION, ModelPack, open_pack
@@ -58,16 +57,14 @@ class FaceModel:
             if size < 64 or size % 32:
                 raise ValueError(f"{name} must be a multiple of 32 and at least 64 (SCRFD's largest stride), got {size}")
         self.pack = pack
+        self.sessions = sessions
         self.workers = max(1, workers)
         self.det_thresh = det_thresh
         self.det_size = det_size
         self.region_det_size = region_det_size
         self.batch_size = batch_size
-        self.detector = SCRFD(model_file=str(pack.detector.path), session=sessions[DETECTION])
-        self.detector.prepare(0, det_thresh=det_thresh, input_size=(det_size, det_size))
-        self.recognizer = ArcFaceONNX(model_file=str(pack.recognizer.path), session=sessions[RECOGNITION])
-        self._rec_input = self.recognizer.input_name
         self.embedding_dim = int(sessions[RECOGNITION].get_outputs()[0].shape[-1])
+        self._insightface_lock = threading.Lock()
         # A dynamically quantised recognizer picks its int8 scales per call, from the whole batch:
         # a face's embedding would then depend on its batch-mates (cosine down to 0.975 measured).
         # Such a model runs one face per call, so an embedding depends on its face alone.
@@ -106,7 +103,32 @@ class FaceModel:
 
     @property
     def providers(self) -> list[str]:
-        return list(self.recognizer.session.get_providers())
+        return list(self.sessions[RECOGNITION].get_providers())
+
+    @cached_property
+    def _insightface(self) -> tuple:
+        """insightface's SCRFD and ArcFace wrappers on our sessions, and its alignment: made on first
+        use. With SciPy and scikit-image behind it, importing insightface costs ~0.5 s, which a
+        process that loads the model only for its fingerprint (a retrain with nothing new) skips."""
+        with self._insightface_lock:
+            if "_insightface" in self.__dict__:  # another thread made them while this one waited
+                return self.__dict__["_insightface"]
+            from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+            from insightface.model_zoo.scrfd import SCRFD
+            from insightface.utils import face_align
+
+            detector = SCRFD(model_file=str(self.pack.detector.path), session=self.sessions[DETECTION])
+            detector.prepare(0, det_thresh=self.det_thresh, input_size=(self.det_size, self.det_size))
+            recognizer = ArcFaceONNX(model_file=str(self.pack.recognizer.path), session=self.sessions[RECOGNITION])
+            return detector, recognizer, face_align.norm_crop
+
+    @property
+    def detector(self):
+        return self._insightface[0]
+
+    @property
+    def recognizer(self):
+        return self._insightface[1]
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Every face on a whole photo."""
@@ -161,7 +183,7 @@ class FaceModel:
 
     def align(self, image: np.ndarray, detection: Detection) -> np.ndarray:
         """The 112 x 112 crop ArcFace was trained on: a similarity transform of the five landmarks."""
-        return face_align.norm_crop(image, landmark=detection.landmarks, image_size=self.recognizer.input_size[0])
+        return self._insightface[2](image, landmark=detection.landmarks, image_size=self.recognizer.input_size[0])
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """L2-normalised embeddings of aligned BGR crops, shape (N, 112, 112, 3) -> (N, dim)."""
@@ -171,7 +193,7 @@ class FaceModel:
         blob = np.ascontiguousarray((blob - self.recognizer.input_mean) / self.recognizer.input_std)
         step = self.faces_per_call
         raw = np.concatenate(
-            [self.recognizer.session.run(None, {self._rec_input: blob[i : i + step]})[0] for i in range(0, len(blob), step)]
+            [self.recognizer.session.run(None, {self.recognizer.input_name: blob[i : i + step]})[0] for i in range(0, len(blob), step)]
         )
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         return (raw / np.maximum(norms, 1e-12)).astype(np.float32)
