@@ -36,10 +36,16 @@ after: no other tuple changed), and its index holds every verified face the gall
 kept people; (d) fetched, embedded and wrote nothing. Each run's steps are read back from the
 instance's event log (step durations; "outside steps" is the rest of the command's wall time).
 
+Beside them, ``bench/dagster_floor.py`` times a chain of as many assets as the incremental run had
+steps, assets that do nothing, run the same way on the same instance in a fresh process: what any
+run of that shape costs here, whatever it does (Python's start, Dagster's imports, the instance, the
+run and its events).
+
 Progress goes to stderr, results to stdout; the last line is
-``incremental_ratio=0.0XX run_ratio=0.0YY full_s=... incremental_s=...``: the incremental command's
-wall time over the full one's, and the same for the Dagster runs alone (start to end, as the UI
-shows them: without the command's Python start, imports and instance opening).
+``incremental_ratio=0.0XX run_ratio=0.0YY full_s=... incremental_s=... floor_ratio=0.0ZZ``: the
+incremental command's wall time over the full one's, the same for the Dagster runs alone (start to
+end, as the UI shows them: without the command's Python start, imports and instance opening), and
+the floor's command over the full one's.
 
     .venv/bin/python bench/incremental.py [--new 25] [--min-faces-per-person 2] [--photo-latency-ms 30-80]
         [--keep] [--json out.json]
@@ -52,6 +58,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -276,6 +283,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def dagster_floor(steps: int, repeat: int, env: dict[str, str]) -> list[float]:
+    from dagster_floor import measure
+
+    return measure(steps, repeat, env)
+
+
 def latency_range(text: str) -> tuple[float, float]:
     from photo_cache import parse_range
 
@@ -374,17 +387,26 @@ def main() -> int:
             floor = runs[2]["seconds"]
             print(f"a retrain with nothing new takes {floor:.1f} s here: the fixed cost of a run; the {len(new_ids)} new faces "
                   f"added {incremental['seconds'] - floor:+.1f} s to it")
+        steps = len(incremental["steps"])
+        log(f"Dagster's floor: a chain of {steps} assets that do nothing, as a command on this instance (bench/dagster_floor.py), 3 times ...")
+        floor_runs = dagster_floor(steps, 3, env)
+        dagster_floor_s = statistics.median(floor_runs)
+        floor_ratio = dagster_floor_s / full["seconds"]
+        print(f"Dagster's floor: any run of {steps} steps costs {dagster_floor_s:.1f} s as a command here "
+              f"({' '.join(f'{s:.2f}' for s in floor_runs)}), {floor_ratio:.3f} of the full retrain; "
+              f"the incremental retrain's own work is the other {incremental['seconds'] - dagster_floor_s:.1f} s "
+              f"({(incremental['seconds'] - dagster_floor_s) / full['seconds']:.3f})")
         if args.json:
             args.json.write_text(json.dumps(
                 {"seed": {"people": people, "photos": photos}, "bytecode_cache": args.bytecode_cache,
                  "photo_latency_ms": args.photo_latency_ms, "new_faces": new_ids, "checks": {k: list(v) for k, v in checks.items()},
                  "runs": [{**{k: v for k, v in r.items() if k != "summary"}, "figures": figures_of(r), "summary": r["summary"]} for r in runs],
-                 "incremental_ratio": ratio, "run_ratio": run_ratio},
+                 "incremental_ratio": ratio, "run_ratio": run_ratio, "dagster_floor_s": floor_runs, "floor_ratio": floor_ratio},
                 indent=2, default=str,
             ))
             log(f"wrote {args.json}")
         print(f"incremental_ratio={ratio:.3f} run_ratio={run_ratio:.3f} full_s={full['seconds']:.1f} "
-              f"incremental_s={incremental['seconds']:.1f}")
+              f"incremental_s={incremental['seconds']:.1f} floor_ratio={floor_ratio:.3f}")
         return 0
     except BenchError as exc:
         log(f"bench failed: {exc}")

@@ -1,0 +1,81 @@
+"""What any Dagster run of N steps costs as a command here, whatever the steps do: the floor.
+
+A chain of N assets that do nothing, executed like ``facepipeline retrain`` executes its job:
+``execute_job`` on a reconstructable job, in process, on the instance of ``$DAGSTER_HOME`` (so with
+the same storage and event log), in a fresh Python process timed from spawn to exit. What is left is
+Python's start, importing Dagster and its storage, opening the instance, creating the run, and
+Dagster's own work per step (events, plan, step transitions).
+
+``bench/incremental.py`` runs it beside the retrains, with as many steps as the incremental run had.
+
+    DAGSTER_HOME=... .venv/bin/python bench/dagster_floor.py [--steps 11] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from dagster import DagsterInstance, Definitions, asset, define_asset_job, execute_job, reconstructable
+
+STEPS_VARIABLE = "FACEPIPELINE_BENCH_FLOOR_STEPS"
+
+
+def _chain(steps: int) -> list:
+    assets = []
+    for i in range(steps):
+
+        @asset(name=f"floor_step_{i:02d}", deps=[assets[-1]] if assets else [])
+        def step() -> None:
+            return None
+
+        assets.append(step)
+    return assets
+
+
+def floor_job():
+    steps = int(os.environ[STEPS_VARIABLE])
+    return Definitions(assets=_chain(steps), jobs=[define_asset_job("dagster_floor")]).resolve_job_def("dagster_floor")
+
+
+def run_once() -> None:
+    with DagsterInstance.get() as instance:
+        config = {"execution": {"config": {"in_process": {}}}}
+        with execute_job(reconstructable(floor_job), instance, run_config=config) as result:
+            if not result.success:
+                raise SystemExit("the floor run failed")
+
+
+def measure(steps: int, repeat: int, env: dict[str, str] | None = None) -> list[float]:
+    """Wall seconds of ``repeat`` fresh processes, each running the N-step chain once."""
+    env = {**(env or os.environ), STEPS_VARIABLE: str(steps)}
+    seconds = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--once"], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=11)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.once:
+        run_once()
+        return 0
+    if not os.environ.get("DAGSTER_HOME"):
+        parser.error("set DAGSTER_HOME to the instance to measure on (an existing absolute path)")
+    seconds = measure(args.steps, args.repeat)
+    print(f"dagster_floor_s={statistics.median(seconds):.2f} steps={args.steps} runs={' '.join(f'{s:.2f}' for s in seconds)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
