@@ -31,11 +31,9 @@ class _RecentTables:
         self._lock = threading.Lock()
 
     def read(self, path: Path) -> pa.Table | None:
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
+        identity = _identity(path)
+        if identity is None:
             return None
-        identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         key = str(path)
         with self._lock:
             kept = self._tables.get(key)
@@ -59,10 +57,6 @@ class _RecentTables:
     def forget(self, path: Path) -> None:
         with self._lock:
             self._tables.pop(str(path), None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._tables.clear()
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
