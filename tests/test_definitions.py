@@ -136,14 +136,15 @@ def test_the_code_location_and_the_cli_give_freed_arrow_memory_back(entry):
 
 
 def test_insightface_is_imported_by_the_first_detection_not_by_loading_the_code_location_or_the_model():
-    """insightface brings SciPy and scikit-image (~0.5 s); a process that embeds nothing skips it. A
-    retrain with nothing new loads the model only for its fingerprint."""
+    """insightface brings SciPy and scikit-image (~0.5 s), and onnx reads the recognizer's graph; a
+    process that embeds nothing skips them. A retrain with nothing new loads the model only for its
+    fingerprint."""
     probe = (
         "import sys; from pathlib import Path; import numpy as np; import definitions, cli.retrain, cli.main\n"
         "from facepipeline.model import FaceModel\n"
-        "loaded = lambda: sorted(m for m in ('insightface', 'scipy', 'skimage') if m in sys.modules)\n"
+        "loaded = lambda: sorted(m for m in ('insightface', 'onnx', 'scipy', 'skimage') if m in sys.modules)\n"
         f"model = FaceModel.load(Path({str(MODEL_ROOT)!r}), {PACK!r}); print(loaded(), model.embedding_dim)\n"
         "model.detect(np.zeros((160, 160, 3), np.uint8)); print(loaded())\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out == ["[] 512", "['insightface', 'scipy', 'skimage']"]
+    assert out == ["[] 512", "['insightface', 'onnx', 'scipy', 'skimage']"]

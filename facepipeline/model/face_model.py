@@ -11,7 +11,6 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from facepipeline.geometry import BBox
@@ -65,10 +64,6 @@ class FaceModel:
         self.batch_size = batch_size
         self.embedding_dim = int(sessions[RECOGNITION].get_outputs()[0].shape[-1])
         self._insightface_lock = threading.Lock()
-        # A dynamically quantised recognizer picks its int8 scales per call, from the whole batch:
-        # a face's embedding would then depend on its batch-mates (cosine down to 0.975 measured).
-        # Such a model runs one face per call, so an embedding depends on its face alone.
-        self.faces_per_call = 1 if is_dynamically_quantized(pack.recognizer.path) else batch_size
 
     @classmethod
     def load(
@@ -121,6 +116,15 @@ class FaceModel:
             detector.prepare(0, det_thresh=self.det_thresh, input_size=(self.det_size, self.det_size))
             recognizer = ArcFaceONNX(model_file=str(self.pack.recognizer.path), session=self.sessions[RECOGNITION])
             return detector, recognizer, face_align.norm_crop
+
+    @cached_property
+    def faces_per_call(self) -> int:
+        """A dynamically quantised recognizer picks its int8 scales per call, from the whole batch:
+        a face's embedding would then depend on its batch-mates (cosine down to 0.975 measured).
+        Such a model runs one face per call, so an embedding depends on its face alone. Settled at
+        the first embedding: reading the graph needs ``onnx``, which a model loaded only for its
+        fingerprint never imports."""
+        return 1 if is_dynamically_quantized(self.pack.recognizer.path) else self.batch_size
 
     @property
     def detector(self):
@@ -200,6 +204,8 @@ class FaceModel:
 
 
 def is_dynamically_quantized(path: Path) -> bool:
+    import onnx
+
     graph = onnx.load(str(path), load_external_data=False).graph
     return any(node.op_type == "DynamicQuantizeLinear" for node in graph.node)
 
