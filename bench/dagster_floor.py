@@ -56,8 +56,10 @@ def measure(steps: int, repeat: int, env: dict[str, str] | None = None) -> list[
     seconds = []
     for _ in range(repeat):
         started = time.perf_counter()
-        subprocess.run([sys.executable, __file__, "--once"], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, __file__, "--once"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         seconds.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise RuntimeError(f"the floor run exited with {done.returncode}: {done.stderr.strip()[-1500:]}")
     return seconds
 
 

@@ -389,13 +389,18 @@ def main() -> int:
                   f"added {incremental['seconds'] - floor:+.1f} s to it")
         steps = len(incremental["steps"])
         log(f"Dagster's floor: a chain of {steps} assets that do nothing, as a command on this instance (bench/dagster_floor.py), 3 times ...")
-        floor_runs = dagster_floor(steps, 3, env)
-        dagster_floor_s = statistics.median(floor_runs)
-        floor_ratio = dagster_floor_s / full["seconds"]
-        print(f"Dagster's floor: any run of {steps} steps costs {dagster_floor_s:.1f} s as a command here "
-              f"({' '.join(f'{s:.2f}' for s in floor_runs)}), {floor_ratio:.3f} of the full retrain; "
-              f"the incremental retrain's own work is the other {incremental['seconds'] - dagster_floor_s:.1f} s "
-              f"({(incremental['seconds'] - dagster_floor_s) / full['seconds']:.3f})")
+        floor_runs, floor_ratio = [], None
+        try:
+            floor_runs = dagster_floor(steps, 3, env)
+        except RuntimeError as exc:  # the retrains' figures stand without it
+            log(f"Dagster's floor not measured: {exc}")
+        if floor_runs:
+            dagster_floor_s = statistics.median(floor_runs)
+            floor_ratio = dagster_floor_s / full["seconds"]
+            print(f"Dagster's floor: any run of {steps} steps costs {dagster_floor_s:.1f} s as a command here "
+                  f"({' '.join(f'{s:.2f}' for s in floor_runs)}), {floor_ratio:.3f} of the full retrain; "
+                  f"the incremental retrain's own work is the other {incremental['seconds'] - dagster_floor_s:.1f} s "
+                  f"({(incremental['seconds'] - dagster_floor_s) / full['seconds']:.3f})")
         if args.json:
             args.json.write_text(json.dumps(
                 {"seed": {"people": people, "photos": photos}, "bytecode_cache": args.bytecode_cache,
@@ -406,7 +411,7 @@ def main() -> int:
             ))
             log(f"wrote {args.json}")
         print(f"incremental_ratio={ratio:.3f} run_ratio={run_ratio:.3f} full_s={full['seconds']:.1f} "
-              f"incremental_s={incremental['seconds']:.1f} floor_ratio={floor_ratio:.3f}")
+              f"incremental_s={incremental['seconds']:.1f} floor_ratio={'none' if floor_ratio is None else f'{floor_ratio:.3f}'}")
         return 0
     except BenchError as exc:
         log(f"bench failed: {exc}")

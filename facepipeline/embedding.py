@@ -126,6 +126,8 @@ def embed_faces(
     every worker busy too.
     """
     jobs = sorted(jobs, key=lambda job: job.photo_sha256)
+    if jobs:
+        model.prepare()  # a model that cannot run fails here, not face by face in the workers
     state = Progress(total=len(jobs), started=time.perf_counter())
     workers = workers or model.workers
     chunks = _chunks(jobs, min(model.batch_size, -(-len(jobs) // workers)))

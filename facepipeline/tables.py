@@ -3,13 +3,15 @@
 Reads are remembered per process: the steps of one in-process run read the same few tables many
 times (the verified faces and the embeddings feed most of them), and decoding 5,000 embeddings
 costs ~40 ms a time. A remembered table is handed out only while its file is the very file it was
-read from (same inode, size and modification time; every write replaces the file), and the tables
-remembered together stay under a byte budget, so a big gallery is read from disk as before.
+read from (same device, inode, size, modification and change times; every write through the store
+replaces the file, and forgets what this process remembered of it), and the tables remembered
+together stay under a byte budget, so a big gallery is read from disk as before.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import threading
 from collections import OrderedDict
@@ -27,25 +29,28 @@ class _RecentTables:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._tables: OrderedDict[str, tuple[tuple[int, int, int], pa.Table]] = OrderedDict()
+        self._tables: OrderedDict[str, tuple[tuple[int, ...], pa.Table]] = OrderedDict()
         self._lock = threading.Lock()
 
     def read(self, path: Path) -> pa.Table | None:
+        """The table at ``path`` (None when there is no such file), decoded at most once while the
+        file stays the same."""
         identity = _identity(path)
-        if identity is None:
-            return None
         key = str(path)
         with self._lock:
             kept = self._tables.get(key)
             if kept is not None and kept[0] == identity:
                 self._tables.move_to_end(key)
                 return kept[1]
+            self._tables.pop(key, None)  # replaced or gone: not worth its memory any more
+        if identity is None:
+            return None
         table = pq.read_table(path)
         if _identity(path) == identity:  # not replaced while it was read
             self._keep(key, identity, table)
         return table
 
-    def _keep(self, key: str, identity: tuple[int, int, int], table: pa.Table) -> None:
+    def _keep(self, key: str, identity: tuple[int, ...], table: pa.Table) -> None:
         with self._lock:
             self._tables.pop(key, None)
             if table.nbytes > self.max_bytes:
@@ -59,12 +64,17 @@ class _RecentTables:
             self._tables.pop(str(path), None)
 
 
-def _identity(path: Path) -> tuple[int, int, int] | None:
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """What tells one file from another at ``path``: device, inode, size, modification and change
+    times (the change time moves with any write, even one that puts the modification time back).
+    None when no regular file is there."""
     try:
-        stat = path.stat()
-    except FileNotFoundError:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 RECENT_TABLES = _RecentTables(CACHE_BYTES)

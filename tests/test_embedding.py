@@ -1,19 +1,22 @@
 """The embedding stage and its incremental table, on real photos with the real model."""
 
 import io
+import sys
 import threading
 from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from PIL import Image
 
 from facepipeline.embedding import FaceJob, embed_faces
 from facepipeline.embedding_store import embedding_matrix, update_embeddings, usable
 from facepipeline.geometry import BBox
+from facepipeline.model import FaceModel
 from facepipeline.photos import PhotoCache
 from facepipeline.sources import FolderSource, open_source
-from tests.conftest import FACES, GROUP_PHOTOS
+from tests.conftest import FACES, GROUP_PHOTOS, MODEL_ROOT, PACK
 
 T1_BOXES = {  # hand-labelled boxes of the Friends still (data/group_photos/face_boxes.csv)
     "Jennifer_Aniston": BBox(55, 258, 118, 130),
@@ -64,6 +67,17 @@ def test_a_few_faces_keep_every_worker_busy_and_embed_as_one_worker_would(face_m
     assert all(r.ok for r in both.values()) and both.keys() == one.keys()
     for face_id, result in both.items():
         np.testing.assert_allclose(result.embedding, one[face_id].embedding, atol=1e-6)
+
+
+def test_a_model_that_cannot_import_insightface_fails_the_stage_not_each_face_simulated_unimportable(monkeypatch):
+    """A broken install (here: insightface's SCRFD module made unimportable, the one thing faked)
+    raises before any worker starts; it is not reported as one unexpected error per face."""
+    model = FaceModel.load(MODEL_ROOT, PACK)
+    monkeypatch.setitem(sys.modules, "insightface.model_zoo.scrfd", None)
+    data = (FACES / "Tony_Blair" / "Tony_Blair_0001.jpg").read_bytes()
+    with pytest.raises(ImportError):
+        list(embed_faces(model, [FaceJob("a", "p", None), FaceJob("b", "p", BBox(68, 68, 115, 115))], lambda _: data))
+    assert list(embed_faces(model, [], lambda _: data)) == []  # nothing to embed: nothing to import
 
 
 def test_matches_whole_photo_detection_without_a_tight_crop(face_model):

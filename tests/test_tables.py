@@ -1,8 +1,10 @@
 """The table store: atomic Parquet files, and decoded tables reused only while their file is unchanged."""
 
+import gc
 import os
 import subprocess
 import sys
+import weakref
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -73,3 +75,24 @@ def test_the_tables_kept_stay_under_the_byte_budget(tmp_path):
     pq.write_table(small, tmp_path / "c.parquet")
     recent.read(tmp_path / "c.parquet")  # a third small table pushes out the least recently used, a
     assert recent.read(tmp_path / "a.parquet") is not a
+
+
+def test_what_is_not_a_regular_file_reads_as_no_table(tmp_path):
+    store = TableStore(tmp_path)
+    store.path("folder").mkdir()  # a directory named like a table
+    (tmp_path / "file").write_text("not a folder")
+    assert store.read("folder") is None
+    assert TableStore(tmp_path / "file").read("faces") is None  # a path through a file
+
+
+def test_a_replaced_or_deleted_file_lets_go_of_its_table(tmp_path):
+    recent = _RecentTables(max_bytes=2**20)
+    path = tmp_path / "faces.parquet"
+    pq.write_table(_table([1, 2, 3]), path)
+    first = recent.read(path)
+    ref = weakref.ref(first)
+    del first
+    path.unlink()
+    assert recent.read(path) is None
+    gc.collect()
+    assert ref() is None  # nothing keeps the old table alive once its file is gone

@@ -6,9 +6,10 @@ import math
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -24,6 +25,16 @@ warnings.filterwarnings("ignore", message=r"`estimate` is deprecated", category=
 # cheaper than the whole photo at 640 x 640. Measured on 692 LFW photos against a full 640 pass:
 # the same faces found, landmarks within 1.1 px, as with a 2x region at 160 px for 0.64 of its cost.
 REGION_SCALE = 1.5
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    detector: Any
+    """insightface's SCRFD on our detector session."""
+    recognizer: Any
+    """insightface's ArcFaceONNX on our recognizer session."""
+    norm_crop: Callable[..., np.ndarray]
+    faces_per_call: int
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class FaceModel:
         self.batch_size = batch_size
         self.embedding_dim = int(sessions[RECOGNITION].get_outputs()[0].shape[-1])
         self._insightface_lock = threading.Lock()
+        self._runtime: _Runtime | None = None
 
     @classmethod
     def load(
@@ -100,39 +112,44 @@ class FaceModel:
     def providers(self) -> list[str]:
         return list(self.sessions[RECOGNITION].get_providers())
 
-    @cached_property
-    def _insightface(self) -> tuple:
-        """insightface's SCRFD and ArcFace wrappers on our sessions, and its alignment: made on first
-        use. With SciPy and scikit-image behind it, importing insightface costs ~0.5 s, which a
-        process that loads the model only for its fingerprint (a retrain with nothing new) skips."""
-        with self._insightface_lock:
-            if "_insightface" in self.__dict__:  # another thread made them while this one waited
-                return self.__dict__["_insightface"]
-            from insightface.model_zoo.arcface_onnx import ArcFaceONNX
-            from insightface.model_zoo.scrfd import SCRFD
-            from insightface.utils import face_align
+    def prepare(self) -> FaceModel:
+        """Make what detection and embedding need beyond the sessions; raises when it cannot.
 
-            detector = SCRFD(model_file=str(self.pack.detector.path), session=self.sessions[DETECTION])
-            detector.prepare(0, det_thresh=self.det_thresh, input_size=(self.det_size, self.det_size))
-            recognizer = ArcFaceONNX(model_file=str(self.pack.recognizer.path), session=self.sessions[RECOGNITION])
-            return detector, recognizer, face_align.norm_crop
+        That is insightface's SCRFD and ArcFace wrappers on our sessions and its alignment, and how
+        many faces a recognizer call takes. With SciPy and scikit-image behind it, importing
+        insightface costs ~0.5 s, which a process that loads the model only for its fingerprint (a
+        retrain with nothing new) never pays. ``embed_faces`` calls it before its workers start, so a
+        broken install fails the stage instead of every face; the methods below call it too.
+        """
+        if self._runtime is None:
+            with self._insightface_lock:
+                if self._runtime is None:
+                    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+                    from insightface.model_zoo.scrfd import SCRFD
+                    from insightface.utils import face_align
 
-    @cached_property
+                    detector = SCRFD(model_file=str(self.pack.detector.path), session=self.sessions[DETECTION])
+                    detector.prepare(0, det_thresh=self.det_thresh, input_size=(self.det_size, self.det_size))
+                    recognizer = ArcFaceONNX(model_file=str(self.pack.recognizer.path), session=self.sessions[RECOGNITION])
+                    # A dynamically quantised recognizer picks its int8 scales per call, from the
+                    # whole batch: a face's embedding would then depend on its batch-mates (cosine
+                    # down to 0.975 measured). Such a model runs one face per call, so an embedding
+                    # depends on its face alone.
+                    per_call = 1 if is_dynamically_quantized(self.pack.recognizer.path) else self.batch_size
+                    self._runtime = _Runtime(detector, recognizer, face_align.norm_crop, per_call)
+        return self
+
+    @property
     def faces_per_call(self) -> int:
-        """A dynamically quantised recognizer picks its int8 scales per call, from the whole batch:
-        a face's embedding would then depend on its batch-mates (cosine down to 0.975 measured).
-        Such a model runs one face per call, so an embedding depends on its face alone. Settled at
-        the first embedding: reading the graph needs ``onnx``, which a model loaded only for its
-        fingerprint never imports."""
-        return 1 if is_dynamically_quantized(self.pack.recognizer.path) else self.batch_size
+        return self.prepare()._runtime.faces_per_call
 
     @property
     def detector(self):
-        return self._insightface[0]
+        return self.prepare()._runtime.detector
 
     @property
     def recognizer(self):
-        return self._insightface[1]
+        return self.prepare()._runtime.recognizer
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Every face on a whole photo."""
@@ -187,7 +204,7 @@ class FaceModel:
 
     def align(self, image: np.ndarray, detection: Detection) -> np.ndarray:
         """The 112 x 112 crop ArcFace was trained on: a similarity transform of the five landmarks."""
-        return self._insightface[2](image, landmark=detection.landmarks, image_size=self.recognizer.input_size[0])
+        return self.prepare()._runtime.norm_crop(image, landmark=detection.landmarks, image_size=self.recognizer.input_size[0])
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """L2-normalised embeddings of aligned BGR crops, shape (N, 112, 112, 3) -> (N, dim)."""
