@@ -7,6 +7,7 @@ Read-only: it opens no training session and writes nothing but the local copy of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from facepipeline.dataset import DatasetStats, Validation, dataset_fingerprint, dataset_stats, validate_dataset
 from facepipeline.faces import VerifiedFace
@@ -31,8 +32,9 @@ class PreparedDataset:
     def faces(self) -> list[VerifiedFace]:
         return self.read.faces
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
+        """Hashed once: the faces read are not changed after preparing (a retrain asks ~4 times)."""
         return dataset_fingerprint(self.read.faces)
 
     def as_dict(self) -> dict:
