@@ -68,25 +68,27 @@ def faces_to_table(faces: Iterable[VerifiedFace]) -> pa.Table:
 
 
 def table_to_faces(table: pa.Table) -> list[VerifiedFace]:
-    faces = []
-    for row in table.to_pylist():
-        bbox = None
-        if row["bbox_width"] is not None:
-            bbox = BBox(row["bbox_x"], row["bbox_y"], row["bbox_width"], row["bbox_height"])
-        faces.append(
-            VerifiedFace(
-                face_id=row["face_id"],
-                person_id=row["person_id"],
-                person_name=row["person_name"],
-                photo_ref=row["photo_ref"],
-                bbox=bbox,
-                event_id=row["event_id"],
-                event_name=row["event_name"],
-                photo_id=row.get("photo_id"),
-                event_date=row.get("event_date"),
-            )
+    """The faces of a verified-faces table, column by column (tables written before ``photo_id`` and
+    ``event_date`` existed have neither)."""
+    names = ("face_id", "person_id", "person_name", "photo_ref", "bbox_x", "bbox_y", "bbox_width", "bbox_height",
+             "event_id", "event_name", "photo_id", "event_date")
+    columns = [table.column(name).to_pylist() if name in table.schema.names else [None] * table.num_rows for name in names]
+    return [
+        VerifiedFace(
+            face_id=face_id,
+            person_id=person_id,
+            person_name=person_name,
+            photo_ref=photo_ref,
+            bbox=None if width is None else BBox(x, y, width, height),
+            event_id=event_id,
+            event_name=event_name,
+            photo_id=photo_id,
+            event_date=event_date,
         )
-    return faces
+        for face_id, person_id, person_name, photo_ref, x, y, width, height, event_id, event_name, photo_id, event_date in zip(
+            *columns, strict=True
+        )
+    ]
 
 
 _FACTS_PREFIX = "facepipeline."

@@ -41,6 +41,8 @@ class BBox:
     def __post_init__(self) -> None:
         for name in ("x", "y", "width", "height"):
             value = getattr(self, name)
+            if type(value) is float and -MAX_COORDINATE <= value <= MAX_COORDINATE:
+                continue  # the usual case, decided at once (NaN and inf fail the comparison)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise BBoxError(f"bbox {name} must be a number, got {shown(value)}")
             # An int is compared as an int: math.isfinite would overflow on a 400-digit one.

@@ -84,10 +84,8 @@ def records_to_table(records: Iterable[PhotoRecord]) -> pa.Table:
 
 
 def records_by_ref(table: pa.Table) -> dict[str, PhotoRecord]:
-    return {
-        row["photo_ref"]: PhotoRecord(ref=row["photo_ref"], status=row["status"], sha256=row["sha256"], size=row["size"], error=row["error"])
-        for row in table.to_pylist()
-    }
+    columns = [table.column(name).to_pylist() for name in ("photo_ref", "status", "sha256", "size", "error")]
+    return {ref: PhotoRecord(ref, status, sha256, size, error) for ref, status, sha256, size, error in zip(*columns, strict=True)}
 
 
 @dataclass(frozen=True)
