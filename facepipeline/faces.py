@@ -72,7 +72,11 @@ def table_to_faces(table: pa.Table) -> list[VerifiedFace]:
     ``event_date`` existed have neither)."""
     names = ("face_id", "person_id", "person_name", "photo_ref", "bbox_x", "bbox_y", "bbox_width", "bbox_height",
              "event_id", "event_name", "photo_id", "event_date")
-    columns = [table.column(name).to_pylist() if name in table.schema.names else [None] * table.num_rows for name in names]
+    optional = ("photo_id", "event_date")
+    columns = [
+        [None] * table.num_rows if name in optional and name not in table.schema.names else table.column(name).to_pylist()
+        for name in names
+    ]
     return [
         VerifiedFace(
             face_id=face_id,
