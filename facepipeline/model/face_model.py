@@ -74,7 +74,7 @@ class FaceModel:
         self.region_det_size = region_det_size
         self.batch_size = batch_size
         self.embedding_dim = int(sessions[RECOGNITION].get_outputs()[0].shape[-1])
-        self._insightface_lock = threading.Lock()
+        self._runtime_lock = threading.Lock()
         self._runtime: _Runtime | None = None
 
     @classmethod
@@ -112,17 +112,21 @@ class FaceModel:
     def providers(self) -> list[str]:
         return list(self.sessions[RECOGNITION].get_providers())
 
-    def prepare(self) -> FaceModel:
-        """Make what detection and embedding need beyond the sessions; raises when it cannot.
+    def prepare(self) -> None:
+        """Make what detection and embedding need beyond the sessions now; raises when it cannot.
 
-        That is insightface's SCRFD and ArcFace wrappers on our sessions and its alignment, and how
-        many faces a recognizer call takes. With SciPy and scikit-image behind it, importing
-        insightface costs ~0.5 s, which a process that loads the model only for its fingerprint (a
-        retrain with nothing new) never pays. ``embed_faces`` calls it before its workers start, so a
-        broken install fails the stage instead of every face; the methods below call it too.
+        ``embed_faces`` calls it before its workers start, so a broken install fails the stage
+        instead of every face. Otherwise it happens at the first detection or embedding.
         """
+        self._ready()
+
+    def _ready(self) -> _Runtime:
+        """insightface's SCRFD and ArcFace wrappers on our sessions and its alignment, and how many
+        faces a recognizer call takes: made once, on first use. With SciPy and scikit-image behind
+        it, importing insightface costs ~0.5 s, which a process that loads the model only for its
+        fingerprint (a retrain with nothing new) never pays."""
         if self._runtime is None:
-            with self._insightface_lock:
+            with self._runtime_lock:
                 if self._runtime is None:
                     from insightface.model_zoo.arcface_onnx import ArcFaceONNX
                     from insightface.model_zoo.scrfd import SCRFD
@@ -137,19 +141,19 @@ class FaceModel:
                     # depends on its face alone.
                     per_call = 1 if is_dynamically_quantized(self.pack.recognizer.path) else self.batch_size
                     self._runtime = _Runtime(detector, recognizer, face_align.norm_crop, per_call)
-        return self
+        return self._runtime
 
     @property
     def faces_per_call(self) -> int:
-        return self.prepare()._runtime.faces_per_call
+        return self._ready().faces_per_call
 
     @property
     def detector(self):
-        return self.prepare()._runtime.detector
+        return self._ready().detector
 
     @property
     def recognizer(self):
-        return self.prepare()._runtime.recognizer
+        return self._ready().recognizer
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Every face on a whole photo."""
@@ -204,7 +208,8 @@ class FaceModel:
 
     def align(self, image: np.ndarray, detection: Detection) -> np.ndarray:
         """The 112 x 112 crop ArcFace was trained on: a similarity transform of the five landmarks."""
-        return self.prepare()._runtime.norm_crop(image, landmark=detection.landmarks, image_size=self.recognizer.input_size[0])
+        runtime = self._ready()
+        return runtime.norm_crop(image, landmark=detection.landmarks, image_size=runtime.recognizer.input_size[0])
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """L2-normalised embeddings of aligned BGR crops, shape (N, 112, 112, 3) -> (N, dim)."""
