@@ -50,6 +50,14 @@ def test_table_round_trip_keeps_boxes_and_missing_boxes():
     assert table_to_faces(faces_to_table(faces)) == faces
 
 
+def test_a_table_from_before_photo_id_and_event_date_still_reads_but_one_without_a_required_column_does_not():
+    faces = faces_for({"a": 2})
+    older = faces_to_table(faces).drop_columns(["photo_id", "event_date"])
+    assert table_to_faces(older) == [replace(f, photo_id=None, event_date=None) for f in faces]
+    with pytest.raises(KeyError, match="event_id"):
+        table_to_faces(faces_to_table(faces).drop_columns(["event_id"]))
+
+
 def test_a_face_id_listed_twice_is_an_error():
     faces = faces_for({"a": 3, "b": 3})
     result = validate_dataset(faces + [replace(faces[0], person_id="id-b", person_name="b")])
