@@ -25,6 +25,7 @@ import traceback
 import uuid
 from typing import NoReturn
 
+from cli.collector import collect_less_often
 from cli.environment import prepare_environment
 from facepipeline.errors import FacePipelineError
 from facepipeline.gallery.config import ConfigError
@@ -232,6 +233,7 @@ def run() -> NoReturn:
     output that cannot be written (a full disk) fails the command with status 120, as Python's own
     exit does. Only the freeing is skipped.
     """
+    collect_less_often()  # before Dagster's imports, which are most of a command's objects
     try:
         status = main()
     except SystemExit as exc:  # argparse's --help

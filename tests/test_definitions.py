@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -148,3 +149,31 @@ def test_insightface_is_imported_by_the_first_detection_not_by_loading_the_code_
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["[] 512", "['insightface', 'onnx', 'scipy', 'skimage']"]
+
+
+
+GC_PROBE = """\
+import gc, weakref
+runs = []
+gc.callbacks.append(lambda phase, info: phase == "start" and runs.append(info["generation"]))
+keep = [[] for _ in range(20_000)]
+young = len(runs)
+class Cycle: pass
+c = Cycle(); c.me = c; gone = weakref.ref(c); del c
+more = [[] for _ in range(60_000)]
+print(gc.get_threshold()[0], young, gone() is None)
+"""
+
+
+@pytest.mark.parametrize("entry", ["definitions", "cli.main"])
+def test_the_code_location_and_the_cli_collect_young_garbage_rarely_and_still_free_cycles(entry):
+    """A full collection walks every live object, and these processes hold millions (Dagster and the
+    code location): the entry points raise the collector's thresholds before their work. 20,000 new
+    objects set off no collection; garbage in a reference cycle is still freed once 50,000 are made.
+    The CLI's probe runs as its command (``run()`` ends the process with ``os._exit``)."""
+    if entry == "definitions":
+        code = "import definitions\n" + GC_PROBE
+    else:
+        code = "import cli.main\n" f"def probe():\n{textwrap.indent(GC_PROBE, '    ')}    return 0\n" "cli.main.main = probe\ncli.main.run()\n"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["50000", "0", "True"], done.stderr[-2000:]
