@@ -4,7 +4,8 @@ A chain of N assets that do nothing, executed like ``facepipeline retrain`` exec
 ``execute_job`` on a reconstructable job, in process, on the instance of ``$DAGSTER_HOME`` (so with
 the same storage and event log), in a fresh Python process timed from spawn to exit. What is left is
 Python's start, importing Dagster and its storage, opening the instance, creating the run, and
-Dagster's own work per step (events, plan, step transitions).
+Dagster's own work per step (events, plan, step transitions). The process sets the garbage
+collector as the command does (cli/collector.py).
 
 ``bench/incremental.py`` runs it beside the retrains, with as many steps as the incremental run had.
 
@@ -19,6 +20,10 @@ import statistics
 import subprocess
 import sys
 import time
+
+from cli.collector import collect_less_often
+
+collect_less_often()  # as the facepipeline command does, before Dagster loads
 
 from dagster import DagsterInstance, Definitions, asset, define_asset_job, execute_job, reconstructable
 
