@@ -143,6 +143,7 @@ class PhotoCache:
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.objects.mkdir(parents=True, exist_ok=True)
+        self._objects_dir = str(self.objects)
         self.concurrency = max(1, concurrency)
         self.max_bytes = max_bytes
         self.policy = policy
@@ -187,6 +188,10 @@ class PhotoCache:
     def path_for(self, sha256: str) -> Path:
         return self.objects / sha256[:2] / sha256
 
+    def _holds(self, sha256: str) -> bool:
+        """``path_for(sha256).is_file()``, without building a Path: asked of every photo of every run."""
+        return os.path.isfile(os.path.join(self._objects_dir, sha256[:2], sha256))
+
     def read(self, sha256: str) -> bytes:
         return self.path_for(sha256).read_bytes()
 
@@ -209,7 +214,7 @@ class PhotoCache:
             )
         for ref in unique:
             status, sha, size, error, stamp = known.get(ref, (None,) * 5)
-            if status == "ok" and self.path_for(sha).is_file() and stamp == _source_stamp(ref):
+            if status == "ok" and self._holds(sha) and stamp == _source_stamp(ref):
                 records[ref] = PhotoRecord(ref=ref, status=status, sha256=sha, size=size, error=error)
             else:
                 missing.append(ref)
@@ -364,6 +369,8 @@ def _source_stamp(ref: str) -> str | None:
 
     URLs have none: a URL's bytes are fetched once, ever (gallery photos are immutable uploads).
     """
+    if ref[:8].lower().startswith(("http://", "https://")):
+        return None  # the usual case, decided without parsing the URL (as urlparse would decide it)
     parsed = urlparse(ref)
     if parsed.scheme.lower() != "file":
         return None

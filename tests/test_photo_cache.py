@@ -37,6 +37,19 @@ def test_photos_are_fetched_once_ever_and_failures_are_counted_not_fatal(tmp_pat
     assert photo_server.hits["/missing.jpg"] == 2
 
 
+def test_a_photo_whose_cached_copy_is_gone_is_fetched_again(tmp_path, photo_server):
+    """The manifest says a photo is cached; its file decides. One removed (a disk cleaned by hand)
+    is fetched again, the other is not."""
+    kept, removed = photo_server.add("a.jpg", JPEG), photo_server.add("b.jpg", OTHER_JPEG)
+    with PhotoCache(tmp_path / "cache", retries=0) as cache:
+        first = {r.ref: r for r in cache.fetch_all([kept, removed])}
+        cache.path_for(first[removed].sha256).unlink()
+        again = summarize(cache.fetch_all([kept, removed]))
+        assert cache.read(first[removed].sha256) == OTHER_JPEG
+    assert again.line() == "processed 2/2 photos (0 failed; 1 fetched, 1 from cache)"
+    assert photo_server.hits["/a.jpg"] == 1 and photo_server.hits["/b.jpg"] == 2
+
+
 def test_server_errors_are_retried_then_reported(tmp_path, photo_server):
     broken = photo_server.add("broken.jpg", b"oops", status=500, content_type="text/plain")
     with PhotoCache(tmp_path / "cache", retries=2) as cache:
