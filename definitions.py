@@ -13,7 +13,7 @@ import facepipeline  # noqa: F401  (first: it chooses Arrow's memory allocator b
 from dagster import Definitions, EnvVar, FilesystemIOManager
 
 from assets import recognize_assets, report_assets, retrain_assets, retrain_checks
-from cli.collector import collect_less_often
+from cli.collector import freeze_what_is_loaded
 from cli.environment import load_env_files
 from facepipeline.errors import SourceError
 from facepipeline.settings import Settings
@@ -85,6 +85,6 @@ def retrain_job_from_environment():
     return build_definitions(Settings.from_env()).resolve_job_def(retrain_job.name)
 
 
-collect_less_often()  # this module is the program of the code server and of every run worker
 load_env_files()  # the checkout's facepipeline.env defaults; real environment variables win
 defs = build_definitions(Settings.from_env())
+freeze_what_is_loaded()  # Dagster and the code location live as long as the process (cli/collector.py)

@@ -11,6 +11,7 @@ import argparse
 from dagster import DagsterInstance
 
 from assets.partitions import event_partitions, partition_key_of
+from cli.collector import collect_as_usual
 from cli.main import UsageError, print_json
 from cli.runs import CONSOLE_LOGS, first_error, materialization_metadata
 from cli.sources import event_id_arg, open_configured_source, settings_for
@@ -37,6 +38,7 @@ def recognize(args: argparse.Namespace) -> int:
     job = build_definitions(settings).resolve_job_def(recognize_job.name)
     summary: dict = {"status": "success", **dict.fromkeys(TOTALS, 0), "events": []}
     with DagsterInstance.get() as instance:
+        collect_as_usual()  # the start-up is over (cli/collector.py)
         known = set(instance.get_dynamic_partitions(event_partitions.name))
         instance.add_dynamic_partitions(event_partitions.name, [key for key in keys if key not in known])
         for key in keys:
@@ -75,6 +77,7 @@ def clusters(args: argparse.Namespace) -> int:
     if args.action != "show":
         job = build_definitions(settings).resolve_job_def(cluster_job.name)
         with DagsterInstance.get() as instance:
+            collect_as_usual()
             result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=CONSOLE_LOGS)
         if not result.success:
             raise FacePipelineError(f"clustering failed: {first_error(result)}")

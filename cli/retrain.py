@@ -9,6 +9,7 @@ import sys
 
 from dagster import execute_job, reconstructable
 
+from cli.collector import collect_as_usual
 from cli.main import print_json
 from cli.runs import CONSOLE_LOGS, first_error, materialization_metadata
 from cli.sources import options_from, settings_for
@@ -43,6 +44,7 @@ def retrain(settings: Settings, run_config: dict) -> dict:
         raise RuntimeError("the retrain job's settings must come from the environment")
     run_config = {**run_config, **CONSOLE_LOGS, "execution": {"config": {"in_process": {}}}}
     with open_instance() as instance, one_retrain_at_a_time(settings.home, instance) as tags:
+        collect_as_usual()  # the start-up is over (cli/collector.py)
         with execute_job(reconstructable(retrain_job_from_environment), instance, run_config=run_config, tags=tags) as result:
             session = _session_of(settings, result.run_id)
             if not result.success:
