@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from cli.collector import collect_less_often
+from cli.collector import collect_as_usual, collect_less_often
 
 collect_less_often()  # as the facepipeline command does, before Dagster loads
 
@@ -49,6 +49,7 @@ def floor_job():
 
 def run_once() -> None:
     with DagsterInstance.get() as instance:
+        collect_as_usual()  # as the command does once its instance is open
         config = {"execution": {"config": {"in_process": {}}}}
         with execute_job(reconstructable(floor_job), instance, run_config=config) as result:
             if not result.success:
