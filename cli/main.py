@@ -25,7 +25,7 @@ import traceback
 import uuid
 from typing import NoReturn
 
-from cli.collector import collect_less_often
+from cli.collector import collect_as_usual, collect_less_often
 from cli.environment import prepare_environment
 from facepipeline.errors import FacePipelineError
 from facepipeline.gallery.config import ConfigError
@@ -194,6 +194,8 @@ def _filter_arguments(parser: argparse.ArgumentParser) -> None:
 BAD_INPUT = (OptionsError, ConfigError, UsageError)
 """Errors of the user's input: exit status 2."""
 DEBUG_VARIABLE = "FACEPIPELINE_DEBUG"
+JOB_COMMANDS = ("cli.retrain", "cli.recognize")
+"""The modules whose commands run a job: they end their start-up themselves, once the instance is open."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
 
         check_arguments(args)  # bad options, a missing folder, an unknown source: refused before Dagster loads
         module = __import__(module_name, fromlist=[function])  # Dagster loads only once the environment is set
+        if module_name not in JOB_COMMANDS:
+            collect_as_usual()  # the start-up is over (cli/collector.py)
         return getattr(module, function)(args)
     except BAD_INPUT as exc:
         return _fail(str(exc), 2)
