@@ -189,7 +189,8 @@ class PhotoCache:
         return self.objects / sha256[:2] / sha256
 
     def _holds(self, sha256: str) -> bool:
-        """``path_for(sha256).is_file()``, without building a Path: asked of every photo of every run."""
+        """``path_for(sha256).is_file()`` (except that it never raises), without building a Path:
+        asked of every photo of every run."""
         return os.path.isfile(os.path.join(self._objects_dir, sha256[:2], sha256))
 
     def read(self, sha256: str) -> bytes:
@@ -370,8 +371,11 @@ def _source_stamp(ref: str) -> str | None:
     URLs have none: a URL's bytes are fetched once, ever (gallery photos are immutable uploads).
     """
     if ref[:8].lower().startswith(("http://", "https://")):
-        return None  # the usual case, decided without parsing the URL (as urlparse would decide it)
-    parsed = urlparse(ref)
+        return None  # the usual case, decided without parsing the URL: urlparse gives these schemes
+    try:
+        parsed = urlparse(ref)
+    except ValueError:  # "file://[x": fetching it fails, as one photo's failure
+        return None
     if parsed.scheme.lower() != "file":
         return None
     try:

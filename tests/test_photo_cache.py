@@ -50,6 +50,18 @@ def test_a_photo_whose_cached_copy_is_gone_is_fetched_again(tmp_path, photo_serv
     assert photo_server.hits["/a.jpg"] == 1 and photo_server.hits["/b.jpg"] == 2
 
 
+def test_malformed_references_fail_alone_and_upper_case_schemes_are_urls(tmp_path, photo_server):
+    """An unparsable reference (a broken IPv6 host, ``file://[``) is one failed photo, not the end
+    of the fetch; ``HTTP://`` is fetched like ``http://``."""
+    good = photo_server.add("a.jpg", JPEG)
+    shouting = good.replace("http://", "HTTP://", 1)
+    broken = ["http://[::1/a.jpg", "file://[x/a.jpg"]
+    with PhotoCache(tmp_path / "cache", retries=0) as cache:
+        records = {r.ref: r for r in cache.fetch_all([good, shouting, *broken])}
+    assert records[good].ok and records[shouting].ok and records[shouting].sha256 == records[good].sha256
+    assert all(not records[ref].ok and records[ref].error for ref in broken), {ref: records[ref].error for ref in broken}
+
+
 def test_server_errors_are_retried_then_reported(tmp_path, photo_server):
     broken = photo_server.add("broken.jpg", b"oops", status=500, content_type="text/plain")
     with PhotoCache(tmp_path / "cache", retries=2) as cache:
