@@ -23,6 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared").resolve()
 MODEL_ROOT = SHARED / "models"
 PACK = "buffalo_sc"
+
+
+def environment_without_settings(*keep: str, **settings: str) -> dict[str, str]:
+    """This process's environment for a facepipeline subprocess: no FACEPIPELINE_ or DAGSTER_
+    variable but those in ``keep``, then ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEPIPELINE_", "DAGSTER_")) or k in keep}
+    env.update(settings)
+    return env
 FACES = SHARED / "data" / "faces"
 GROUP_PHOTOS = SHARED / "data" / "group_photos"
 

@@ -1,7 +1,6 @@
 """The `facepipeline` console script, run as a user runs it: a subprocess, a persistent instance."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,15 +8,14 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from tests.conftest import MODEL_ROOT, PACK, REPO, copy_people, people_with_most_photos
+from tests.conftest import MODEL_ROOT, PACK, REPO, copy_people, environment_without_settings, people_with_most_photos
 
 SCRIPT = Path(sys.executable).with_name("facepipeline")
 
 
 def facepipeline(*args: str, home: Path, cwd: Path, model_from_env: bool = True) -> subprocess.CompletedProcess:
     # FACEPIPELINE_PHOTO_HOSTS passes: a test allows its own photo server on 127.0.0.1 with it.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEPIPELINE_", "DAGSTER_")) or k == "FACEPIPELINE_PHOTO_HOSTS"}
-    env.update(FACEPIPELINE_HOME=str(home))
+    env = environment_without_settings("FACEPIPELINE_PHOTO_HOSTS", FACEPIPELINE_HOME=str(home))
     if model_from_env:
         env.update(FACEPIPELINE_MODEL_ROOT=str(MODEL_ROOT), FACEPIPELINE_MODEL=PACK)
     return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)

@@ -9,7 +9,7 @@ import pytest
 from dagster import AssetKey
 
 from definitions import defs
-from tests.conftest import MODEL_ROOT, PACK, REPO
+from tests.conftest import MODEL_ROOT, PACK, REPO, environment_without_settings
 
 BIN = os.path.dirname(sys.executable)
 
@@ -101,8 +101,7 @@ def test_the_domain_core_imports_no_dagster():
 
 def test_real_environment_variables_win_over_the_checkouts_defaults_in_the_code_location(tmp_path):
     """``dagster dev`` imports definitions.py: the checkout's facepipeline.env fills only what is unset."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEPIPELINE_", "DAGSTER_"))}
-    env["FACEPIPELINE_SOURCE"] = f"folder:{tmp_path}"
+    env = environment_without_settings(FACEPIPELINE_SOURCE=f"folder:{tmp_path}")
     script = (
         "import os, definitions; r = definitions.defs.resources;"
         "print(r['face_source'].source, '|', r['face_model'].pack, '|', os.environ['FACEPIPELINE_HOME'])"
@@ -224,8 +223,7 @@ def test_a_cli_retrain_collects_rarely_while_it_starts_and_as_usual_during_its_r
     with the usual thresholds (the raised ones held up to 58 MiB more of cyclic garbage at 10,000
     photos). The probe replaces only the run itself."""
     (tmp_path / "faces" / "someone").mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEPIPELINE_", "DAGSTER_"))}
-    env.update(FACEPIPELINE_HOME=str(tmp_path / "home"), FACEPIPELINE_MODEL_ROOT=str(MODEL_ROOT), FACEPIPELINE_MODEL=PACK)
+    env = environment_without_settings(FACEPIPELINE_HOME=str(tmp_path / "home"), FACEPIPELINE_MODEL_ROOT=str(MODEL_ROOT), FACEPIPELINE_MODEL=PACK)
     done = subprocess.run([sys.executable, "-c", CLI_GC_PROBE, str(tmp_path / "faces")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.stdout.splitlines() == ["start-up 50000", f"run {_usual_thresholds()[0]} True"], done.stderr[-2000:]
@@ -249,7 +247,6 @@ cli.main.run()
 def test_a_command_that_runs_no_job_collects_as_usual_once_its_module_is_loaded(tmp_path):
     """``prepare``, ``config calibrate`` or ``search`` read the gallery or load the model without
     opening an instance: their start-up ends with their module's import."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEPIPELINE_", "DAGSTER_"))}
-    env.update(FACEPIPELINE_HOME=str(tmp_path / "home"))
+    env = environment_without_settings(FACEPIPELINE_HOME=str(tmp_path / "home"))
     done = subprocess.run([sys.executable, "-c", VERSIONS_GC_PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.stdout.split() == [str(_usual_thresholds()[0]), "True"], done.stderr[-2000:]

@@ -29,7 +29,15 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from tests.conftest import MODEL_ROOT, PACK, copy_people, fresh_gallery_database, people_with_most_photos, serve_http
+from tests.conftest import (
+    MODEL_ROOT,
+    PACK,
+    copy_people,
+    environment_without_settings,
+    fresh_gallery_database,
+    people_with_most_photos,
+    serve_http,
+)
 
 SCRIPT = Path(sys.executable).with_name("facepipeline")
 PASSED_ON = ("FACEPIPELINE_PHOTO_HOSTS",)  # the photo policy's allow-list, as an operator would set it
@@ -54,8 +62,9 @@ class Retrain:
 
 
 def start_retrain(source: str, home: Path, cwd: Path, *, dagster_home: Path | None = None, name: str = "retrain") -> Retrain:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEPIPELINE_", "DAGSTER_")) or k in PASSED_ON}
-    env.update(FACEPIPELINE_HOME=str(home), FACEPIPELINE_MODEL_ROOT=str(MODEL_ROOT), FACEPIPELINE_MODEL=PACK)
+    env = environment_without_settings(
+        *PASSED_ON, FACEPIPELINE_HOME=str(home), FACEPIPELINE_MODEL_ROOT=str(MODEL_ROOT), FACEPIPELINE_MODEL=PACK
+    )
     if dagster_home is not None:
         env["DAGSTER_HOME"] = str(dagster_home)
     stdout, stderr = cwd / f"{name}.out", cwd / f"{name}.err"
