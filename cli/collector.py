@@ -8,9 +8,9 @@ Measured on a retrain with nothing new (5,700 faces): about 920 collections took
 its run began and 0.4 s more during it, while freeing almost nothing.
 
 So a command starts with :func:`collect_less_often` (a collection every 50,000 new objects) and
-calls :func:`collect_as_usual` when its start-up is over (a command that runs a job: once its
-instance is open; any other: once its module is imported, ``cli.main``): what is loaded by then is
-frozen (moved out of the collector's sight, as ``gc.freeze`` does for long-lived servers)
+calls :func:`collect_as_usual` when its start-up is over (a retrain or a recognition: once its
+instance is open; any other command: once its module is imported, ``cli.main``): what is loaded by
+then is frozen (moved out of the collector's sight, as ``gc.freeze`` does for long-lived servers)
 and the usual thresholds come back. The run itself is collected as before, only without walking
 the loaded modules: its collections took 0.1 s instead of 0.4 s, and its memory stays the same.
 (Raised thresholds kept for a whole retrain held up to 58 MiB more at 10,000 photos: garbage in

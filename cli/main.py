@@ -194,8 +194,8 @@ def _filter_arguments(parser: argparse.ArgumentParser) -> None:
 BAD_INPUT = (OptionsError, ConfigError, UsageError)
 """Errors of the user's input: exit status 2."""
 DEBUG_VARIABLE = "FACEPIPELINE_DEBUG"
-JOB_COMMANDS = ("cli.retrain", "cli.recognize")
-"""The modules whose commands run a job: they end their start-up themselves, once the instance is open."""
+JOB_COMMANDS = ("cli.retrain:run", "cli.recognize:recognize")
+"""The handlers that always run a job: they end their start-up themselves, once the instance is open."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
         check_arguments(args)  # bad options, a missing folder, an unknown source: refused before Dagster loads
         module = __import__(module_name, fromlist=[function])  # Dagster loads only once the environment is set
-        if module_name not in JOB_COMMANDS:
+        if args.handler not in JOB_COMMANDS:
             collect_as_usual()  # the start-up is over (cli/collector.py)
         return getattr(module, function)(args)
     except BAD_INPUT as exc:

@@ -77,7 +77,6 @@ def clusters(args: argparse.Namespace) -> int:
     if args.action != "show":
         job = build_definitions(settings).resolve_job_def(cluster_job.name)
         with DagsterInstance.get() as instance:
-            collect_as_usual()
             result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=CONSOLE_LOGS)
         if not result.success:
             raise FacePipelineError(f"clustering failed: {first_error(result)}")

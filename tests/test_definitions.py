@@ -229,24 +229,28 @@ def test_a_cli_retrain_collects_rarely_while_it_starts_and_as_usual_during_its_r
     assert done.stdout.splitlines() == ["start-up 50000", f"run {_usual_thresholds()[0]} True"], done.stderr[-2000:]
 
 
-VERSIONS_GC_PROBE = """\
-import gc, sys
-import cli.main, cli.versions
+NO_JOB_GC_PROBE = """\
+import gc, importlib, sys
+import cli.main
+module, handler = sys.argv[1].split(":")
+module = importlib.import_module(module)
 at_start = gc.get_freeze_count()
 
-def versions(args):
+def probe(args):
     print(gc.get_threshold()[0], gc.get_freeze_count() > at_start)
     return 0
 
-cli.versions.versions = versions
-sys.argv = ["facepipeline", "versions"]
+setattr(module, handler, probe)
+sys.argv = ["facepipeline", *sys.argv[2:]]
 cli.main.run()
 """
 
 
-def test_a_command_that_runs_no_job_collects_as_usual_once_its_module_is_loaded(tmp_path):
-    """``prepare``, ``config calibrate`` or ``search`` read the gallery or load the model without
-    opening an instance: their start-up ends with their module's import."""
+@pytest.mark.parametrize("handler, command", [("cli.versions:versions", ["versions"]), ("cli.recognize:clusters", ["clusters"])])
+def test_a_command_that_runs_no_job_collects_as_usual_once_its_module_is_loaded(tmp_path, handler, command):
+    """``prepare``, ``config calibrate``, ``search`` or ``clusters`` (showing them) read the gallery
+    or load the model without opening an instance: their start-up ends with their module's import."""
     env = environment_without_settings(FACEPIPELINE_HOME=str(tmp_path / "home"))
-    done = subprocess.run([sys.executable, "-c", VERSIONS_GC_PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", NO_JOB_GC_PROBE, handler, *command], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert done.stdout.split() == [str(_usual_thresholds()[0]), "True"], done.stderr[-2000:]
