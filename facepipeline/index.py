@@ -385,17 +385,22 @@ class IndexStore(VersionedStore[IndexVersion]):
         """Every promotion, oldest first."""
         return json_lines(self.root / "promotions.jsonl")
 
-    def rollback_target(self) -> IndexVersion:
-        """The version promoted before the current one, as a stack: promotions push, rollbacks pop.
-
-        So rolling back twice goes two promotions back (v4 -> v3 -> v2), never back and forth.
-        """
+    def promotion_stack(self) -> list[int]:
+        """The promoted versions as a stack, the current one last: promotions push, rollbacks pop."""
         stack: list[int] = []
         for record in self.promotions():
             if record.get("action") == "rollback" and stack:
                 stack.pop()
             if not stack or stack[-1] != record["version"]:
                 stack.append(record["version"])
+        return stack
+
+    def rollback_target(self) -> IndexVersion:
+        """The version promoted before the current one (:meth:`promotion_stack`).
+
+        So rolling back twice goes two promotions back (v4 -> v3 -> v2), never back and forth.
+        """
+        stack = self.promotion_stack()
         if len(stack) < 2:
             current = f"v{stack[-1]}" if stack else "none"
             raise FacePipelineError(f"nothing to roll back to: the promoted version ({current}) is the first one promoted")

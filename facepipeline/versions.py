@@ -3,7 +3,12 @@
 The index store and the clustering store both keep their outputs this way. A version is written to
 a staging folder and renamed into place: a reader never sees half a version, an existing version is
 never overwritten, and two writers never get the same number (a number once taken, even by a
-folder left incomplete, is never reused).
+folder left incomplete or a version retired since, is never reused).
+
+A version is removed only by :meth:`VersionedStore.retire` (``facepipeline prune``): it is renamed
+out of the store in one step (a reader lists it whole or not at all, and files already open stay
+readable), deleted, and recorded in the store's ``retired.jsonl`` ledger with what it was, when,
+by whom and why; asking for it afterwards says so.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +28,7 @@ from typing import Generic, TypeVar
 from facepipeline.errors import FacePipelineError
 
 _VERSION_DIR = re.compile(r"^v(\d+)$")
+RETIRED_LEDGER = "retired.jsonl"
 
 
 @dataclass(frozen=True)
@@ -54,8 +61,11 @@ class VersionedStore(Generic[V]):
         found = []
         for child in self.root.iterdir():
             match = _VERSION_DIR.match(child.name)
-            if match and (child / "manifest.json").is_file():
-                found.append(self.get(int(match.group(1))))
+            if match:
+                try:
+                    found.append(self.version_type(int(match.group(1)), child, json.loads((child / "manifest.json").read_text())))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # incomplete, or retired while this listing ran
         return sorted(found, key=lambda v: v.version)
 
     def get(self, version: int) -> V:
@@ -63,8 +73,32 @@ class VersionedStore(Generic[V]):
         try:
             manifest = json.loads((path / "manifest.json").read_text())
         except FileNotFoundError as exc:
+            retired = next((r for r in reversed(self.retired()) if r["version"] == version), None)
+            if retired is not None:
+                raise FacePipelineError(
+                    f"{self.kind} v{version} was pruned on {retired['at']} by {retired['by']} ({retired['reason']})"
+                ) from exc
             raise FacePipelineError(f"{self.kind} v{version} not found in {self.root}") from exc
         return self.version_type(version, path, manifest)
+
+    def retired(self) -> list[dict]:
+        """The versions removed by :meth:`retire`, oldest first."""
+        return json_lines(self.root / RETIRED_LEDGER)
+
+    def retire(self, version: V, *, reason: str, by: str) -> int:
+        """Remove ``version`` for good and record it in the ledger; returns the bytes freed (0 when
+        it was already gone)."""
+        if not version.path.is_dir():
+            return 0
+        size = tree_bytes(version.path)
+        record = {
+            "version": version.version, "at": datetime.now(UTC).isoformat(timespec="seconds"), "by": by,
+            "reason": reason, "bytes": size, "created_at": version.manifest.get("created_at"),
+            "run_id": version.manifest.get("run_id"),
+        }
+        append_json_line(self.root / RETIRED_LEDGER, record)  # first: the number stays taken whatever happens next
+        remove_tree(version.path)
+        return size
 
     def named(self, name: str) -> V:
         """The version called ``name`` ("v3")."""
@@ -78,8 +112,9 @@ class VersionedStore(Generic[V]):
         return versions[-1] if versions else None
 
     def _taken_numbers(self) -> list[int]:
-        """Every ``vN`` folder, complete or not: a number once used is never reused."""
-        return [int(m.group(1)) for child in self.root.iterdir() if (m := _VERSION_DIR.match(child.name))]
+        """Every ``vN`` folder, complete or not, and every retired version: a number once used is never reused."""
+        present = [int(m.group(1)) for child in self.root.iterdir() if (m := _VERSION_DIR.match(child.name))]
+        return present + [record["version"] for record in self.retired()]
 
     def _publish(self, write: Callable[[Path], None], manifest: dict) -> V:
         """``write(folder)`` the version's files, then publish them as the next ``vN`` with ``manifest``
@@ -101,6 +136,34 @@ class VersionedStore(Generic[V]):
                 return self.get(number)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def tree_bytes(path: Path) -> int:
+    """The bytes of the files under ``path`` (or of ``path`` itself); 0 when it is gone."""
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a file or a folder so that nobody sees it half-deleted: it is renamed to a hidden name
+    beside it in one step, then deleted (files a reader already opened stay readable until closed)."""
+    doomed = path.with_name(f".removing-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:
+        return
+    if doomed.is_dir():
+        shutil.rmtree(doomed)
+    else:
+        doomed.unlink()
 
 
 def replace_file(path: Path, data: str | bytes) -> None:
