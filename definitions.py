@@ -19,6 +19,7 @@ from facepipeline.errors import SourceError
 from facepipeline.settings import Settings
 from facepipeline.sources.base import connection_string_in
 from jobs import cluster_job, recognize_job, retrain_job
+from jobs.prune import prune_job
 from resources import (
     ArtifactStoreResource,
     FaceModelResource,
@@ -59,7 +60,7 @@ def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
         assets=[*retrain_assets, *recognize_assets, *report_assets],
         asset_checks=retrain_checks,
-        jobs=[retrain_job, recognize_job, cluster_job],
+        jobs=[retrain_job, recognize_job, cluster_job, prune_job],
         schedules=build_schedules(settings.full_retrain_cron),
         sensors=build_sensors(settings.sensor_interval_s),
         resources={

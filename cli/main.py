@@ -126,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     rollback.set_defaults(handler="cli.versions:rollback")
 
+    prune = commands.add_parser(
+        "prune", help="remove old index and clustering versions, old runs' step outputs and dataset snapshots"
+    )
+    prune.add_argument("--keep", type=whole_number(1, 1_000_000), metavar="N",
+                       help="keep the newest N of each, the promoted version and the last N it can roll back to "
+                            "(default: facepipeline.retention.DEFAULT_KEEP, 10)")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    prune.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    prune.set_defaults(handler="cli.prune:run")
+
     config = commands.add_parser("config", help="read or change face_recognition_config")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     get = config_commands.add_parser("get", help="print the config (validated)")

@@ -5,6 +5,10 @@ A full retrain embeds every face again, a fresh start for the embeddings (after 
 model-pack upgrade, say) at the price of a full embedding pass (minutes per thousand faces on a
 CPU), so it is a deliberate choice, not a default. Its time is ``FACEPIPELINE_FULL_RETRAIN_CRON``
 (default ``0 3 * * *``, 03:00 UTC every night).
+
+``weekly_prune`` (Sundays 04:00 UTC, also stopped by default) runs the ``prune_home`` job with its
+default ``keep``: old index and clustering versions, older runs' step outputs and unneeded dataset
+snapshots go, so the home grows with the work, not with the number of runs (facepipeline.retention).
 """
 
 from dagster import DefaultScheduleStatus, ScheduleDefinition
@@ -12,6 +16,7 @@ from dagster import DefaultScheduleStatus, ScheduleDefinition
 from facepipeline.options import RetrainOptions
 from facepipeline.settings import SettingsError
 from jobs import retrain_job
+from jobs.prune import prune_job
 from resources import options_run_config
 
 
@@ -30,7 +35,15 @@ def build_schedules(cron: str) -> list[ScheduleDefinition]:
         default_status=DefaultScheduleStatus.STOPPED,
         description=f"Full retrain (every face embedded again) at {cron} UTC; stopped by default.",
     )
-    return [full_retrain]
+    prune = ScheduleDefinition(
+        name="weekly_prune",
+        job=prune_job,
+        cron_schedule="0 4 * * 0",
+        execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.STOPPED,
+        description="Prune the home to the newest versions and runs (prune_home's default keep) on Sundays at 04:00 UTC; stopped by default.",
+    )
+    return [full_retrain, prune]
 
 
 __all__ = ["build_schedules"]

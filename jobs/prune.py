@@ -1,0 +1,60 @@
+"""The ``prune_home`` job: what ``facepipeline prune`` does, from the UI or on a schedule.
+
+It removes old index and clustering versions, the step outputs of older runs and dataset snapshots
+no kept version needs (facepipeline.retention says which, and why the rest is kept). Runs still
+under way keep their outputs; the newest versions, the promoted one and those it can roll back to
+are never removed, so it can run beside a retrain.
+"""
+
+from dagster import Config, DagsterInstance, Failure, MetadataValue, Nothing, OpExecutionContext, Out, Output, RunsFilter, job, op
+from pydantic import Field
+
+from facepipeline.index import who
+from facepipeline.retention import DEFAULT_KEEP, PrunePlan, PruneReport, apply_prune, plan_prune
+from jobs.run_guard import UNDER_WAY
+from resources import ArtifactStoreResource
+
+
+def prune_home(
+    instance: DagsterInstance, artifacts: ArtifactStoreResource, *, keep: int, dry_run: bool, by: str
+) -> tuple[PrunePlan, PruneReport | None]:
+    """The plan for ``keep``, and unless ``dry_run`` what came of carrying it out."""
+    index, clusters = artifacts.index_store(), artifacts.cluster_store()
+    under_way = [run.run_id for run in instance.get_runs(RunsFilter(statuses=UNDER_WAY))]
+    plan = plan_prune(index=index, clusters=clusters, snapshots=artifacts.dataset_snapshots(),
+                      outputs=artifacts.root / "outputs", keep=keep, runs_under_way=under_way)
+    if dry_run:
+        return plan, None
+    return plan, apply_prune(plan, index=index, clusters=clusters, reason=f"pruned to the newest {keep}", by=by)
+
+
+class PruneConfig(Config):
+    keep: int = Field(default=DEFAULT_KEEP, ge=1, le=1_000_000,
+                      description="The newest N of each kept, with the promoted index version and the last N it can roll back to.")
+    dry_run: bool = Field(default=False, description="Only say what would be removed.")
+
+
+@op(out=Out(Nothing))
+def prune(context: OpExecutionContext, config: PruneConfig, artifacts: ArtifactStoreResource):
+    """Remove what the home no longer needs (module docstring)."""
+    plan, report = prune_home(context.instance, artifacts, keep=config.keep, dry_run=config.dry_run,
+                              by=f"run {context.run_id} ({who()})")
+    context.log.info(("would remove " if report is None else "removing ") + plan.line())
+    metadata = {
+        "plan": plan.line(), "bytes_planned": plan.bytes, "dry_run": config.dry_run, "kept": MetadataValue.json(plan.kept),
+        "removals": MetadataValue.md("\n".join(
+            ["| kind | name | MiB |", "| --- | --- | ---: |"]
+            + [f"| {r.kind} | {r.name} | {r.bytes / 2**20:.1f} |" for r in plan.removals]
+        )),
+    }
+    if report is not None:
+        context.log.info(report.line())
+        metadata.update(removed=len(report.removed), bytes_freed=report.bytes, failed=MetadataValue.json(report.failed))
+        if report.failed:
+            raise Failure(description=f"{report.line()}: {report.failed}", metadata=metadata)
+    yield Output(None, metadata=metadata)
+
+
+@job(name="prune_home", description="Remove old index and clustering versions, older runs' step outputs and unneeded dataset snapshots.")
+def prune_job():
+    prune()
