@@ -67,7 +67,7 @@ def home(tmp_path: Path) -> dict:
         clusters.publish(Clustering([], [], []), [], {})
     outputs = tmp_path / "outputs"
     runs = [str(uuid.uuid4()) for _ in range(5)]
-    for age, run_id in zip((500, 400, 300, 200, 100), runs):
+    for age, run_id in zip((500, 400, 300, 200, 100), runs, strict=True):
         (outputs / run_id / "step" / "result").mkdir(parents=True)
         (outputs / run_id / "step" / "result" / "x").write_bytes(b"0" * 1000)
         touch(outputs / run_id, age)
