@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prune", help="remove old index and clustering versions, old runs' step outputs and dataset snapshots"
     )
     prune.add_argument("--keep", type=whole_number(1, 1_000_000), metavar="N",
-                       help="keep the newest N of each, the promoted version and the last N it can roll back to "
+                       help="keep the newest N of each, the promoted version and the N it can roll back to "
                             "(default: facepipeline.retention.DEFAULT_KEEP, 10)")
     prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     prune.add_argument("--json", action="store_true", help="print one JSON object on stdout")

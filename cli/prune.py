@@ -18,13 +18,13 @@ def run(args: argparse.Namespace) -> int:
     keep = args.keep or DEFAULT_KEEP
     with open_instance() as instance:
         plan, report = prune_home(instance, ArtifactStoreResource(home=str(settings.home)), keep=keep,
-                                  dry_run=args.dry_run, by=who())
+                                  dry_run=args.dry_run, reason=f"facepipeline prune --keep {keep}", by=who())
     summary = {
         "dry_run": args.dry_run, "keep": keep, "plan": plan.line(), "bytes": plan.bytes, "kept": plan.kept,
         "removals": [{"kind": r.kind, "name": r.name, "path": str(r.path), "bytes": r.bytes} for r in plan.removals],
     }
     if report is not None:
-        summary.update(removed=len(report.removed), bytes_freed=report.bytes, failed=report.failed)
+        summary.update(removed=len(report.removed), bytes_freed=report.bytes, kept_after_all=report.kept, failed=report.failed)
     if args.json:
         print_json(summary)
     else:
@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {removal.kind:20} {removal.name:40} {removal.bytes / 2**20:9.1f} MiB")
         if report is not None:
             print(report.line())
+            for path, why in report.kept.items():
+                print(f"  kept after all: {path}: {why}")
             for path, why in report.failed.items():
                 print(f"  not removed: {path}: {why}")
     return 1 if report is not None and report.failed else 0

@@ -33,6 +33,7 @@ import hnswlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from filelock import FileLock
 
 from facepipeline.errors import FacePipelineError
 from facepipeline.versions import Version, VersionedStore, append_json_line, json_lines, replace_file
@@ -367,19 +368,25 @@ class IndexStore(VersionedStore[IndexVersion]):
 
         ``action`` is ``promote`` or ``rollback`` (see :meth:`rollback_target`).
         """
-        target = self.get(version)  # raises when it does not exist
-        previous = self.promoted()
-        record = {
-            "action": action,
-            "version": target.version,
-            "previous": previous.version if previous else None,
-            "by": by or who(),
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "reason": reason,
-        }
-        replace_file(self._promoted_file, json.dumps(record, indent=2, sort_keys=True))
-        append_json_line(self.root / "promotions.jsonl", record)
+        with self.promotion_lock():  # pruning does not remove the version between this look and the switch
+            target = self.get(version)  # raises when it does not exist (or was pruned)
+            previous = self.promoted()
+            record = {
+                "action": action,
+                "version": target.version,
+                "previous": previous.version if previous else None,
+                "by": by or who(),
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "reason": reason,
+            }
+            replace_file(self._promoted_file, json.dumps(record, indent=2, sort_keys=True))
+            append_json_line(self.root / "promotions.jsonl", record)
         return record
+
+    def promotion_lock(self) -> FileLock:
+        """Held while the promoted version changes, and while pruning decides to remove a version."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(self.root / ".promotion.lock", timeout=60)
 
     def promotions(self) -> list[dict]:
         """Every promotion, oldest first."""

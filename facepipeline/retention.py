@@ -7,17 +7,22 @@ under ``outputs/<run id>/`` (what re-executing that run from a failed step reloa
 dataset a snapshot under ``datasets/``. So the home grows with the number of runs, not with the
 work. Pruning bounds it, with one number, ``keep``:
 
-- **index versions**: the newest ``keep``, the promoted one, and the last ``keep`` versions of the
-  promotion stack (what ``facepipeline rollback`` goes back to);
+- **index versions**: the newest ``keep``, the promoted one, the ``keep`` versions before it on the
+  promotion stack (what ``facepipeline rollback`` goes back to), and the newest one built from
+  every verified face (the ``auto_retrain`` sensor counts new faces against it);
 - **clustering versions**: the newest ``keep`` (rejections name clusters of the latest);
-- **run outputs**: those of runs still under way and of the ``keep`` most recent runs;
+- **run outputs**: those of the ``keep`` most recent runs, of runs still under way and of the runs
+  these re-execute (a re-execution from a failed step reloads its parent's outputs);
 - **dataset snapshots**: those of the kept index versions and the ``keep`` most recent (each index
   version holds its own copy of its dataset as well).
 
 A retired version is recorded in its store's ledger (:meth:`VersionedStore.retire`); the rest is
 derived data that a later run makes again when it needs it. The plan is made first and shown
-(``--dry-run`` stops there); removal is file by file, each one atomic, and a failure to remove one
-is reported without stopping the others.
+(``--dry-run`` stops there); removal is item by item, each one atomic, and a failure to remove one
+is reported without stopping the others. Each item is looked at again just before it goes: an
+index version promoted since the plan (checked under the store's promotion lock, which ``promote``
+takes too), or a snapshot or run folder written since the plan (a retrain that started meanwhile),
+is kept. Leftovers of a removal that was interrupted (``.removing-*``) are removed.
 """
 
 from __future__ import annotations
@@ -28,19 +33,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from facepipeline.auto_retrain import latest_complete
 from facepipeline.clustering import ClusterStore
-from facepipeline.index import IndexStore
+from facepipeline.index import IndexStore, IndexVersion
 from facepipeline.tables import TableStore
-from facepipeline.versions import Version, VersionedStore, remove_tree, tree_bytes
+from facepipeline.versions import REMOVING_PREFIX, Version, remove_tree, tree_bytes
 
 DEFAULT_KEEP = 10
 INDEX_VERSION = "index version"
 CLUSTERING_VERSION = "clustering version"
 RUN_OUTPUTS = "run outputs"
 DATASET_SNAPSHOT = "dataset snapshot"
-KINDS = (INDEX_VERSION, CLUSTERING_VERSION, RUN_OUTPUTS, DATASET_SNAPSHOT)
+LEFTOVER = "unfinished removal"
+KINDS = (INDEX_VERSION, CLUSTERING_VERSION, RUN_OUTPUTS, DATASET_SNAPSHOT, LEFTOVER)
 _PLURAL = {INDEX_VERSION: "index versions", CLUSTERING_VERSION: "clustering versions", RUN_OUTPUTS: "runs' outputs",
-           DATASET_SNAPSHOT: "dataset snapshots"}
+           DATASET_SNAPSHOT: "dataset snapshots", LEFTOVER: "unfinished removals"}
 
 _RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SNAPSHOT = re.compile(r"^([0-9a-f]{16,64})\.parquet$")
@@ -55,6 +62,8 @@ class Removal:
     bytes: int
     version: Version | None = None
     """The version itself, for an index or clustering version."""
+    mtime_ns: int | None = None
+    """When a snapshot or a run's folder was last written, at the plan: written since, it is kept."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,8 @@ class PrunePlan:
 @dataclass
 class PruneReport:
     removed: list[Removal] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)
+    """Path -> why it stayed after all (it changed since the plan)."""
     failed: dict[str, str] = field(default_factory=dict)
     """Path -> why it could not be removed."""
 
@@ -89,17 +100,18 @@ class PruneReport:
 
     def line(self) -> str:
         text = f"removed {len(self.removed)} item(s), {_mib(self.bytes)} freed"
+        text += f"; {len(self.kept)} kept after all (changed since the plan)" if self.kept else ""
         return text + (f"; {len(self.failed)} could not be removed" if self.failed else "")
 
 
 def plan_prune(
     *, index: IndexStore, clusters: ClusterStore, snapshots: TableStore, outputs: Path, keep: int,
-    runs_under_way: Iterable[str],
+    runs_kept: Iterable[str],
 ) -> PrunePlan:
     """What pruning to ``keep`` would remove (module docstring); nothing is touched.
 
-    ``runs_under_way``: the ids of runs not finished yet (queued, starting, started, canceling);
-    their outputs are kept whatever their age.
+    ``runs_kept``: runs whose outputs stay whatever their age: those not finished yet (queued,
+    starting, started, canceling) and the runs they re-execute.
     """
     if keep < 1:
         raise ValueError(f"keep must be at least 1 (the newest version is always kept), got {keep}")
@@ -107,11 +119,7 @@ def plan_prune(
     kept: dict[str, list[str]] = {}
 
     index_versions = index.versions()
-    promoted = index.promoted()
-    protected = {v.version for v in index_versions[-keep:]} | set(index.promotion_stack()[-keep:])
-    if promoted is not None:
-        protected.add(promoted.version)
-    kept_index = _versions(index_versions, protected, INDEX_VERSION, removals)
+    kept_index = _versions(index_versions, protected_index_versions(index, keep, index_versions), INDEX_VERSION, removals)
     kept[INDEX_VERSION] = [v.name for v in kept_index]
 
     clusterings = clusters.versions()
@@ -119,43 +127,79 @@ def plan_prune(
         v.name for v in _versions(clusterings, {v.version for v in clusterings[-keep:]}, CLUSTERING_VERSION, removals)
     ]
 
-    under_way = set(runs_under_way)
+    protected_runs = set(runs_kept)
     runs = _newest_first(p for p in _children(outputs) if p.is_dir() and _RUN_ID.match(p.name))
     kept[RUN_OUTPUTS] = []
-    for rank, path in enumerate(runs):
-        if rank < keep or path.name in under_way:
+    for rank, (path, mtime_ns) in enumerate(runs):
+        if rank < keep or path.name in protected_runs:
             kept[RUN_OUTPUTS].append(path.name)
         else:
-            removals.append(Removal(RUN_OUTPUTS, path.name, path, tree_bytes(path)))
+            removals.append(Removal(RUN_OUTPUTS, path.name, path, tree_bytes(path), mtime_ns=mtime_ns))
 
     needed = {v.manifest.get("dataset_fingerprint") for v in kept_index}
     files = _newest_first(p for p in _children(snapshots.root) if _SNAPSHOT.match(p.name))
     kept[DATASET_SNAPSHOT] = []
-    for rank, path in enumerate(files):
+    for rank, (path, mtime_ns) in enumerate(files):
         fingerprint = _SNAPSHOT.match(path.name).group(1)
         if rank < keep or fingerprint in needed:
             kept[DATASET_SNAPSHOT].append(fingerprint)
         else:
-            removals.append(Removal(DATASET_SNAPSHOT, fingerprint, path, tree_bytes(path)))
+            removals.append(Removal(DATASET_SNAPSHOT, fingerprint, path, tree_bytes(path), mtime_ns=mtime_ns))
+
+    for folder in (index.root, clusters.root, outputs, snapshots.root):
+        for path in _children(folder):
+            if path.name.startswith(REMOVING_PREFIX):
+                removals.append(Removal(LEFTOVER, path.name, path, tree_bytes(path)))
     return PrunePlan(keep, tuple(removals), kept)
 
 
+def protected_index_versions(index: IndexStore, keep: int, versions: list[IndexVersion] | None = None) -> set[int]:
+    """The numbers of the index versions that pruning to ``keep`` leaves alone (module docstring)."""
+    versions = index.versions() if versions is None else versions
+    protected = {v.version for v in versions[-keep:]} | set(index.promotion_stack()[-(keep + 1):])
+    for version in (index.promoted(), latest_complete(index)):
+        if version is not None:
+            protected.add(version.version)
+    return protected
+
+
 def apply_prune(plan: PrunePlan, *, index: IndexStore, clusters: ClusterStore, reason: str, by: str) -> PruneReport:
-    """Remove what ``plan`` lists, each item on its own: one that cannot be removed is reported in
-    :attr:`PruneReport.failed` and the others still go."""
-    stores: dict[str, VersionedStore] = {INDEX_VERSION: index, CLUSTERING_VERSION: clusters}
+    """Remove what ``plan`` lists, each item on its own: one that changed since the plan stays
+    (:attr:`PruneReport.kept`), one that cannot be removed is reported (:attr:`PruneReport.failed`),
+    and the others still go."""
     report = PruneReport()
     for removal in plan.removals:
         try:
-            if removal.version is not None:
-                stores[removal.kind].retire(removal.version, reason=reason, by=by)
-            else:
-                remove_tree(removal.path)
+            why_kept = _remove(removal, plan.keep, index=index, clusters=clusters, reason=reason, by=by)
         except OSError as exc:
             report.failed[str(removal.path)] = f"{type(exc).__name__}: {exc.strerror or exc}"
             continue
-        report.removed.append(removal)
+        if why_kept:
+            report.kept[str(removal.path)] = why_kept
+        else:
+            report.removed.append(removal)
     return report
+
+
+def _remove(removal: Removal, keep: int, *, index: IndexStore, clusters: ClusterStore, reason: str, by: str) -> str | None:
+    """Remove one planned item, unless it changed since the plan: then why it stays."""
+    if removal.kind == INDEX_VERSION:
+        with index.promotion_lock():  # no promotion or rollback between this look and the removal
+            if removal.version.version in protected_index_versions(index, keep):
+                return "promoted since the plan"
+            index.retire(removal.version, reason=reason, by=by)
+        return None
+    if removal.kind == CLUSTERING_VERSION:
+        clusters.retire(removal.version, reason=reason, by=by)
+        return None
+    if removal.mtime_ns is not None:
+        try:
+            if os.stat(removal.path).st_mtime_ns != removal.mtime_ns:
+                return "written since the plan"
+        except FileNotFoundError:
+            return None
+    remove_tree(removal.path)
+    return None
 
 
 def _versions(versions: list[Version], protected: set[int], kind: str, removals: list[Removal]) -> list[Version]:
@@ -175,15 +219,15 @@ def _children(folder: Path) -> list[Path]:
         return []
 
 
-def _newest_first(paths: Iterable[Path]) -> list[Path]:
-    """By modification time, newest first; the name breaks ties, so the order is stable."""
+def _newest_first(paths: Iterable[Path]) -> list[tuple[Path, int]]:
+    """With their modification times, newest first; the name breaks ties, so the order is stable."""
     stamped = []
     for path in paths:
         try:
             stamped.append((os.stat(path).st_mtime_ns, path.name, path))
         except FileNotFoundError:
             continue
-    return [path for *_, path in sorted(stamped, reverse=True)]
+    return [(path, mtime_ns) for mtime_ns, _, path in sorted(stamped, reverse=True)]
 
 
 def _mib(size: int) -> str:

@@ -29,6 +29,8 @@ from facepipeline.errors import FacePipelineError
 
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 RETIRED_LEDGER = "retired.jsonl"
+REMOVING_PREFIX = ".removing-"
+"""What :func:`remove_tree` renames an item to before deleting it (a leftover tells an interrupted removal)."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def tree_bytes(path: Path) -> int:
 def remove_tree(path: Path) -> None:
     """Delete a file or a folder so that nobody sees it half-deleted: it is renamed to a hidden name
     beside it in one step, then deleted (files a reader already opened stay readable until closed)."""
-    doomed = path.with_name(f".removing-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    doomed = path.with_name(f"{REMOVING_PREFIX}{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         os.rename(path, doomed)
     except FileNotFoundError:

@@ -2,35 +2,55 @@
 
 It removes old index and clustering versions, the step outputs of older runs and dataset snapshots
 no kept version needs (facepipeline.retention says which, and why the rest is kept). Runs still
-under way keep their outputs; the newest versions, the promoted one and those it can roll back to
-are never removed, so it can run beside a retrain.
+under way keep their outputs, and so do the runs they re-execute; the newest versions, the
+promoted one and those it can roll back to are never removed, and what a retrain writes while the
+prune runs is looked at again before anything goes. One prune at a time per home.
 """
 
 from dagster import Config, DagsterInstance, Failure, MetadataValue, Nothing, OpExecutionContext, Out, Output, RunsFilter, job, op
 from pydantic import Field
 
+from filelock import FileLock, Timeout
+
+from facepipeline.errors import FacePipelineError
 from facepipeline.index import who
 from facepipeline.retention import DEFAULT_KEEP, PrunePlan, PruneReport, apply_prune, plan_prune
-from jobs.run_guard import UNDER_WAY
+from jobs.run_guard import UNDER_WAY, release_stale_runs
 from resources import ArtifactStoreResource
+
+PRUNE_LOCK = "prune.lock"
 
 
 def prune_home(
-    instance: DagsterInstance, artifacts: ArtifactStoreResource, *, keep: int, dry_run: bool, by: str
+    instance: DagsterInstance, artifacts: ArtifactStoreResource, *, keep: int, dry_run: bool, reason: str, by: str
 ) -> tuple[PrunePlan, PruneReport | None]:
     """The plan for ``keep``, and unless ``dry_run`` what came of carrying it out."""
-    index, clusters = artifacts.index_store(), artifacts.cluster_store()
-    under_way = [run.run_id for run in instance.get_runs(RunsFilter(statuses=UNDER_WAY))]
-    plan = plan_prune(index=index, clusters=clusters, snapshots=artifacts.dataset_snapshots(),
-                      outputs=artifacts.root / "outputs", keep=keep, runs_under_way=under_way)
-    if dry_run:
-        return plan, None
-    return plan, apply_prune(plan, index=index, clusters=clusters, reason=f"pruned to the newest {keep}", by=by)
+    artifacts.root.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(artifacts.root / PRUNE_LOCK, timeout=0):
+            index, clusters = artifacts.index_store(), artifacts.cluster_store()
+            plan = plan_prune(index=index, clusters=clusters, snapshots=artifacts.dataset_snapshots(),
+                              outputs=artifacts.root / "outputs", keep=keep, runs_kept=runs_to_keep(instance))
+            if dry_run:
+                return plan, None
+            return plan, apply_prune(plan, index=index, clusters=clusters, reason=reason, by=by)
+    except Timeout:
+        raise FacePipelineError(f"another prune of {artifacts.root} is in progress") from None
+
+
+def runs_to_keep(instance: DagsterInstance) -> set[str]:
+    """The runs whose step outputs stay: those under way (a killed CLI's run is reported failed
+    first) and the runs they re-execute, which they reload outputs from."""
+    release_stale_runs(instance)
+    kept = set()
+    for run in instance.get_runs(RunsFilter(statuses=UNDER_WAY)):
+        kept |= {run.run_id, run.parent_run_id, run.root_run_id}
+    return kept - {None}
 
 
 class PruneConfig(Config):
     keep: int = Field(default=DEFAULT_KEEP, ge=1, le=1_000_000,
-                      description="The newest N of each kept, with the promoted index version and the last N it can roll back to.")
+                      description="The newest N of each kept, with the promoted index version and the N it can roll back to.")
     dry_run: bool = Field(default=False, description="Only say what would be removed.")
 
 
@@ -38,7 +58,7 @@ class PruneConfig(Config):
 def prune(context: OpExecutionContext, config: PruneConfig, artifacts: ArtifactStoreResource):
     """Remove what the home no longer needs (module docstring)."""
     plan, report = prune_home(context.instance, artifacts, keep=config.keep, dry_run=config.dry_run,
-                              by=f"run {context.run_id} ({who()})")
+                              reason=f"the prune_home job, keep {config.keep}, run {context.run_id}", by=who())
     context.log.info(("would remove " if report is None else "removing ") + plan.line())
     metadata = {
         "plan": plan.line(), "bytes_planned": plan.bytes, "dry_run": config.dry_run, "kept": MetadataValue.json(plan.kept),
@@ -49,7 +69,8 @@ def prune(context: OpExecutionContext, config: PruneConfig, artifacts: ArtifactS
     }
     if report is not None:
         context.log.info(report.line())
-        metadata.update(removed=len(report.removed), bytes_freed=report.bytes, failed=MetadataValue.json(report.failed))
+        metadata.update(removed=len(report.removed), bytes_freed=report.bytes, kept_after_all=MetadataValue.json(report.kept),
+                        failed=MetadataValue.json(report.failed))
         if report.failed:
             raise Failure(description=f"{report.line()}: {report.failed}", metadata=metadata)
     yield Output(None, metadata=metadata)

@@ -26,6 +26,7 @@ from facepipeline.retention import (
     CLUSTERING_VERSION,
     DATASET_SNAPSHOT,
     INDEX_VERSION,
+    LEFTOVER,
     RUN_OUTPUTS,
     apply_prune,
     plan_prune,
@@ -51,16 +52,17 @@ def touch(path: Path, age_s: float) -> None:
 
 @pytest.fixture()
 def home(tmp_path: Path) -> dict:
-    """Six index versions (v1, v2, v4 promoted in turn, v4 the current one), three clusterings, five
-    runs' outputs (one of a run still under way, the oldest), dataset snapshots of v1..v6 and beside
-    them folders that are not a run's."""
+    """Six index versions (v1, v2, v4 promoted in turn, v4 the current one; v6, the newest, made by a
+    filtered retrain), three clusterings, five runs' outputs (the oldest is kept by the caller, as a
+    run under way), dataset snapshots of v1..v6, folders that are not a run's and the leftover of
+    an interrupted removal."""
     index, clusters = IndexStore(tmp_path / "index"), ClusterStore(tmp_path / "clusters")
     snapshots = TableStore(tmp_path / "datasets")
     for number in range(1, 7):
         fingerprint = f"{number:016x}"
         snapshots.write(fingerprint, pa.table({"face_id": [f"f{number}"]}))
         touch(snapshots.path(fingerprint), 600 - number * 60)
-        index.publish(small_index(number), {"dataset_fingerprint": fingerprint})
+        index.publish(small_index(number), {"dataset_fingerprint": fingerprint, "partial": number == 6})
     for number in (1, 2, 4):
         index.promote(number, reason="test", by="t")
     for _ in range(3):
@@ -74,12 +76,13 @@ def home(tmp_path: Path) -> dict:
     for name in ("face_descriptors", "not-a-run"):
         (outputs / name).mkdir()
         touch(outputs / name, 10_000)
+    (index.root / ".removing-v0-1-abcdef12" / "half").mkdir(parents=True)
     return {"index": index, "clusters": clusters, "snapshots": snapshots, "outputs": outputs, "runs": runs}
 
 
 def plan(home: dict, keep: int, under_way=()):
     return plan_prune(index=home["index"], clusters=home["clusters"], snapshots=home["snapshots"], outputs=home["outputs"],
-                      keep=keep, runs_under_way=under_way)
+                      keep=keep, runs_kept=under_way)
 
 
 def removed(plan_, kind: str) -> list[str]:
@@ -90,33 +93,37 @@ def listing(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
-def test_the_plan_keeps_the_newest_the_promoted_and_what_rollback_needs_and_touches_nothing(home, tmp_path):
+def test_the_plan_keeps_the_newest_the_promoted_and_what_rollback_and_the_sensor_need_and_touches_nothing(home, tmp_path):
     before = listing(tmp_path)
-    made = plan(home, keep=2, under_way=[home["runs"][0]])
+    made = plan(home, keep=1, under_way=[home["runs"][0]])
     assert listing(tmp_path) == before  # a plan removes nothing
-    # Newest two (v5, v6), the promoted one (v4) and the last two of the promotion stack (v2, v4).
+    # The newest (v6), the promoted one (v4), the one rollback goes back to (v2), and the newest
+    # built from every face (v5: v6 is filtered; the auto_retrain sensor counts new faces against v5).
     assert removed(made, INDEX_VERSION) == ["v1", "v3"]
-    assert removed(made, CLUSTERING_VERSION) == ["v1"]
-    # The two newest runs and the one under way (the oldest) keep their outputs; other folders are not runs.
-    assert removed(made, RUN_OUTPUTS) == sorted(home["runs"][1:3])
-    # Snapshots: those of the kept versions (v2, v4, v5, v6); the newest two are v5's and v6's.
+    assert removed(made, CLUSTERING_VERSION) == ["v1", "v2"]
+    # The newest run and the one kept by the caller (the oldest) keep their outputs; other folders are not runs.
+    assert removed(made, RUN_OUTPUTS) == sorted(home["runs"][1:4])
+    # Snapshots: those of the kept versions (v2, v4, v5, v6).
     assert removed(made, DATASET_SNAPSHOT) == [f"{1:016x}", f"{3:016x}"]
+    assert removed(made, LEFTOVER) == [".removing-v0-1-abcdef12"]
     assert made.bytes == sum(r.bytes for r in made.removals) and made.bytes > 0
     assert "index versions 2" in made.line() and "keeping index versions 4" in made.line()
+    # With a larger keep, more of the promotion stack stays: v1 is what a second rollback reaches.
+    assert removed(plan(home, keep=2), INDEX_VERSION) == ["v3"]
     with pytest.raises(ValueError, match="at least 1"):
         plan(home, keep=0)
 
 
 def test_pruning_removes_the_plan_records_the_versions_and_never_reuses_their_numbers(home, tmp_path):
     index: IndexStore = home["index"]
-    made = plan(home, keep=2, under_way=[home["runs"][0]])
+    made = plan(home, keep=1, under_way=[home["runs"][0]])
     report = apply_prune(made, index=index, clusters=home["clusters"], reason="test prune", by="tester")
-    assert not report.failed and len(report.removed) == len(made.removals) and report.bytes == made.bytes
+    assert not report.failed and not report.kept and len(report.removed) == len(made.removals) and report.bytes == made.bytes
     assert [v.name for v in index.versions()] == ["v2", "v4", "v5", "v6"]
-    assert [v.name for v in home["clusters"].versions()] == ["v2", "v3"]
+    assert [v.name for v in home["clusters"].versions()] == ["v3"]
     assert sorted(p.name for p in home["outputs"].iterdir()) == sorted(
-        [home["runs"][0], *home["runs"][3:], "face_descriptors", "not-a-run"])
-    assert not list(tmp_path.rglob(".removing-*"))  # nothing left half-removed
+        [home["runs"][0], home["runs"][4], "face_descriptors", "not-a-run"])
+    assert not list(tmp_path.rglob(".removing-*"))  # nothing left half-removed, the old leftover gone too
     ledger = index.retired()
     assert [r["version"] for r in ledger] == [1, 3] and {r["by"] for r in ledger} == {"tester"}
     assert all(r["bytes"] > 0 and r["reason"] == "test prune" for r in ledger)
@@ -127,8 +134,21 @@ def test_pruning_removes_the_plan_records_the_versions_and_never_reuses_their_nu
     # Numbers are never given again, even the newest one's once it is gone.
     index.retire(index.get(6), reason="test", by="tester")
     assert index.publish(small_index(7), {}).name == "v7"
-    # Pruned once, the same keep finds no version more to remove (v2, v4, v5, v7 are all needed).
-    assert removed(plan(home, keep=2), INDEX_VERSION) == [] and removed(plan(home, keep=2), CLUSTERING_VERSION) == []
+    # v7, the newest, is built from every face: v5 is no longer what the sensor counts against.
+    assert removed(plan(home, keep=1), INDEX_VERSION) == ["v5"] and removed(plan(home, keep=1), CLUSTERING_VERSION) == []
+
+
+def test_what_changed_since_the_plan_is_kept(home):
+    index: IndexStore = home["index"]
+    made = plan(home, keep=1, under_way=[home["runs"][0]])
+    index.promote(3, reason="promoted while the prune was planned", by="someone")
+    snapshot = home["snapshots"].path(f"{1:016x}")
+    home["snapshots"].write(f"{1:016x}", pa.table({"face_id": ["again"]}))  # a retrain read that dataset again
+    (home["outputs"] / home["runs"][1] / "another_step").mkdir()  # a run re-executed into that folder
+    report = apply_prune(made, index=index, clusters=home["clusters"], reason="test", by="t")
+    assert set(report.kept) == {str(index.root / "v3"), str(snapshot), str(home["outputs"] / home["runs"][1])}
+    assert [v.name for v in index.versions()] == ["v2", "v3", "v4", "v5", "v6"] and index.promoted().name == "v3"
+    assert snapshot.is_file() and not (home["outputs"] / home["runs"][2]).exists()
 
 
 def test_a_version_being_removed_is_not_listed_half_there(tmp_path):
@@ -163,7 +183,9 @@ def test_the_prune_job_and_command_bound_a_home_and_the_next_retrain_goes_on_fro
         assert {p.name for p in outputs.iterdir()} >= set(runs)  # each retrain left its embedding steps' outputs
         index = IndexStore(settings.home / "index")
         assert [v.name for v in index.versions()] == ["v1", "v2", "v3"] and index.promoted().name == "v3"
-        under_way = instance.add_run(DagsterRun(job_name="retrain", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED))
+        # A re-execution of the first run, under way: it reloads the first run's outputs, which stay.
+        under_way = instance.add_run(DagsterRun(job_name="retrain", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
+                                                parent_run_id=runs[0], root_run_id=runs[0]))
         (outputs / under_way.run_id / "step").mkdir(parents=True)
         touch(outputs / under_way.run_id, 3600)
 
@@ -172,8 +194,8 @@ def test_the_prune_job_and_command_bound_a_home_and_the_next_retrain_goes_on_fro
                              env=env, cwd=tmp_path, timeout=300)
         assert dry.returncode == 0, dry.stderr[-2000:]
         told = json.loads(dry.stdout)
-        assert told["dry_run"] and sorted(r["name"] for r in told["removals"] if r["kind"] == INDEX_VERSION) == ["v1", "v2"]
-        assert sorted(r["name"] for r in told["removals"] if r["kind"] == RUN_OUTPUTS) == sorted(runs[:2])
+        assert told["dry_run"] and [r["name"] for r in told["removals"] if r["kind"] == INDEX_VERSION] == ["v1"]
+        assert [r["name"] for r in told["removals"] if r["kind"] == RUN_OUTPUTS] == [runs[1]]
         assert [v.name for v in index.versions()] == ["v1", "v2", "v3"]  # a dry run removes nothing
 
         job = build_definitions(settings).resolve_job_def("prune_home")
@@ -182,10 +204,11 @@ def test_the_prune_job_and_command_bound_a_home_and_the_next_retrain_goes_on_fro
         [output] = [e for e in pruned.all_events if e.event_type_value == "STEP_OUTPUT"]
         metadata = {key: value.value for key, value in output.step_output_data.metadata.items()}
         assert metadata["removed"] == len(told["removals"]) and metadata["bytes_freed"] == told["bytes"] > 0
-        assert [v.name for v in index.versions()] == ["v3"]
-        assert {p.name for p in outputs.iterdir() if p.name in runs or p.name == under_way.run_id} == {runs[2], under_way.run_id}
-        with pytest.raises(FacePipelineError, match="v2 was pruned"):
-            index.rollback_target()
+        assert [v.name for v in index.versions()] == ["v2", "v3"] and index.rollback_target().name == "v2"
+        assert {p.name for p in outputs.iterdir() if p.name in runs or p.name == under_way.run_id} == {
+            runs[0], runs[2], under_way.run_id}
+        with pytest.raises(FacePipelineError, match=r"v1 was pruned on .* \(the prune_home job, keep 1, run "):
+            index.get(1)
 
         again = subprocess.run([str(SCRIPT), "prune", "--keep", "1"], capture_output=True, text=True, env=env, cwd=tmp_path,
                                timeout=300)
@@ -196,3 +219,19 @@ def test_the_prune_job_and_command_bound_a_home_and_the_next_retrain_goes_on_fro
         [materialization] = after.asset_materializations_for_node("face_index")
         assert materialization.metadata["index_version"].value == "v4"  # v1 and v2 stay taken
         assert "extended v3" in materialization.metadata["build"].value
+
+
+def test_one_prune_at_a_time_per_home(tmp_path):
+    from filelock import FileLock
+
+    from jobs.prune import PRUNE_LOCK, prune_home
+    from resources import ArtifactStoreResource
+
+    artifacts = ArtifactStoreResource(home=str(tmp_path / "home"))
+    (tmp_path / "dagster").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "dagster"), overrides={"telemetry": {"enabled": False}}) as instance:
+        plan_, report = prune_home(instance, artifacts, keep=1, dry_run=False, reason="test", by="t")
+        assert plan_.removals == () and report.removed == []  # an empty home: nothing to do, no error
+        with FileLock(artifacts.root / PRUNE_LOCK):
+            with pytest.raises(FacePipelineError, match="another prune of .* is in progress"):
+                prune_home(instance, artifacts, keep=1, dry_run=True, reason="test", by="t")
