@@ -3,7 +3,7 @@ from pydantic import Field, PrivateAttr
 
 from facepipeline.errors import SourceError
 from facepipeline.gallery.base import Gallery
-from facepipeline.gallery.postgres import PostgresGallery
+from facepipeline.gallery.postgres import KEEP_IDLE_S, PostgresGallery
 from facepipeline.sources import FaceSource, open_source
 
 
@@ -29,6 +29,11 @@ class FaceSourceResource(ConfigurableResource):
         description="Seconds one statement may run on the gallery database (Postgres' statement_timeout) before "
         "it is cancelled and the step fails, naming the timeout; write-back reports what it had committed.",
     )
+    keep_idle_s: float = Field(
+        default=KEEP_IDLE_S, ge=0, le=3600,
+        description="Seconds the gallery database connection of one operation stays open for the next one to reuse; "
+        "0 opens a connection per operation (for a pooler that drops idle clients).",
+    )
     write_batch_size: int = Field(
         default=500, ge=1, le=10_000,
         description="Rows per write-back transaction: a lost database costs at most one batch, redone by the next run.",
@@ -49,7 +54,13 @@ class FaceSourceResource(ConfigurableResource):
             )
             if isinstance(self._opened, PostgresGallery):
                 self._opened.statement_timeout_s = self.statement_timeout_s
+                self._opened.keep_idle_s = self.keep_idle_s
         return self._opened
+
+    def teardown_after_execution(self, context) -> None:
+        """The connection the gallery kept for its next operation is closed with the run (or step)."""
+        if isinstance(self._opened, PostgresGallery):
+            self._opened.close()
 
     def gallery(self) -> Gallery | None:
         """The source when it is a gallery database (it can be written to), else None."""

@@ -6,11 +6,26 @@ variable column names (the training session's) composes them with ``psycopg.sql.
 from a whitelist; no SQL text is built by formatting. JSON values go through
 :func:`~facepipeline.gallery.base.finite_json` (NaN and inf as null, which jsonb would refuse).
 
-Connections are short-lived, one per operation, opened with a connect timeout so an unreachable
-database fails fast, and run with a bounded ``statement_timeout`` (``statement_timeout_s``, 1 to
-3,600 s; the face source resource's field of that name) so a slow database or a row locked by the
-gallery app fails the step with :class:`GalleryTimeout`, naming the timeout, instead of hanging.
-Messages name ``host:port/database``, never the password.
+Connections are opened with a connect timeout so an unreachable database fails fast, and every
+operation runs with a bounded ``statement_timeout`` (``statement_timeout_s``, 1 to 3,600 s; the face
+source resource's field of that name) so a slow database or a row locked by the gallery app fails
+the step with :class:`GalleryTimeout`, naming the timeout, instead of hanging. Messages name
+``host:port/database``, never the password.
+
+A connection that ended an operation cleanly is kept open for the next one, for
+``keep_idle_s`` (default :data:`KEEP_IDLE_S`; 0 closes it after each operation): a retrain makes
+seven operations on the gallery (the config twice, the faces, the session opened and closed, the
+labels, the write-back), and over the internet each new connection costs several round trips
+(TCP, TLS, authentication) before the operation's own: at 60 ms a round trip, the seven took 2.0 s
+with a connection each and 1.3 s with one kept (``bench/gallery_latency.py``, without TLS). An idle connection is closed when its
+time is up, by a timer, so a long-lived process (the daemon, a code server) holds none for long.
+The statement that sets the timeout at the start of each operation also tells a reused connection
+that died while idle (the server restarted, a pooler dropped it): it is replaced once, at once; a
+server gone silent is given up on after ``tcp_user_timeout`` (twice the connect timeout, at least
+10 s) rather than the kernel's retransmissions. After an error, or in a forked process, a
+connection is never reused. ``keep_idle_s`` is the face source resource's field of that name. (A pool such as
+``psycopg_pool`` would keep reconnecting in the background and answer an unreachable database with
+its own timeout, not libpq's refusal; one kept connection is all a process here needs.)
 
 Write-back first asks, in one read per 5,000 rows, which rows would change (the stored
 descriptor is compared by the md5 of its binary form, so no vector travels for a row that holds it
@@ -29,9 +44,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -177,6 +196,8 @@ _UPDATE_SESSION = sql.SQL("update face_training_sessions set {assignments} where
 STATEMENT_TIMEOUT_RANGE_S = (1.0, 3600.0)
 """Bounds of the statement timeout: below a second ordinary reads fail; zero would mean none at all."""
 CONNECT_TIMEOUT_RANGE_S = (1, 300)
+KEEP_IDLE_S = 30.0
+"""How long a connection stays open after an operation for the next one to reuse."""
 
 
 _PENDING_EVENTS = """
@@ -264,9 +285,25 @@ def exact_json(bbox: BBox) -> dict[str, float]:
     return {"x": bbox.x, "y": bbox.y, "width": bbox.width, "height": bbox.height}
 
 
+@dataclass(frozen=True)
+class _IdleConnection:
+    conn: psycopg.Connection
+    since: float
+    """time.monotonic() when it went idle."""
+    pid: int
+    """The process that opened it."""
+    timer: threading.Timer
+    """Closes it when its idle time is up."""
+
+
 class PostgresGallery:
-    def __init__(self, dsn: str, *, connect_timeout_s: int = 5, statement_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, dsn: str, *, connect_timeout_s: int = 5, statement_timeout_s: float = 120.0, keep_idle_s: float = KEEP_IDLE_S
+    ) -> None:
         self._dsn = dsn
+        self.keep_idle_s = keep_idle_s
+        self._idle: _IdleConnection | None = None
+        self._idle_lock = threading.Lock()
         try:
             params = conninfo_to_dict(dsn)
         except psycopg.ProgrammingError:
@@ -317,21 +354,85 @@ class PostgresGallery:
     def _clean(self, exc: BaseException) -> str:
         return redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, [self._password, self._dsn])
 
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection]:
+    def _connect(self) -> psycopg.Connection:
         try:
             # autocommit: each ``conn.transaction()`` below is a real transaction that commits on
             # exit, not a savepoint inside one long implicit transaction.
-            conn = psycopg.connect(
+            return psycopg.connect(
                 self._dsn, autocommit=True, connect_timeout=self.connect_timeout_s, application_name="facepipeline",
                 prepare_threshold=None,  # Supabase's transaction pooler (port 6543) has no prepared statements
+                # A server gone silent (no reset: a host down, a NAT that forgot the connection) ends the
+                # connection once what was sent stays unacknowledged this long, instead of the
+                # kernel's ~15 minutes; keepalives find it while idle.
+                tcp_user_timeout=1000 * max(10, 2 * self.connect_timeout_s),
+                keepalives=1, keepalives_idle=15, keepalives_interval=5, keepalives_count=3,
             )
         except psycopg.Error as exc:
             raise GalleryUnavailable(f"cannot reach the gallery database at {self.address}: {self._clean(exc)}") from None
+
+    def _ready(self, conn: psycopg.Connection) -> None:
+        conn.execute("select set_config('statement_timeout', %s, false)", [str(round(self.statement_timeout_s * 1000))])
+
+    def _take_idle(self) -> psycopg.Connection | None:
+        """The connection kept from the last operation, if it is this process's and still fresh."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, None
+        if idle is None:
+            return None
+        idle.timer.cancel()
+        if idle.pid != os.getpid():  # a forked copy: the socket is the parent's (psycopg leaves it open)
+            return None
+        if idle.conn.closed or time.monotonic() - idle.since > self.keep_idle_s:
+            idle.conn.close()
+            return None
+        return idle.conn
+
+    def _keep_idle(self, conn: psycopg.Connection) -> None:
+        if self.keep_idle_s <= 0 or conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.close()
+            return
+        timer = threading.Timer(self.keep_idle_s, self._close_idle, args=(conn,))
+        timer.daemon = True
+        with self._idle_lock:
+            previous, self._idle = self._idle, _IdleConnection(conn, time.monotonic(), os.getpid(), timer)
+        timer.start()
+        if previous is not None:  # another thread's operation ended meanwhile: one kept is enough
+            previous.timer.cancel()
+            previous.conn.close()
+
+    def _close_idle(self, conn: psycopg.Connection) -> None:
+        with self._idle_lock:
+            if self._idle is None or self._idle.conn is not conn or self._idle.pid != os.getpid():
+                return
+            self._idle = None
+        conn.close()
+
+    def close(self) -> None:
+        """Close the connection kept for the next operation, if any (the next operation opens one)."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, None
+        if idle is not None and idle.pid == os.getpid():
+            idle.timer.cancel()
+            idle.conn.close()
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        conn = self._take_idle()
+        if conn is not None:
+            try:
+                self._ready(conn)
+            except psycopg.Error:  # it died while idle: a new one, once
+                conn.close()
+                conn = None
+        fresh = conn is None
+        if fresh:
+            conn = self._connect()
+        clean = False
         try:
-            with conn:
-                conn.execute("select set_config('statement_timeout', %s, false)", [str(round(self.statement_timeout_s * 1000))])
-                yield conn
+            if fresh:
+                self._ready(conn)
+            yield conn
+            clean = True
         except psycopg.errors.QueryCanceled as exc:  # an OperationalError, but the server is there
             if "statement timeout" in str(exc):
                 raise GalleryTimeout(
@@ -345,7 +446,10 @@ class PostgresGallery:
         except psycopg.Error as exc:
             raise GalleryError(f"the gallery database at {self.address} refused a query: {self._clean(exc)}") from None
         finally:
-            conn.close()
+            if clean:
+                self._keep_idle(conn)
+            else:
+                conn.close()
 
     def ping(self) -> None:
         with self._connection() as conn:
