@@ -8,9 +8,8 @@ prune runs is looked at again before anything goes. One prune at a time per home
 """
 
 from dagster import Config, DagsterInstance, Failure, MetadataValue, Nothing, OpExecutionContext, Out, Output, RunsFilter, job, op
-from pydantic import Field
-
 from filelock import FileLock, Timeout
+from pydantic import Field
 
 from facepipeline.errors import FacePipelineError
 from facepipeline.index import who
@@ -26,16 +25,20 @@ def prune_home(
 ) -> tuple[PrunePlan, PruneReport | None]:
     """The plan for ``keep``, and unless ``dry_run`` what came of carrying it out."""
     artifacts.root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(artifacts.root / PRUNE_LOCK, timeout=0)
     try:
-        with FileLock(artifacts.root / PRUNE_LOCK, timeout=0):
-            index, clusters = artifacts.index_store(), artifacts.cluster_store()
-            plan = plan_prune(index=index, clusters=clusters, snapshots=artifacts.dataset_snapshots(),
-                              outputs=artifacts.root / "outputs", keep=keep, runs_kept=runs_to_keep(instance))
-            if dry_run:
-                return plan, None
-            return plan, apply_prune(plan, index=index, clusters=clusters, reason=reason, by=by)
+        lock.acquire()
     except Timeout:
         raise FacePipelineError(f"another prune of {artifacts.root} is in progress") from None
+    try:
+        index, clusters = artifacts.index_store(), artifacts.cluster_store()
+        plan = plan_prune(index=index, clusters=clusters, snapshots=artifacts.dataset_snapshots(),
+                          outputs=artifacts.root / "outputs", keep=keep, runs_kept=runs_to_keep(instance))
+        if dry_run:
+            return plan, None
+        return plan, apply_prune(plan, index=index, clusters=clusters, reason=reason, by=by)
+    finally:
+        lock.release()
 
 
 def runs_to_keep(instance: DagsterInstance) -> set[str]:
