@@ -33,7 +33,7 @@ import hnswlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from facepipeline.errors import FacePipelineError
 from facepipeline.versions import Version, VersionedStore, append_json_line, json_lines, replace_file
@@ -368,7 +368,11 @@ class IndexStore(VersionedStore[IndexVersion]):
 
         ``action`` is ``promote`` or ``rollback`` (see :meth:`rollback_target`).
         """
-        with self.promotion_lock():  # pruning does not remove the version between this look and the switch
+        try:
+            lock = self.promotion_lock().acquire()  # pruning does not remove the version between this look and the switch
+        except Timeout:
+            raise FacePipelineError(f"{self.root}: the promotion lock is held (a prune removing a version?); try again") from None
+        with lock:
             target = self.get(version)  # raises when it does not exist (or was pruned)
             previous = self.promoted()
             record = {

@@ -11,8 +11,9 @@ work. Pruning bounds it, with one number, ``keep``:
   promotion stack (what ``facepipeline rollback`` goes back to), and the newest one built from
   every verified face (the ``auto_retrain`` sensor counts new faces against it);
 - **clustering versions**: the newest ``keep`` (rejections name clusters of the latest);
-- **run outputs**: those of the ``keep`` most recent runs, of runs still under way and of the runs
-  these re-execute (a re-execution from a failed step reloads its parent's outputs);
+- **run outputs**: those of the ``keep`` most recent runs, of runs still under way and of every run
+  these re-execute, up their chain of parents (a re-execution from a failed step reloads the
+  outputs it does not make again from its nearest ancestor that made them);
 - **dataset snapshots**: those of the kept index versions and the ``keep`` most recent (each index
   version holds its own copy of its dataset as well).
 
@@ -163,12 +164,18 @@ def protected_index_versions(index: IndexStore, keep: int, versions: list[IndexV
     return protected
 
 
-def apply_prune(plan: PrunePlan, *, index: IndexStore, clusters: ClusterStore, reason: str, by: str) -> PruneReport:
+def apply_prune(
+    plan: PrunePlan, *, index: IndexStore, clusters: ClusterStore, reason: str, by: str, runs_kept: Iterable[str] = ()
+) -> PruneReport:
     """Remove what ``plan`` lists, each item on its own: one that changed since the plan stays
     (:attr:`PruneReport.kept`), one that cannot be removed is reported (:attr:`PruneReport.failed`),
-    and the others still go."""
+    and the others still go. ``runs_kept``: as for :func:`plan_prune`, looked at again now."""
     report = PruneReport()
+    protected_runs = set(runs_kept)
     for removal in plan.removals:
+        if removal.kind == RUN_OUTPUTS and removal.name in protected_runs:
+            report.kept[str(removal.path)] = "a run under way since the plan needs it"
+            continue
         try:
             why_kept = _remove(removal, plan.keep, index=index, clusters=clusters, reason=reason, by=by)
         except OSError as exc:
@@ -186,7 +193,7 @@ def _remove(removal: Removal, keep: int, *, index: IndexStore, clusters: Cluster
     if removal.kind == INDEX_VERSION:
         with index.promotion_lock():  # no promotion or rollback between this look and the removal
             if removal.version.version in protected_index_versions(index, keep):
-                return "promoted since the plan"
+                return "promoted, or made what a rollback goes back to, since the plan"
             index.retire(removal.version, reason=reason, by=by)
         return None
     if removal.kind == CLUSTERING_VERSION:

@@ -36,19 +36,24 @@ def prune_home(
                           outputs=artifacts.root / "outputs", keep=keep, runs_kept=runs_to_keep(instance))
         if dry_run:
             return plan, None
-        return plan, apply_prune(plan, index=index, clusters=clusters, reason=reason, by=by)
+        # Looked at again: a re-execution launched while the plan was made keeps its ancestors' outputs.
+        return plan, apply_prune(plan, index=index, clusters=clusters, reason=reason, by=by,
+                                 runs_kept=runs_to_keep(instance))
     finally:
         lock.release()
 
 
 def runs_to_keep(instance: DagsterInstance) -> set[str]:
     """The runs whose step outputs stay: those under way (a killed CLI's run is reported failed
-    first) and the runs they re-execute, which they reload outputs from."""
+    first) and every run they re-execute, up their chain of parents: an output a re-execution does
+    not make again is reloaded from the nearest ancestor that made it."""
     release_stale_runs(instance)
-    kept = set()
+    kept: set[str] = set()
     for run in instance.get_runs(RunsFilter(statuses=UNDER_WAY)):
-        kept |= {run.run_id, run.parent_run_id, run.root_run_id}
-    return kept - {None}
+        while run is not None and run.run_id not in kept:
+            kept.add(run.run_id)
+            run = instance.get_run_by_id(run.parent_run_id) if run.parent_run_id else None
+    return kept
 
 
 class PruneConfig(Config):

@@ -144,7 +144,7 @@ def test_what_changed_since_the_plan_is_kept(home):
     index.promote(3, reason="promoted while the prune was planned", by="someone")
     snapshot = home["snapshots"].path(f"{1:016x}")
     home["snapshots"].write(f"{1:016x}", pa.table({"face_id": ["again"]}))  # a retrain read that dataset again
-    (home["outputs"] / home["runs"][1] / "another_step").mkdir()  # a run re-executed into that folder
+    (home["outputs"] / home["runs"][1] / "another_step").mkdir()  # that run's folder written since the plan
     report = apply_prune(made, index=index, clusters=home["clusters"], reason="test", by="t")
     assert set(report.kept) == {str(index.root / "v3"), str(snapshot), str(home["outputs"] / home["runs"][1])}
     assert [v.name for v in index.versions()] == ["v2", "v3", "v4", "v5", "v6"] and index.promoted().name == "v3"
@@ -235,3 +235,19 @@ def test_one_prune_at_a_time_per_home(tmp_path):
         with FileLock(artifacts.root / PRUNE_LOCK):
             with pytest.raises(FacePipelineError, match="another prune of .* is in progress"):
                 prune_home(instance, artifacts, keep=1, dry_run=True, reason="test", by="t")
+
+
+def test_a_re_execution_under_way_keeps_every_ancestor_it_may_reload_from(tmp_path):
+    from jobs.prune import runs_to_keep
+
+    (tmp_path / "dagster").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "dagster"), overrides={"telemetry": {"enabled": False}}) as instance:
+        chain, parent = [], None
+        for status in (DagsterRunStatus.FAILURE, DagsterRunStatus.FAILURE, DagsterRunStatus.FAILURE, DagsterRunStatus.STARTED):
+            run = instance.add_run(DagsterRun(job_name="retrain", run_id=str(uuid.uuid4()), status=status,
+                                              parent_run_id=parent, root_run_id=chain[0] if chain else None))
+            chain.append(run.run_id)
+            parent = run.run_id
+        unrelated = instance.add_run(DagsterRun(job_name="retrain", run_id=str(uuid.uuid4()), status=DagsterRunStatus.SUCCESS))
+        kept = runs_to_keep(instance)
+        assert kept == set(chain) and unrelated.run_id not in kept  # the grandparent too, not only parent and root
