@@ -79,3 +79,26 @@ def test_the_face_source_resource_closes_its_galleries_connection_after_the_run(
     assert open_sessions(gallery_dsn) == {pid}
     resource.teardown_after_execution(None)
     assert open_sessions(gallery_dsn, settle_s=5) == set()
+
+
+def test_a_silent_server_is_given_up_by_tcp_user_timeout_unless_the_connection_string_says_otherwise(gallery_dsn):
+    """What libpq was really given (a server that stops answering cannot be made here: the loopback
+    acknowledges everything; the options are read back from the live connection)."""
+
+    def options(gallery: PostgresGallery) -> dict[str, str]:
+        with gallery._connection() as conn:
+            return {o.keyword.decode(): (o.val or b"").decode() for o in conn.pgconn.info}
+
+    given = options(PostgresGallery(gallery_dsn, connect_timeout_s=7, keep_idle_s=0))
+    assert given["tcp_user_timeout"] == "14000" and given["keepalives_idle"] == "15" and given["keepalives_count"] == "3"
+    own = options(PostgresGallery(f"{gallery_dsn}?keepalives_idle=42&tcp_user_timeout=0", keep_idle_s=0))
+    assert own["keepalives_idle"] == "42" and own["tcp_user_timeout"] == "0" and own["keepalives_count"] == "3"
+
+
+def test_the_face_source_resource_hands_keep_idle_s_to_its_gallery(gallery_dsn):
+    from resources import FaceSourceResource
+
+    resource = FaceSourceResource(source="postgres", database_url=gallery_dsn, keep_idle_s=0)
+    gallery = resource.gallery()
+    assert gallery.keep_idle_s == 0
+    assert backend(gallery) != backend(gallery)  # a connection per operation

@@ -12,20 +12,21 @@ source resource's field of that name) so a slow database or a row locked by the 
 the step with :class:`GalleryTimeout`, naming the timeout, instead of hanging. Messages name
 ``host:port/database``, never the password.
 
-A connection that ended an operation cleanly is kept open for the next one, for
-``keep_idle_s`` (default :data:`KEEP_IDLE_S`; 0 closes it after each operation): a retrain makes
-seven operations on the gallery (the config twice, the faces, the session opened and closed, the
-labels, the write-back), and over the internet each new connection costs several round trips
-(TCP, TLS, authentication) before the operation's own: at 60 ms a round trip, the seven took 2.0 s
-with a connection each and 1.3 s with one kept (``bench/gallery_latency.py``, without TLS). An idle connection is closed when its
-time is up, by a timer, so a long-lived process (the daemon, a code server) holds none for long.
-The statement that sets the timeout at the start of each operation also tells a reused connection
-that died while idle (the server restarted, a pooler dropped it): it is replaced once, at once; a
-server gone silent is given up on after ``tcp_user_timeout`` (twice the connect timeout, at least
-10 s) rather than the kernel's retransmissions. After an error, or in a forked process, a
-connection is never reused. ``keep_idle_s`` is the face source resource's field of that name. (A pool such as
-``psycopg_pool`` would keep reconnecting in the background and answer an unreachable database with
-its own timeout, not libpq's refusal; one kept connection is all a process here needs.)
+A connection that ended an operation cleanly is kept open for the next one, for ``keep_idle_s``
+(default :data:`KEEP_IDLE_S`, the face source resource's field of that name; 0 closes it after
+each operation): a retrain makes seven operations on the gallery (the config twice, the faces, the
+session opened and closed, the labels, the write-back), and over the internet each new connection
+costs several round trips (TCP, TLS, authentication) before the operation's own: at 60 ms a round
+trip, the seven took 2.0 s with a connection each and 1.3 s with one kept
+(``bench/gallery_latency.py``, without TLS). An idle connection is closed when its time is up, by
+a timer, so a long-lived process (the daemon, a code server) holds none for long. The statement
+that sets the timeout at the start of each operation also tells a reused connection that died
+while idle (the server restarted, a pooler dropped it): it is replaced once, at once; a server
+gone silent is given up on after ``tcp_user_timeout`` (twice the connect timeout, at least 10 s,
+unless the connection string sets it) rather than the kernel's retransmissions. After an error,
+or in a forked process, a connection is never reused. (A pool such as ``psycopg_pool`` would keep
+reconnecting in the background and answer an unreachable database with its own timeout, not
+libpq's refusal; one kept connection is all a process here needs.)
 
 Write-back first asks, in one read per 5,000 rows, which rows would change (the stored
 descriptor is compared by the md5 of its binary form, so no vector travels for a row that holds it
@@ -314,6 +315,7 @@ class PostgresGallery:
         self._database = params.get("dbname") or self._user
         self.address = f"{self.where}/{self._database}"
         """host:port/database: what every error names (never the user's password)."""
+        self._dsn_keys = set(params)
         self.connect_timeout_s = connect_timeout_s
         self.statement_timeout_s = statement_timeout_s
 
@@ -361,14 +363,19 @@ class PostgresGallery:
             return psycopg.connect(
                 self._dsn, autocommit=True, connect_timeout=self.connect_timeout_s, application_name="facepipeline",
                 prepare_threshold=None,  # Supabase's transaction pooler (port 6543) has no prepared statements
-                # A server gone silent (no reset: a host down, a NAT that forgot the connection) ends the
-                # connection once what was sent stays unacknowledged this long, instead of the
-                # kernel's ~15 minutes; keepalives find it while idle.
-                tcp_user_timeout=1000 * max(10, 2 * self.connect_timeout_s),
-                keepalives=1, keepalives_idle=15, keepalives_interval=5, keepalives_count=3,
+                **self._liveness(),
             )
         except psycopg.Error as exc:
             raise GalleryUnavailable(f"cannot reach the gallery database at {self.address}: {self._clean(exc)}") from None
+
+    def _liveness(self) -> dict[str, int]:
+        """A server gone silent (no reset: a host down, a NAT that forgot the connection) ends the
+        connection once what was sent stays unacknowledged for ``tcp_user_timeout``, instead of after
+        the kernel's ~15 minutes of retransmissions; keepalives find it while idle. What the
+        connection string sets is its own."""
+        settings = {"tcp_user_timeout": 1000 * max(10, 2 * self.connect_timeout_s), "keepalives": 1, "keepalives_idle": 15,
+                    "keepalives_interval": 5, "keepalives_count": 3}
+        return {key: value for key, value in settings.items() if key not in self._dsn_keys}
 
     def _ready(self, conn: psycopg.Connection) -> None:
         conn.execute("select set_config('statement_timeout', %s, false)", [str(round(self.statement_timeout_s * 1000))])
