@@ -60,19 +60,23 @@ def versions(args: argparse.Namespace) -> int:
     if not listed:
         print(f"no index versions in {store.root}: run facepipeline retrain")
         return 0
-    print(f"{'':2}{'version':8}{'created (UTC)':22}{'faces':>7}{'people':>7}  {'rank-1':>7}  {'pack':12}{'checks':28}session")
+    checks_of = {row["version"]: _checks_text(row) for row in listed}
+    width = max(len("checks"), *map(len, checks_of.values())) + 2  # the column fits its longest entry
+    print(f"{'':2}{'version':8}{'created (UTC)':22}{'faces':>7}{'people':>7}  {'rank-1':>7}  {'pack':12}{'checks':{width}}session")
     for row in listed:
         rank1 = f"{row['rank1_accuracy']:.4f}" if row["rank1_accuracy"] is not None else "-"
-        checks = ", ".join(f"{name} {'ok' if ok else 'FAILED'}" for name, ok in row["checks"].items()) or "-"
-        if row["partial"]:
-            checks = "filtered; " + checks
         print(f"{'*' if row['promoted'] else ' ':2}{row['version']:8}{(row['created_at'] or '')[:19]:22}"
-              f"{row['faces'] or 0:>7}{row['people'] or 0:>7}  {rank1:>7}  {row['model_pack'] or '-':12}{checks:28}"
-              f"{row['training_session_id'] or '-'}")
+              f"{row['faces'] or 0:>7}{row['people'] or 0:>7}  {rank1:>7}  {row['model_pack'] or '-':12}"
+              f"{checks_of[row['version']]:{width}}{row['training_session_id'] or '-'}")
         for name, summary in row["failed_checks"].items():
             print(f"{'':10}{name}: {summary}")
     print("* = promoted (the version recognition uses)")
     return 0
+
+
+def _checks_text(row: dict) -> str:
+    checks = ", ".join(f"{name} {'ok' if ok else 'FAILED'}" for name, ok in row["checks"].items()) or "-"
+    return "filtered; " + checks if row["partial"] else checks
 
 
 def _version_number(text: str) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -213,6 +214,12 @@ def test_the_prune_job_and_command_bound_a_home_and_the_next_retrain_goes_on_fro
         again = subprocess.run([str(SCRIPT), "prune", "--keep", "1"], capture_output=True, text=True, env=env, cwd=tmp_path,
                                timeout=300)
         assert again.returncode == 0 and again.stdout.startswith("pruning: nothing"), again.stdout + again.stderr[-2000:]
+        listed = subprocess.run([str(SCRIPT), "versions"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        rows = [line for line in listed.stdout.splitlines() if line[2:4] in ("v1", "v2", "v3")]
+        assert [row[2:4] for row in rows] == ["v3", "v2"], listed.stdout
+        # The session column ("-": these retrains ran as plain materializations) stands apart from the
+        # checks, however long they are.
+        assert all(re.search(r"no_regression ok\s+(-|[0-9a-f-]{36})$", row) for row in rows), rows
 
         copy_people(small_faces, newcomers[3:], 4)
         after = retrain(settings, instance)
