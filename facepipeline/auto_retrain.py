@@ -88,7 +88,7 @@ def seen_face_ids(version: IndexVersion) -> set[str]:
 
 def latest_complete(store: IndexStore) -> IndexVersion | None:
     """The newest version built from every verified face (not a retrain filtered to some of them)."""
-    for version in reversed(store.versions()):
+    for version in store.newest_first():
         if not version.manifest.get("partial", False):
             return version
     return None

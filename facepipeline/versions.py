@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,17 +58,24 @@ class VersionedStore(Generic[V]):
         self.root = Path(root)
 
     def versions(self) -> list[V]:
-        if not self.root.is_dir():
-            return []
-        found = []
-        for child in self.root.iterdir():
-            match = _VERSION_DIR.match(child.name)
-            if match:
-                try:
-                    found.append(self.version_type(int(match.group(1)), child, json.loads((child / "manifest.json").read_text())))
-                except (FileNotFoundError, NotADirectoryError):
-                    continue  # incomplete, or retired while this listing ran
-        return sorted(found, key=lambda v: v.version)
+        """Every complete version, oldest first."""
+        return list(reversed(list(self.newest_first())))
+
+    def newest_first(self) -> Iterator[V]:
+        """The complete versions, newest first, each manifest read only when it is reached: the
+        newest one costs one read however many versions the store holds."""
+        try:
+            numbers = sorted((int(m.group(1)) for child in self.root.iterdir() if (m := _VERSION_DIR.match(child.name))),
+                             reverse=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for number in numbers:
+            path = self.root / f"v{number}"
+            try:
+                manifest = json.loads((path / "manifest.json").read_text())
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # incomplete, or retired while this listing ran
+            yield self.version_type(number, path, manifest)
 
     def get(self, version: int) -> V:
         path = self.root / f"v{version}"
@@ -110,8 +117,7 @@ class VersionedStore(Generic[V]):
         return self.get(int(match.group(1)))
 
     def latest(self) -> V | None:
-        versions = self.versions()
-        return versions[-1] if versions else None
+        return next(self.newest_first(), None)
 
     def _taken_numbers(self) -> list[int]:
         """Every ``vN`` folder, complete or not, and every retired version: a number once used is never reused."""

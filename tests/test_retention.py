@@ -4,6 +4,7 @@ Dagster instance, real retrains."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -160,6 +161,17 @@ def test_a_version_being_removed_is_not_listed_half_there(tmp_path):
     (index.root / "v9").write_text("not a folder")
     assert [v.name for v in index.versions()] == ["v1", "v3"]
     assert index.publish(small_index(4), {}).name == "v10"  # v2 and v9 stay taken
+
+
+def test_the_latest_version_is_found_without_reading_every_manifest(tmp_path):
+    from facepipeline.auto_retrain import latest_complete
+
+    index = IndexStore(tmp_path / "index")
+    for seed in range(4):
+        index.publish(small_index(seed), {"partial": seed == 3})
+    (index.root / "v1" / "manifest.json").write_text("{ damaged")  # never read: v4 and v3 answer first
+    assert index.latest().name == "v4" and latest_complete(index).name == "v3"
+    assert [v.name for v in itertools.islice(index.newest_first(), 2)] == ["v4", "v3"]
 
 
 # --- the job and the command on a real instance, after real retrains ---------------------------------
