@@ -18,6 +18,9 @@ are not JSON, and jsonb refuses them.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -27,6 +30,10 @@ from typing import Any
 
 from facepipeline.gallery.base import Gallery, GalleryError, GalleryUnavailable, finite_json, json_text
 from facepipeline.versions import replace_file
+
+
+OPEN_MARKERS = "open"
+"""The folder of ``SessionHistory``'s markers of open sessions, one empty file per run id."""
 
 
 def _now() -> str:
@@ -53,9 +60,22 @@ class SessionRecord:
     def error(self) -> str | None:
         return (self.fields.get("metrics") or {}).get("error")
 
+    @property
+    def is_open(self) -> bool:
+        """Still running, or not yet in the gallery as it is here: what a later retrain looks at."""
+        return self.status == "running" or not self.synced
+
 
 class SessionHistory:
-    """The local ledger of sessions, one JSON file each, newest first when listed."""
+    """The local ledger of sessions, one JSON file each, newest first when listed.
+
+    What every retrain looks for, the sessions still *open* (``running``, or not yet in the gallery
+    as they are here), is found through ``open/<run id>`` markers rather than by reading the whole
+    ledger, which grows by one file per run: the cost stays that of the open sessions, usually
+    none. A marker is made before an open record is written and removed after a closed one is, so
+    every open record has one; a marker left by a crash in between is dropped by the next read. A
+    ledger written before the markers gets them once, from a full read.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -65,9 +85,47 @@ class SessionHistory:
 
     def save(self, record: SessionRecord) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        marker = self.root / OPEN_MARKERS / record.run_id
+        if record.is_open:
+            self._markers()
+            marker.touch()
         # Strict JSON, NaN and inf as null: the file is read by other tools too, and its fields are
         # what gets pushed to the gallery's jsonb, which refuses them.
         replace_file(self._path(record.run_id), json_text(asdict(record), indent=2, sort_keys=True))
+        if not record.is_open:
+            marker.unlink(missing_ok=True)
+
+    def open_records(self) -> list[SessionRecord]:
+        """The sessions still running or not yet in the gallery as they are here, newest first."""
+        if not self.root.is_dir():
+            return []
+        records = []
+        for marker in self._markers().iterdir():
+            try:
+                record = self.for_run(marker.name)
+            except (OSError, ValueError, TypeError):
+                continue  # a damaged file is skipped, as list() does; its marker stays
+            if record is None or not record.is_open:
+                marker.unlink(missing_ok=True)  # left by a crash between a record and its marker
+                continue
+            records.append(record)
+        records.sort(key=lambda r: r.created_at, reverse=True)
+        return records
+
+    def _markers(self) -> Path:
+        """The markers' folder; made, for a ledger written before markers, from one full read."""
+        folder = self.root / OPEN_MARKERS
+        if folder.is_dir():
+            return folder
+        staging = Path(tempfile.mkdtemp(prefix=".open-", dir=self.root))
+        for record in self.list():
+            if record.is_open:
+                (staging / record.run_id).touch()
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another process made it first
+            shutil.rmtree(staging, ignore_errors=True)
+        return folder
 
     def for_run(self, run_id: str) -> SessionRecord | None:
         try:
@@ -133,7 +191,7 @@ class TrainingSessions:
         """Push sessions whose last state never reached the gallery; returns their ids."""
         if self.gallery is None:
             return []
-        pending = [r for r in self.history.list() if r.in_gallery and not r.synced and r.source == self.source]
+        pending = [r for r in self.history.open_records() if r.in_gallery and not r.synced and r.source == self.source]
         if not pending:
             return []
         try:

@@ -167,7 +167,7 @@ def close_orphaned_sessions(instance: DagsterInstance, sessions: TrainingSession
     The run-failure sensor does this where the daemon runs; a CLI-only deployment has no daemon.
     """
     closed = []
-    for record in sessions.history.list():
+    for record in sessions.history.open_records():
         if record.status != "running" or record.run_id == current_run_id or record.source != sessions.source:
             continue
         run = instance.get_run_by_id(record.run_id)

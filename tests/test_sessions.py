@@ -85,3 +85,52 @@ def test_creating_a_session_again_with_its_id_updates_the_one_row(own_postgres):
         assert conn.execute("select id::text, status, faces_count from face_training_sessions").fetchall() == [
             (session_id, "failed", 3)
         ]
+
+
+# -- the open sessions, found without reading the whole ledger -------------------------------------
+
+
+def _record(run_id: str, status: str, *, synced: bool, in_gallery: bool = True):
+    from facepipeline.sessions import SessionRecord
+
+    return SessionRecord(id=f"id-{run_id}", run_id=run_id, source="s", status=status, created_at=f"2026-01-01T00:00:{run_id[-2:]}",
+                         updated_at="u", in_gallery=in_gallery, synced=synced)
+
+
+def test_a_retrain_reads_only_the_open_sessions_however_long_the_ledger(tmp_path, monkeypatch):
+    history = SessionHistory(tmp_path / "history")
+    for n in range(300):
+        history.save(_record(f"run-{n:03d}", "completed", synced=True))  # closed: no marker
+    history.save(_record("run-900", "running", synced=True))
+    history.save(_record("run-901", "failed", synced=False))  # not in the gallery yet
+    history.save(_record("run-902", "completed", synced=True, in_gallery=False))  # a folder source's: closed
+    assert sorted(p.name for p in (tmp_path / "history" / "open").iterdir()) == ["run-900", "run-901"]
+
+    reads = []
+    real = SessionHistory.for_run
+    monkeypatch.setattr(SessionHistory, "for_run", lambda self, run_id: reads.append(run_id) or real(self, run_id))
+    assert [r.run_id for r in history.open_records()] == ["run-901", "run-900"]  # newest first
+    assert sorted(reads) == ["run-900", "run-901"]  # two reads, not 303
+    monkeypatch.undo()
+
+    closed = history.for_run("run-901")
+    closed.synced = True
+    history.save(closed)
+    assert [p.name for p in (tmp_path / "history" / "open").iterdir()] == ["run-900"]  # its marker went with it
+    assert [r.run_id for r in history.open_records()] == ["run-900"]
+    assert len(history.list()) == 303  # the full listing is unchanged
+
+
+def test_a_ledger_without_markers_gets_them_once_and_a_marker_left_by_a_crash_is_dropped(tmp_path):
+    import shutil
+
+    history = SessionHistory(tmp_path / "history")
+    history.save(_record("run-001", "running", synced=False))
+    history.save(_record("run-002", "completed", synced=True))
+    shutil.rmtree(tmp_path / "history" / "open")  # a ledger written before the markers
+    assert [r.run_id for r in history.open_records()] == ["run-001"]
+    assert [p.name for p in (tmp_path / "history" / "open").iterdir()] == ["run-001"]
+    (tmp_path / "history" / "open" / "run-002").touch()  # a crash between the closed record and its marker's removal
+    (tmp_path / "history" / "open" / "run-999").touch()  # or before an open record was written
+    assert [r.run_id for r in SessionHistory(tmp_path / "history").open_records()] == ["run-001"]
+    assert [p.name for p in (tmp_path / "history" / "open").iterdir()] == ["run-001"]
