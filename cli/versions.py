@@ -8,6 +8,7 @@ A switch by hand is written where the pipeline's own promotions go (``index/prom
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 
 from dagster import AssetMaterialization, DagsterInstance, MetadataValue
@@ -53,7 +54,7 @@ def describe(version: IndexVersion, promoted: IndexVersion | None) -> dict:
 def versions(args: argparse.Namespace) -> int:
     store = _store(settings_for(args))
     promoted = store.promoted()
-    listed = [describe(v, promoted) for v in reversed(store.versions())][: args.limit]
+    listed = [describe(v, promoted) for v in itertools.islice(store.newest_first(), args.limit)]
     if args.json:
         print_json({"promoted": promoted.name if promoted else None, "versions": listed, "promotions": store.promotions()})
         return 0

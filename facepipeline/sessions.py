@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,15 @@ from facepipeline.versions import replace_file
 
 OPEN_MARKERS = "open"
 """The folder of ``SessionHistory``'s markers of open sessions, one empty file per run id."""
+MARKER_GRACE_S = 60.0
+"""A marker whose record does not exist is dropped once it is this old (younger: being written)."""
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _now() -> str:
@@ -72,9 +82,13 @@ class SessionHistory:
     What every retrain looks for, the sessions still *open* (``running``, or not yet in the gallery
     as they are here), is found through ``open/<run id>`` markers rather than by reading the whole
     ledger, which grows by one file per run: the cost stays that of the open sessions, usually
-    none. A marker is made before an open record is written and removed after a closed one is, so
-    every open record has one; a marker left by a crash in between is dropped by the next read. A
-    ledger written before the markers gets them once, from a full read.
+    none. A marker is made before an open record is written (and touched again after), and removed
+    after a closed one is (and made again if the record was meanwhile written open by another
+    process), so every open record has one. A marker left by a crash in between is dropped by a
+    later read: at once when its record is closed, after :data:`MARKER_GRACE_S` when there is no
+    record (younger, the record may be being written). A ledger written before the markers gets
+    them once, from a full read. (Every process writing the ledger must run this code: an older one
+    would write open records without markers.)
     """
 
     def __init__(self, root: Path) -> None:
@@ -92,8 +106,13 @@ class SessionHistory:
         # Strict JSON, NaN and inf as null: the file is read by other tools too, and its fields are
         # what gets pushed to the gallery's jsonb, which refuses them.
         replace_file(self._path(record.run_id), json_text(asdict(record), indent=2, sort_keys=True))
-        if not record.is_open:
+        if record.is_open:
+            marker.touch()  # again: a reader may have taken it for a crash's leftover meanwhile
+        else:
             marker.unlink(missing_ok=True)
+            again = self.for_run(record.run_id)
+            if again is not None and again.is_open:  # another process wrote it open meanwhile
+                marker.touch()
 
     def open_records(self) -> list[SessionRecord]:
         """The sessions still running or not yet in the gallery as they are here, newest first."""
@@ -105,10 +124,10 @@ class SessionHistory:
                 record = self.for_run(marker.name)
             except (OSError, ValueError, TypeError):
                 continue  # a damaged file is skipped, as list() does; its marker stays
-            if record is None or not record.is_open:
+            if record is not None and record.is_open:
+                records.append(record)
+            elif record is not None or _age_s(marker) > MARKER_GRACE_S:  # a record being written has a young one
                 marker.unlink(missing_ok=True)  # left by a crash between a record and its marker
-                continue
-            records.append(record)
         records.sort(key=lambda r: r.created_at, reverse=True)
         return records
 

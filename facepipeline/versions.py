@@ -65,12 +65,11 @@ class VersionedStore(Generic[V]):
         """The complete versions, newest first, each manifest read only when it is reached: the
         newest one costs one read however many versions the store holds."""
         try:
-            numbers = sorted((int(m.group(1)) for child in self.root.iterdir() if (m := _VERSION_DIR.match(child.name))),
-                             reverse=True)
+            found = sorted(((int(m.group(1)), child) for child in self.root.iterdir() if (m := _VERSION_DIR.match(child.name))),
+                           reverse=True)
         except (FileNotFoundError, NotADirectoryError):
             return
-        for number in numbers:
-            path = self.root / f"v{number}"
+        for number, path in found:
             try:
                 manifest = json.loads((path / "manifest.json").read_text())
             except (FileNotFoundError, NotADirectoryError):

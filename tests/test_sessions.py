@@ -1,5 +1,8 @@
 """Training sessions and config when the database goes away: a real PostgreSQL, really stopped."""
 
+import os
+import time
+
 import psycopg
 import pytest
 
@@ -130,7 +133,47 @@ def test_a_ledger_without_markers_gets_them_once_and_a_marker_left_by_a_crash_is
     shutil.rmtree(tmp_path / "history" / "open")  # a ledger written before the markers
     assert [r.run_id for r in history.open_records()] == ["run-001"]
     assert [p.name for p in (tmp_path / "history" / "open").iterdir()] == ["run-001"]
-    (tmp_path / "history" / "open" / "run-002").touch()  # a crash between the closed record and its marker's removal
-    (tmp_path / "history" / "open" / "run-999").touch()  # or before an open record was written
+    markers = tmp_path / "history" / "open"
+    (markers / "run-002").touch()  # a crash between the closed record and its marker's removal
+    (markers / "run-999").touch()  # or before an open record was written, long ago
+    stale = time.time() - 120
+    os.utime(markers / "run-999", (stale, stale))
+    (markers / "run-998").touch()  # a record being written right now: its marker stays
     assert [r.run_id for r in SessionHistory(tmp_path / "history").open_records()] == ["run-001"]
+    assert sorted(p.name for p in markers.iterdir()) == ["run-001", "run-998"]
+
+
+def test_a_session_closed_while_another_process_writes_it_open_keeps_its_marker(tmp_path, monkeypatch):
+    """Two processes finishing the same dead run: one closes it, the other's push failed (open)."""
+    history = SessionHistory(tmp_path / "history")
+    history.save(_record("run-001", "running", synced=True))
+    real_replace = __import__("facepipeline.sessions", fromlist=["replace_file"]).replace_file
+
+    def closed_then_reopened(path, data):
+        real_replace(path, data)  # this process writes it closed ...
+        monkeypatch.setattr("facepipeline.sessions.replace_file", real_replace)
+        SessionHistory(tmp_path / "history").save(_record("run-001", "failed", synced=False))  # ... another, open
+
+    monkeypatch.setattr("facepipeline.sessions.replace_file", closed_then_reopened)
+    history.save(_record("run-001", "completed", synced=True))
+    assert history.for_run("run-001").is_open
     assert [p.name for p in (tmp_path / "history" / "open").iterdir()] == ["run-001"]
+    assert [r.status for r in history.open_records()] == ["failed"]
+
+
+def test_a_retrain_looks_at_the_open_sessions_without_reading_the_whole_ledger(gallery_dsn, tmp_path, monkeypatch):
+    from dagster import DagsterInstance
+
+    from jobs.run_guard import close_orphaned_sessions
+
+    gallery = PostgresGallery(gallery_dsn)
+    history = SessionHistory(tmp_path / "history")
+    for n in range(20):
+        history.save(_record(f"run-{n:03d}", "completed", synced=True))
+    sessions = TrainingSessions(history, gallery, gallery.description)
+    record = sessions.start("run-killed", {"training_mode": "full", "faces_count": 3})
+    monkeypatch.setattr(SessionHistory, "list", lambda self, limit=None: pytest.fail("the whole ledger was read"))
+    assert sessions.sync_pending() == []  # the open one is in the gallery already
+    with DagsterInstance.ephemeral() as instance:  # its run is unknown here: over, never closed
+        assert close_orphaned_sessions(instance, sessions, current_run_id="run-now") == [record.id]
+    assert history.for_run("run-killed").status == "failed" and history.open_records() == []
