@@ -128,24 +128,12 @@ def plan_prune(
         v.name for v in _versions(clusterings, {v.version for v in clusterings[-keep:]}, CLUSTERING_VERSION, removals)
     ]
 
-    protected_runs = set(runs_kept)
-    runs = _newest_first(p for p in _children(outputs) if p.is_dir() and _RUN_ID.match(p.name))
-    kept[RUN_OUTPUTS] = []
-    for rank, (path, mtime_ns) in enumerate(runs):
-        if rank < keep or path.name in protected_runs:
-            kept[RUN_OUTPUTS].append(path.name)
-        else:
-            removals.append(Removal(RUN_OUTPUTS, path.name, path, tree_bytes(path), mtime_ns=mtime_ns))
+    runs = {p.name: p for p in _children(outputs) if p.is_dir() and _RUN_ID.match(p.name)}
+    kept[RUN_OUTPUTS] = _files(runs, keep, set(runs_kept), RUN_OUTPUTS, removals)
 
+    snapshot_files = {m.group(1): p for p in _children(snapshots.root) if (m := _SNAPSHOT.match(p.name))}
     needed = {v.manifest.get("dataset_fingerprint") for v in kept_index}
-    files = _newest_first(p for p in _children(snapshots.root) if _SNAPSHOT.match(p.name))
-    kept[DATASET_SNAPSHOT] = []
-    for rank, (path, mtime_ns) in enumerate(files):
-        fingerprint = _SNAPSHOT.match(path.name).group(1)
-        if rank < keep or fingerprint in needed:
-            kept[DATASET_SNAPSHOT].append(fingerprint)
-        else:
-            removals.append(Removal(DATASET_SNAPSHOT, fingerprint, path, tree_bytes(path), mtime_ns=mtime_ns))
+    kept[DATASET_SNAPSHOT] = _files(snapshot_files, keep, needed, DATASET_SNAPSHOT, removals)
 
     for folder in (index.root, clusters.root, outputs, snapshots.root):
         for path in _children(folder):
@@ -219,6 +207,18 @@ def _versions(versions: list[Version], protected: set[int], kind: str, removals:
     return kept
 
 
+def _files(paths: dict[str, Path], keep: int, protected: set, kind: str, removals: list[Removal]) -> list[str]:
+    """Of ``paths`` (by name), the names kept: the ``keep`` newest and the ``protected``; the others
+    are added to ``removals`` with their modification time, to be looked at again before removal."""
+    kept = []
+    for rank, (name, path, mtime_ns) in enumerate(_newest_first(paths)):
+        if rank < keep or name in protected:
+            kept.append(name)
+        else:
+            removals.append(Removal(kind, name, path, tree_bytes(path), mtime_ns=mtime_ns))
+    return kept
+
+
 def _children(folder: Path) -> list[Path]:
     try:
         return list(folder.iterdir())
@@ -226,15 +226,15 @@ def _children(folder: Path) -> list[Path]:
         return []
 
 
-def _newest_first(paths: Iterable[Path]) -> list[tuple[Path, int]]:
-    """With their modification times, newest first; the name breaks ties, so the order is stable."""
+def _newest_first(paths: dict[str, Path]) -> list[tuple[str, Path, int]]:
+    """Name, path and modification time, newest first; the file name breaks ties, so the order is stable."""
     stamped = []
-    for path in paths:
+    for name, path in paths.items():
         try:
-            stamped.append((os.stat(path).st_mtime_ns, path.name, path))
+            stamped.append((os.stat(path).st_mtime_ns, path.name, name, path))
         except FileNotFoundError:
             continue
-    return [(path, mtime_ns) for mtime_ns, _, path in sorted(stamped, reverse=True)]
+    return [(name, path, mtime_ns) for mtime_ns, _, name, path in sorted(stamped, reverse=True)]
 
 
 def _mib(size: int) -> str:
