@@ -4,6 +4,7 @@ Layout under the cache root::
 
     objects/ab/abcdef....   the bytes, named by their sha256
     manifest.sqlite3        reference -> sha256, size, status, error, fetched_at
+    cache.lock              held shared by every open cache, exclusively while photos are removed
 
 A reference is an ``http(s)://`` URL or a ``file://`` URI. Fetching is concurrent (bounded),
 with timeouts and retries; a photo that cannot be fetched is recorded as failed with its reason
@@ -25,10 +26,16 @@ What a fetch refuses, and why:
 Failures while the body is read (a reset connection, a truncated body) are retried within the run,
 ``retries`` times, like 5xx answers and timeouts before the body. Local files are read whole by
 construction; a broken one is cached as it is and is read again only once it is edited.
+
+Photos nothing uses any more are removed by :func:`forget_photos` (``facepipeline prune``), only
+while no cache is open: :func:`exclusive_use` holds ``cache.lock`` exclusively, and an open
+:class:`PhotoCache` holds it shared, so a run never finds a photo gone between its look at the
+manifest and its read. A photo removed is fetched again by the next run that needs it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import socket
@@ -36,8 +43,9 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlparse, urlunparse
@@ -53,6 +61,8 @@ from facepipeline.images import image_size, verify_complete
 from facepipeline.photo_policy import PhotoPolicy, PhotoRefused, resolve
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+LOCK_FILE = "cache.lock"
+MANIFEST = "manifest.sqlite3"
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
@@ -163,21 +173,33 @@ class PhotoCache:
         # Every connection goes to an address the policy vetted (see _GuardedConnectionMixin).
         self._http.pool_classes_by_scheme = _guarded_pools(policy)
         self._db_lock = threading.Lock()
-        self._db = sqlite3.connect(self.root / "manifest.sqlite3", check_same_thread=False)
-        self._db.execute("pragma journal_mode = wal")
-        with self._db:
-            self._db.execute(
-                "create table if not exists photos ("
-                " reference text primary key, sha256 text, size integer,"
-                " status text not null, error text, fetched_at real not null, source_stamp text)"
-            )
-            columns = {row[1] for row in self._db.execute("pragma table_info(photos)")}
-            if "source_stamp" not in columns:  # a cache made before local files were re-checked
-                self._db.execute("alter table photos add column source_stamp text")
+        self._db = sqlite3.connect(self.root / MANIFEST, check_same_thread=False)
+        self._lock_fd: int | None = None
+        try:
+            self._db.execute("pragma journal_mode = wal")
+            with self._db:
+                self._db.execute(
+                    "create table if not exists photos ("
+                    " reference text primary key, sha256 text, size integer,"
+                    " status text not null, error text, fetched_at real not null, source_stamp text)"
+                )
+                columns = {row[1] for row in self._db.execute("pragma table_info(photos)")}
+                if "source_stamp" not in columns:  # a cache made before local files were re-checked
+                    self._db.execute("alter table photos add column source_stamp text")
+            # Shared while open: a removal of photos (forget_photos) waits for every open cache, and
+            # an opening waits for a removal under way (seconds) instead of reading half of it.
+            self._lock_fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
         self._http.clear()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the shared lock
+            self._lock_fd = None
 
     def __enter__(self) -> PhotoCache:
         return self
@@ -363,6 +385,92 @@ class PhotoCache:
                 rows,
             )
         records.clear()
+
+
+@dataclass(frozen=True)
+class UnusedPhotos:
+    """What :func:`forget_photos` may remove: photos (by sha256) and the manifest rows that lead to them."""
+
+    sha256s: frozenset[str]
+    references: frozenset[str]
+    bytes: int
+
+
+@contextmanager
+def exclusive_use(root: Path) -> Iterator[bool]:
+    """Hold the cache at ``root`` alone: yields True, or False at once when a cache is open there."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(fd)
+
+
+def unused_photos(
+    root: Path, used_refs: set[str], *, fetched_before: float, used_sha256s: frozenset[str] = frozenset()
+) -> UnusedPhotos:
+    """The photos at ``root`` that no reference in ``used_refs`` leads to, that are not in
+    ``used_sha256s`` (what a run recorded it read) and that were not fetched (or stored) since
+    ``fetched_before`` (a ``time.time()``); nothing is touched.
+
+    Photos are content-addressed, so one object may serve several references: it stays while any
+    reference kept leads to it. A manifest row goes with its photo, and so does a failed fetch's
+    row that is neither used nor recent. An object without a row (a run killed between storing
+    and recording it) goes once it is as old.
+    """
+    objects, manifest = root / "objects", root / MANIFEST
+    rows: list[tuple[str, str | None, float]] = []
+    if manifest.is_file():
+        with closing(sqlite3.connect(manifest)) as db:
+            rows = db.execute("select reference, sha256, fetched_at from photos").fetchall()
+    kept_rows = {ref for ref, _, fetched_at in rows if ref in used_refs or fetched_at >= fetched_before}
+    kept_shas = {sha for ref, sha, _ in rows if ref in kept_rows and sha} | used_sha256s
+    sha256s, size = set(), 0
+    for shard in _listing(objects):
+        for path in _listing(shard):
+            if path.name in kept_shas or path.name.startswith(".incoming-"):
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            if stat.st_mtime < fetched_before:
+                sha256s.add(path.name)
+                size += stat.st_size
+    return UnusedPhotos(frozenset(sha256s), frozenset(ref for ref, _, _ in rows if ref not in kept_rows), size)
+
+
+def forget_photos(root: Path, unused: UnusedPhotos) -> int:
+    """Remove ``unused`` (found by :func:`unused_photos` while :func:`exclusive_use` is held): the
+    manifest rows first, then the files, so a photo is never recorded as cached without its file.
+    Returns the bytes freed."""
+    manifest = root / MANIFEST
+    if unused.references and manifest.is_file():
+        with closing(sqlite3.connect(manifest)) as db, db:
+            db.executemany("delete from photos where reference = ?", [(ref,) for ref in sorted(unused.references)])
+    freed = 0
+    for sha in sorted(unused.sha256s):
+        path = root / "objects" / sha[:2] / sha
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        freed += size
+    return freed
+
+
+def _listing(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _source_stamp(ref: str) -> str | None:
