@@ -127,11 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.set_defaults(handler="cli.versions:rollback")
 
     prune = commands.add_parser(
-        "prune", help="remove old index and clustering versions, old runs' step outputs and dataset snapshots"
+        "prune", help="remove old index and clustering versions, old runs' step outputs, dataset snapshots and unused photos"
     )
     prune.add_argument("--keep", type=whole_number(1, 1_000_000), metavar="N",
                        help="keep the newest N of each, the promoted version and the N it can roll back to "
                             "(default: facepipeline.retention.DEFAULT_KEEP, 10)")
+    prune.add_argument("--photo-grace-days", type=whole_number(0, 36_500), metavar="DAYS",
+                       help="cached photos fetched in the last DAYS stay, used or not (default 7)")
     prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     prune.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     prune.set_defaults(handler="cli.prune:run")

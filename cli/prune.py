@@ -7,7 +7,7 @@ import argparse
 from cli.main import print_json
 from cli.sources import settings_for
 from facepipeline.index import who
-from facepipeline.retention import DEFAULT_KEEP
+from facepipeline.retention import DEFAULT_KEEP, PHOTO_GRACE_S
 from jobs.prune import prune_home
 from jobs.run_guard import open_instance
 from resources import ArtifactStoreResource
@@ -16,9 +16,11 @@ from resources import ArtifactStoreResource
 def run(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     keep = args.keep or DEFAULT_KEEP
+    grace_s = PHOTO_GRACE_S if args.photo_grace_days is None else args.photo_grace_days * 86400.0
     with open_instance() as instance:
         plan, report = prune_home(instance, ArtifactStoreResource(home=str(settings.home)), keep=keep,
-                                  dry_run=args.dry_run, reason=f"facepipeline prune --keep {keep}", by=who())
+                                  dry_run=args.dry_run, reason=f"facepipeline prune --keep {keep}", by=who(),
+                                  photo_grace_s=grace_s)
     summary = {
         "dry_run": args.dry_run, "keep": keep, "plan": plan.line(), "bytes": plan.bytes, "kept": plan.kept,
         "removals": [{"kind": r.kind, "name": r.name, "path": str(r.path), "bytes": r.bytes} for r in plan.removals],

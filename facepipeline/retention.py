@@ -15,7 +15,14 @@ work. Pruning bounds it, with one number, ``keep``:
   these re-execute, up their chain of parents (a re-execution from a failed step reloads the
   outputs it does not make again from its nearest ancestor that made them);
 - **dataset snapshots**: those of the kept index versions and the ``keep`` most recent (each index
-  version holds its own copy of its dataset as well).
+  version holds its own copy of its dataset as well);
+- **cached photos**: those of the faces in the current dataset (``tables/``), in the kept snapshots
+  and in the kept index versions' datasets, and every photo fetched in the last
+  ``photo_grace_s`` (:data:`PHOTO_GRACE_S`, a week: the photos of new events that recognition
+  fetched, which are verified soon after). They go only while no photo cache is open
+  (:func:`facepipeline.photos.exclusive_use`; a run that is using the cache keeps them all for this
+  time), and what is in use is read again then. A photo removed is fetched again by the next run
+  that needs it.
 
 A retired version is recorded in its store's ledger (:meth:`VersionedStore.retire`); the rest is
 derived data that a later run makes again when it needs it. The plan is made first and shown
@@ -30,13 +37,19 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from facepipeline.auto_retrain import latest_complete
 from facepipeline.clustering import ClusterStore
 from facepipeline.index import IndexStore, IndexVersion
+from facepipeline.photos import UnusedPhotos, exclusive_use, forget_photos, unused_photos
 from facepipeline.tables import TableStore
 from facepipeline.versions import REMOVING_PREFIX, Version, remove_tree, tree_bytes
 
@@ -46,9 +59,14 @@ CLUSTERING_VERSION = "clustering version"
 RUN_OUTPUTS = "run outputs"
 DATASET_SNAPSHOT = "dataset snapshot"
 LEFTOVER = "unfinished removal"
-KINDS = (INDEX_VERSION, CLUSTERING_VERSION, RUN_OUTPUTS, DATASET_SNAPSHOT, LEFTOVER)
+CACHED_PHOTOS = "cached photos"
+KINDS = (INDEX_VERSION, CLUSTERING_VERSION, RUN_OUTPUTS, DATASET_SNAPSHOT, LEFTOVER, CACHED_PHOTOS)
 _PLURAL = {INDEX_VERSION: "index versions", CLUSTERING_VERSION: "clustering versions", RUN_OUTPUTS: "runs' outputs",
-           DATASET_SNAPSHOT: "dataset snapshots", LEFTOVER: "unfinished removals"}
+           DATASET_SNAPSHOT: "dataset snapshots", LEFTOVER: "unfinished removals", CACHED_PHOTOS: "cached photos"}
+PHOTO_GRACE_S = 7 * 24 * 3600.0
+"""A cached photo fetched this recently stays, used or not."""
+CURRENT_TABLES = ("verified_faces", "cached_photos")
+"""The tables (``tables/``) whose photos are the current dataset's."""
 
 _RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SNAPSHOT = re.compile(r"^([0-9a-f]{16,64})\.parquet$")
@@ -65,6 +83,9 @@ class Removal:
     """The version itself, for an index or clustering version."""
     mtime_ns: int | None = None
     """When a snapshot or a run's folder was last written, at the plan: written since, it is kept."""
+    photos: UnusedPhotos | None = None
+    """For the cached photos: which, and the fetch time before which a photo counts as old."""
+    fetched_before: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,11 +100,12 @@ class PrunePlan:
         return sum(r.bytes for r in self.removals)
 
     def counts(self) -> dict[str, int]:
-        return {kind: sum(r.kind == kind for r in self.removals) for kind in KINDS}
+        """Items by kind; for the cached photos, photos."""
+        return {kind: sum(len(r.photos.sha256s) if r.photos else 1 for r in self.removals if r.kind == kind) for kind in KINDS}
 
     def line(self) -> str:
         removed = ", ".join(f"{_PLURAL[kind]} {n}" for kind, n in self.counts().items() if n) or "nothing"
-        kept = ", ".join(f"{_PLURAL[kind]} {len(names)}" for kind, names in self.kept.items())
+        kept = ", ".join(f"{_PLURAL[kind]} {len(names)}" for kind, names in self.kept.items() if kind != CACHED_PHOTOS)
         return f"{removed} ({_mib(self.bytes)}); keeping {kept}"
 
 
@@ -100,19 +122,23 @@ class PruneReport:
         return sum(r.bytes for r in self.removed)
 
     def line(self) -> str:
-        text = f"removed {len(self.removed)} item(s), {_mib(self.bytes)} freed"
+        photos = sum(len(r.photos.sha256s) for r in self.removed if r.photos)
+        text = f"removed {sum(r.photos is None for r in self.removed)} item(s)"
+        text += f" and {photos} cached photos, {_mib(self.bytes)} freed" if photos else f", {_mib(self.bytes)} freed"
         text += f"; {len(self.kept)} kept after all (changed since the plan)" if self.kept else ""
         return text + (f"; {len(self.failed)} could not be removed" if self.failed else "")
 
 
 def plan_prune(
     *, index: IndexStore, clusters: ClusterStore, snapshots: TableStore, outputs: Path, keep: int,
-    runs_kept: Iterable[str],
+    runs_kept: Iterable[str], photos: Path | None = None, tables: TableStore | None = None,
+    photo_grace_s: float = PHOTO_GRACE_S,
 ) -> PrunePlan:
     """What pruning to ``keep`` would remove (module docstring); nothing is touched.
 
     ``runs_kept``: runs whose outputs stay whatever their age: those not finished yet (queued,
-    starting, started, canceling) and the runs they re-execute.
+    starting, started, canceling) and the runs they re-execute. ``photos``: the photo cache's
+    root, with ``tables`` (the current dataset's); without them no photo is looked at.
     """
     if keep < 1:
         raise ValueError(f"keep must be at least 1 (the newest version is always kept), got {keep}")
@@ -139,6 +165,21 @@ def plan_prune(
         for path in _children(folder):
             if path.name.startswith(REMOVING_PREFIX):
                 removals.append(Removal(LEFTOVER, path.name, path, tree_bytes(path)))
+
+    if photos is not None and tables is not None:  # last: applied once the rest is gone
+        fetched_before = time.time() - photo_grace_s
+        try:
+            refs, shas = _photos_in_use([snapshot_files[name] for name in kept[DATASET_SNAPSHOT]]
+                                        + [v.path / "dataset.parquet" for v in kept_index] + _current_tables(tables))
+            unused = unused_photos(photos, refs, fetched_before=fetched_before, used_sha256s=shas)
+        except (OSError, sqlite3.Error) as exc:
+            kept[CACHED_PHOTOS] = [f"every photo: {type(exc).__name__}: {exc}"]
+        else:
+            if unused.sha256s:  # the manifest rows of old failures and twins go along with photos
+                removals.append(Removal(CACHED_PHOTOS, f"{len(unused.sha256s)} photos", photos, unused.bytes,
+                                        photos=unused, fetched_before=fetched_before))
+            kept[CACHED_PHOTOS] = [f"the photos of {len(refs)} references in use, and those fetched in the last "
+                                   f"{photo_grace_s / 86400:g} days"]
     return PrunePlan(keep, tuple(removals), kept)
 
 
@@ -153,16 +194,24 @@ def protected_index_versions(index: IndexStore, keep: int, versions: list[IndexV
 
 
 def apply_prune(
-    plan: PrunePlan, *, index: IndexStore, clusters: ClusterStore, reason: str, by: str, runs_kept: Iterable[str] = ()
+    plan: PrunePlan, *, index: IndexStore, clusters: ClusterStore, reason: str, by: str, runs_kept: Iterable[str] = (),
+    snapshots: TableStore | None = None, tables: TableStore | None = None,
 ) -> PruneReport:
     """Remove what ``plan`` lists, each item on its own: one that changed since the plan stays
     (:attr:`PruneReport.kept`), one that cannot be removed is reported (:attr:`PruneReport.failed`),
-    and the others still go. ``runs_kept``: as for :func:`plan_prune`, looked at again now."""
+    and the others still go. ``runs_kept``: as for :func:`plan_prune`, looked at again now.
+    ``snapshots`` and ``tables``: where the photos in use are read again before photos go."""
     report = PruneReport()
     protected_runs = set(runs_kept)
     for removal in plan.removals:
         if removal.kind == RUN_OUTPUTS and removal.name in protected_runs:
             report.kept[str(removal.path)] = "a run under way since the plan needs it"
+            continue
+        if removal.kind == CACHED_PHOTOS:
+            try:
+                _forget_photos(removal, index=index, snapshots=snapshots, tables=tables, report=report)
+            except (OSError, sqlite3.Error) as exc:
+                report.failed[str(removal.path)] = f"{type(exc).__name__}: {exc}"
             continue
         try:
             why_kept = _remove(removal, plan.keep, index=index, clusters=clusters, reason=reason, by=by)
@@ -195,6 +244,54 @@ def _remove(removal: Removal, keep: int, *, index: IndexStore, clusters: Cluster
             return None
     remove_tree(removal.path)
     return None
+
+
+def _forget_photos(removal: Removal, *, index: IndexStore, snapshots: TableStore | None, tables: TableStore | None,
+                   report: PruneReport) -> None:
+    """Remove the planned photos that are still unused now, with no photo cache open meanwhile."""
+    root, planned = removal.path, removal.photos
+    if snapshots is None or tables is None:
+        raise ValueError("removing cached photos needs the snapshots and tables to read what is in use")
+    with exclusive_use(root) as alone:
+        if not alone:
+            report.kept[str(root)] = "a run is using the photo cache: every photo stays this time"
+            return
+        # What is in use now: every snapshot and index version still there (the plan's others are
+        # gone by now), and the current tables, which a retrain may have rewritten since the plan.
+        refs, shas = _photos_in_use([p for p in _children(snapshots.root) if _SNAPSHOT.match(p.name)]
+                                    + [v.path / "dataset.parquet" for v in index.versions()] + _current_tables(tables))
+        now = unused_photos(root, refs, fetched_before=removal.fetched_before, used_sha256s=shas)
+        going = UnusedPhotos(planned.sha256s & now.sha256s, planned.references & now.references, 0)
+        freed = forget_photos(root, going)
+    left = len(planned.sha256s) - len(going.sha256s)
+    if left:
+        report.kept[str(root)] = f"{left} of the planned photos are in use again since the plan"
+    if going.sha256s:
+        report.removed.append(replace(removal, name=f"{len(going.sha256s)} photos", bytes=freed, photos=going))
+
+
+def _current_tables(tables: TableStore) -> list[Path]:
+    return [tables.path(name) for name in CURRENT_TABLES]
+
+
+def _photos_in_use(paths: Iterable[Path]) -> tuple[set[str], frozenset[str]]:
+    """The ``photo_ref`` of every row of these Parquet files (those that exist), and their
+    ``sha256`` where they have one (the cached_photos table: the bytes its run reads). A file that
+    cannot be read raises: its photos would otherwise look unused."""
+    refs: set[str] = set()
+    shas: set[str] = set()
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            table = pq.read_table(path, columns=[c for c in ("photo_ref", "sha256") if c in pq.read_schema(path).names])
+            column = table.column("photo_ref")
+        except (pa.ArrowException, KeyError) as exc:
+            raise OSError(f"cannot read the photos in use from {path}: {exc}") from exc
+        refs.update(ref for ref in column.to_pylist() if ref)
+        if "sha256" in table.column_names:
+            shas.update(sha for sha in table.column("sha256").to_pylist() if sha)
+    return refs, frozenset(shas)
 
 
 def _versions(versions: list[Version], protected: set[int], kind: str, removals: list[Removal]) -> list[Version]:

@@ -1,7 +1,8 @@
 """The ``prune_home`` job: what ``facepipeline prune`` does, from the UI or on a schedule.
 
-It removes old index and clustering versions, the step outputs of older runs and dataset snapshots
-no kept version needs (facepipeline.retention says which, and why the rest is kept). Runs still
+It removes old index and clustering versions, the step outputs of older runs, dataset snapshots
+no kept version needs and cached photos nothing kept uses (facepipeline.retention says which, and
+why the rest is kept). Runs still
 under way keep their outputs, and so do the runs they re-execute; the newest versions, the
 promoted one and those it can roll back to are never removed, and what a retrain writes while the
 prune runs is looked at again before anything goes. One prune at a time per home.
@@ -13,7 +14,7 @@ from pydantic import Field
 
 from facepipeline.errors import FacePipelineError
 from facepipeline.index import who
-from facepipeline.retention import DEFAULT_KEEP, PrunePlan, PruneReport, apply_prune, plan_prune
+from facepipeline.retention import DEFAULT_KEEP, PHOTO_GRACE_S, PrunePlan, PruneReport, apply_prune, plan_prune
 from jobs.run_guard import UNDER_WAY, release_stale_runs
 from resources import ArtifactStoreResource
 
@@ -21,7 +22,8 @@ PRUNE_LOCK = "prune.lock"
 
 
 def prune_home(
-    instance: DagsterInstance, artifacts: ArtifactStoreResource, *, keep: int, dry_run: bool, reason: str, by: str
+    instance: DagsterInstance, artifacts: ArtifactStoreResource, *, keep: int, dry_run: bool, reason: str, by: str,
+    photo_grace_s: float = PHOTO_GRACE_S,
 ) -> tuple[PrunePlan, PruneReport | None]:
     """The plan for ``keep``, and unless ``dry_run`` what came of carrying it out."""
     artifacts.root.mkdir(parents=True, exist_ok=True)
@@ -32,13 +34,15 @@ def prune_home(
         raise FacePipelineError(f"another prune of {artifacts.root} is in progress") from None
     try:
         index, clusters = artifacts.index_store(), artifacts.cluster_store()
-        plan = plan_prune(index=index, clusters=clusters, snapshots=artifacts.dataset_snapshots(),
-                          outputs=artifacts.root / "outputs", keep=keep, runs_kept=runs_to_keep(instance))
+        snapshots, tables = artifacts.dataset_snapshots(), artifacts.tables()
+        plan = plan_prune(index=index, clusters=clusters, snapshots=snapshots, outputs=artifacts.root / "outputs", keep=keep,
+                          runs_kept=runs_to_keep(instance), photos=artifacts.photos_root, tables=tables,
+                          photo_grace_s=photo_grace_s)
         if dry_run:
             return plan, None
         # Looked at again: a re-execution launched while the plan was made keeps its ancestors' outputs.
         return plan, apply_prune(plan, index=index, clusters=clusters, reason=reason, by=by,
-                                 runs_kept=runs_to_keep(instance))
+                                 runs_kept=runs_to_keep(instance), snapshots=snapshots, tables=tables)
     finally:
         lock.release()
 
@@ -60,13 +64,16 @@ class PruneConfig(Config):
     keep: int = Field(default=DEFAULT_KEEP, ge=1, le=1_000_000,
                       description="The newest N of each kept, with the promoted index version and the N it can roll back to.")
     dry_run: bool = Field(default=False, description="Only say what would be removed.")
+    photo_grace_days: float = Field(default=PHOTO_GRACE_S / 86400, ge=0, le=36500,
+                                    description="Cached photos fetched this recently stay, used or not.")
 
 
 @op(out=Out(Nothing))
 def prune(context: OpExecutionContext, config: PruneConfig, artifacts: ArtifactStoreResource):
     """Remove what the home no longer needs (module docstring)."""
     plan, report = prune_home(context.instance, artifacts, keep=config.keep, dry_run=config.dry_run,
-                              reason=f"the prune_home job, keep {config.keep}, run {context.run_id}", by=who())
+                              reason=f"the prune_home job, keep {config.keep}, run {context.run_id}", by=who(),
+                              photo_grace_s=config.photo_grace_days * 86400)
     context.log.info(("would remove " if report is None else "removing ") + plan.line())
     metadata = {
         "plan": plan.line(), "bytes_planned": plan.bytes, "dry_run": config.dry_run, "kept": MetadataValue.json(plan.kept),
@@ -84,6 +91,6 @@ def prune(context: OpExecutionContext, config: PruneConfig, artifacts: ArtifactS
     yield Output(None, metadata=metadata)
 
 
-@job(name="prune_home", description="Remove old index and clustering versions, older runs' step outputs and unneeded dataset snapshots.")
+@job(name="prune_home", description="Remove old index and clustering versions, older runs' step outputs, unneeded dataset snapshots and unused cached photos.")
 def prune_job():
     prune()

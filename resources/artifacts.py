@@ -46,11 +46,16 @@ class ArtifactStoreResource(ConfigurableResource):
             extra_hosts=self.extra_photo_hosts(),
         )
 
+    @property
+    def photos_root(self) -> Path:
+        """The photo cache's folder (facepipeline.photos)."""
+        return self.root / "photos"
+
     def photo_cache(self, policy: PhotoPolicy | None = None) -> PhotoCache:
         """The photo cache, fetching only what ``policy`` allows (default: :attr:`photo_hosts` only,
         no ``file://``): pass ``self.photo_policy(face_source)`` where photos are fetched."""
         return PhotoCache(
-            self.root / "photos",
+            self.photos_root,
             timeout_s=self.fetch_timeout_s,
             retries=self.fetch_retries,
             concurrency=self.fetch_concurrency,

@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,7 +25,9 @@ from definitions import build_definitions
 from facepipeline.clustering import Clustering, ClusterStore
 from facepipeline.errors import FacePipelineError
 from facepipeline.index import FaceIndex, IndexStore
+from facepipeline.photos import PhotoCache, exclusive_use
 from facepipeline.retention import (
+    CACHED_PHOTOS,
     CLUSTERING_VERSION,
     DATASET_SNAPSHOT,
     INDEX_VERSION,
@@ -34,7 +37,7 @@ from facepipeline.retention import (
     plan_prune,
 )
 from facepipeline.tables import TableStore
-from tests.conftest import copy_people, environment_without_settings, people_with_most_photos
+from tests.conftest import FACES, copy_people, environment_without_settings, people_with_most_photos
 
 SCRIPT = Path(sys.executable).with_name("facepipeline")
 
@@ -270,3 +273,119 @@ def test_a_re_execution_under_way_keeps_every_ancestor_it_may_reload_from(tmp_pa
         unrelated = instance.add_run(DagsterRun(job_name="retrain", run_id=str(uuid.uuid4()), status=DagsterRunStatus.SUCCESS))
         kept = runs_to_keep(instance)
         assert kept == set(chain) and unrelated.run_id not in kept  # the grandparent too, not only parent and root
+
+
+# -- cached photos ---------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def photo_home(tmp_path: Path, photo_server) -> dict:
+    """A photo cache filled over real HTTP: ``current`` (in the current dataset), ``snapshot`` (in a
+    kept dataset snapshot), ``old`` and ``recent`` (in no dataset; fetched a month ago and now),
+    ``twin`` (the bytes of ``current`` under another URL, in no dataset) and ``gone`` (a 404, a
+    month ago). Nothing else in the home: no index version, no clustering, no run outputs."""
+    photos = sorted((FACES / "Colin_Powell").glob("*.jpg"))[:4]
+    urls = {name: photo_server.add(f"{name}.jpg", path.read_bytes())
+            for name, path in zip(("current", "snapshot", "old", "recent"), photos, strict=True)}
+    urls["twin"] = photo_server.add("twin.jpg", photos[0].read_bytes())
+    urls["gone"] = photo_server.url("gone.jpg")
+    root = tmp_path / "photos"
+    with PhotoCache(root, retries=0) as cache:
+        records = {r.ref: r for r in cache.fetch_all(urls.values())}
+    month_ago = time.time() - 30 * 86400
+    with sqlite3.connect(root / "manifest.sqlite3") as db:
+        db.execute("update photos set fetched_at = ? where reference != ?", [month_ago, urls["recent"]])
+    db.close()
+    for record in records.values():
+        if record.ok and record.ref != urls["recent"]:
+            os.utime(root / "objects" / record.sha256[:2] / record.sha256, (month_ago, month_ago))
+    tables, snapshots = TableStore(tmp_path / "tables"), TableStore(tmp_path / "datasets")
+    tables.write("verified_faces", pa.table({"face_id": ["f1"], "photo_ref": [urls["current"]]}))
+    snapshots.write(f"{1:016x}", pa.table({"face_id": ["f2"], "photo_ref": [urls["snapshot"]]}))
+    return {"root": root, "urls": urls, "sha": {name: records[url].sha256 for name, url in urls.items()},
+            "tables": tables, "snapshots": snapshots, "index": IndexStore(tmp_path / "index"),
+            "clusters": ClusterStore(tmp_path / "clusters"), "outputs": tmp_path / "outputs"}
+
+
+def photo_plan(home: dict):
+    return plan_prune(index=home["index"], clusters=home["clusters"], snapshots=home["snapshots"], outputs=home["outputs"],
+                      keep=1, runs_kept=(), photos=home["root"], tables=home["tables"], photo_grace_s=7 * 86400)
+
+
+def photo_apply(home: dict, plan_):
+    return apply_prune(plan_, index=home["index"], clusters=home["clusters"], reason="test", by="t",
+                       snapshots=home["snapshots"], tables=home["tables"])
+
+
+def manifest_refs(root: Path) -> set[str]:
+    with sqlite3.connect(root / "manifest.sqlite3") as db:
+        refs = {ref for (ref,) in db.execute("select reference from photos")}
+    db.close()
+    return refs
+
+
+def test_cached_photos_nothing_kept_uses_go_and_one_needed_again_is_fetched_again(photo_home, photo_server, tmp_path):
+    home, urls, sha = photo_home, photo_home["urls"], photo_home["sha"]
+    before = listing(tmp_path)
+    made = photo_plan(home)
+    assert listing(tmp_path) == before  # the plan touches nothing
+    [photos] = [r for r in made.removals if r.kind == CACHED_PHOTOS]
+    assert photos.photos.sha256s == {sha["old"]}  # the twin's bytes are the current photo's: they stay
+    assert photos.photos.references == {urls["old"], urls["twin"], urls["gone"]}
+    assert photos.bytes == (home["root"] / "objects" / sha["old"][:2] / sha["old"]).stat().st_size
+    assert made.counts()[CACHED_PHOTOS] == 1
+
+    report = photo_apply(home, made)
+    assert not report.failed and not report.kept
+    assert [r.kind for r in report.removed] == [CACHED_PHOTOS]
+    assert report.line().startswith("removed 0 item(s) and 1 cached photos, ")
+    objects = {p.name for p in (home["root"] / "objects").rglob("*") if p.is_file()}
+    assert objects == {sha["current"], sha["snapshot"], sha["recent"]}
+    assert manifest_refs(home["root"]) == {urls["current"], urls["snapshot"], urls["recent"]}
+
+    with PhotoCache(home["root"], retries=0) as cache:  # a later run that needs it fetches it again
+        again = {r.ref: r for r in cache.fetch_all([urls["old"], urls["current"]])}
+        assert cache.read(again[urls["old"]].sha256) == (sorted((FACES / "Colin_Powell").glob("*.jpg"))[2]).read_bytes()
+    assert photo_server.hits["/old.jpg"] == 2 and photo_server.hits["/current.jpg"] == 1
+    assert not [r for r in photo_plan(home).removals if r.kind == CACHED_PHOTOS and r.photos.sha256s]
+
+
+def test_cached_photos_stay_while_a_cache_is_open_and_when_in_use_again_since_the_plan(photo_home):
+    home, urls, sha = photo_home, photo_home["urls"], photo_home["sha"]
+    made = photo_plan(home)
+    old_object = home["root"] / "objects" / sha["old"][:2] / sha["old"]
+
+    with PhotoCache(home["root"], retries=0):  # a run's step is reading photos
+        report = photo_apply(home, made)
+    assert report.kept == {str(home["root"]): "a run is using the photo cache: every photo stays this time"}
+    assert not report.removed and old_object.is_file() and urls["old"] in manifest_refs(home["root"])
+
+    # A retrain read the gallery since the plan: the old photo is in the current dataset again.
+    home["tables"].write("verified_faces", pa.table({"face_id": ["f1", "f3"], "photo_ref": [urls["current"], urls["old"]]}))
+    report = photo_apply(home, made)
+    assert report.kept == {str(home["root"]): "1 of the planned photos are in use again since the plan"}
+    assert old_object.is_file() and urls["old"] in manifest_refs(home["root"]) and not report.removed
+    assert urls["twin"] not in manifest_refs(home["root"]) and urls["gone"] not in manifest_refs(home["root"])
+
+    # Or a retrain's cached_photos step recorded since the plan that its run reads these bytes.
+    home["tables"].write("verified_faces", pa.table({"face_id": ["f1"], "photo_ref": [urls["current"]]}))
+    home["tables"].write("cached_photos", pa.table({"photo_ref": [urls["current"]], "sha256": [sha["old"]]}))
+    report = photo_apply(home, made)
+    assert report.kept == {str(home["root"]): "1 of the planned photos are in use again since the plan"}
+    assert old_object.is_file() and not report.removed
+
+
+def test_a_photo_cache_that_cannot_open_holds_no_lock_and_a_plan_names_why_it_keeps_every_photo(photo_home):
+    """A manifest that is not a database: opening the cache fails with sqlite's error and leaves
+    the lock free; a plan keeps every photo, says why, and still plans the rest."""
+    home = photo_home
+    (home["root"] / "manifest.sqlite3").write_bytes(b"not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        (home["root"] / f"manifest.sqlite3{suffix}").unlink(missing_ok=True)
+    with pytest.raises(sqlite3.DatabaseError):
+        PhotoCache(home["root"], retries=0)
+    with exclusive_use(home["root"]) as alone:
+        assert alone
+    made = photo_plan(home)
+    assert not [r for r in made.removals if r.kind == CACHED_PHOTOS]
+    assert made.kept[CACHED_PHOTOS] == ["every photo: DatabaseError: file is not a database"]
