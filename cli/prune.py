@@ -7,7 +7,7 @@ import argparse
 from cli.main import print_json
 from cli.sources import settings_for
 from facepipeline.index import who
-from facepipeline.retention import DEFAULT_KEEP, PHOTO_GRACE_S
+from facepipeline.retention import CACHED_PHOTOS, DEFAULT_KEEP, PHOTO_GRACE_S
 from jobs.prune import prune_home
 from jobs.run_guard import open_instance
 from resources import ArtifactStoreResource
@@ -26,13 +26,16 @@ def run(args: argparse.Namespace) -> int:
         "removals": [{"kind": r.kind, "name": r.name, "path": str(r.path), "bytes": r.bytes} for r in plan.removals],
     }
     if report is not None:
-        summary.update(removed=len(report.removed), bytes_freed=report.bytes, kept_after_all=report.kept, failed=report.failed)
+        summary.update(removed=report.items, photos_removed=report.photos, bytes_freed=report.bytes, kept_after_all=report.kept,
+                       failed=report.failed)
     if args.json:
         print_json(summary)
     else:
         print(("would remove " if report is None else "pruning: ") + plan.line())
         for removal in plan.removals:
             print(f"  {removal.kind:20} {removal.name:40} {removal.bytes / 2**20:9.1f} MiB")
+        for why in plan.kept.get(CACHED_PHOTOS, []):
+            print(f"  cached photos kept: {why}")
         if report is not None:
             print(report.line())
             for path, why in report.kept.items():

@@ -121,10 +121,19 @@ class PruneReport:
     def bytes(self) -> int:
         return sum(r.bytes for r in self.removed)
 
+    @property
+    def items(self) -> int:
+        """Items removed other than cached photos."""
+        return sum(r.photos is None for r in self.removed)
+
+    @property
+    def photos(self) -> int:
+        """Cached photos removed."""
+        return sum(len(r.photos.sha256s) for r in self.removed if r.photos)
+
     def line(self) -> str:
-        photos = sum(len(r.photos.sha256s) for r in self.removed if r.photos)
-        text = f"removed {sum(r.photos is None for r in self.removed)} item(s)"
-        text += f" and {photos} cached photos, {_mib(self.bytes)} freed" if photos else f", {_mib(self.bytes)} freed"
+        text = f"removed {self.items} item(s)"
+        text += f" and {self.photos} cached photos, {_mib(self.bytes)} freed" if self.photos else f", {_mib(self.bytes)} freed"
         text += f"; {len(self.kept)} kept after all (changed since the plan)" if self.kept else ""
         return text + (f"; {len(self.failed)} could not be removed" if self.failed else "")
 

@@ -226,9 +226,20 @@ def test_the_prune_job_and_command_bound_a_home_and_the_next_retrain_goes_on_fro
         with pytest.raises(FacePipelineError, match=r"v1 was pruned on .* \(the prune_home job, keep 1, run "):
             index.get(1)
 
-        again = subprocess.run([str(SCRIPT), "prune", "--keep", "1"], capture_output=True, text=True, env=env, cwd=tmp_path,
-                               timeout=300)
-        assert again.returncode == 0 and again.stdout.startswith("pruning: nothing"), again.stdout + again.stderr[-2000:]
+        # An old photo file nothing leads to (a run killed between storing and recording it): with
+        # --photo-grace-days 0 it goes, and every photo the kept datasets use stays.
+        objects = settings.home / "photos" / "objects"
+        photos_before = {p.name for p in objects.rglob("*") if p.is_file()}
+        orphan = objects / "ab" / ("ab" + "0" * 62)
+        orphan.parent.mkdir(exist_ok=True)
+        orphan.write_bytes(b"\xff\xd8 not needed")
+        touch(orphan, 3600)
+        assert "references in use" in told["kept"]["cached photos"][0]
+        again = subprocess.run([str(SCRIPT), "prune", "--keep", "1", "--photo-grace-days", "0"], capture_output=True,
+                               text=True, env=env, cwd=tmp_path, timeout=300)
+        assert again.returncode == 0 and again.stdout.startswith("pruning: cached photos 1 "), again.stdout + again.stderr[-2000:]
+        assert "removed 0 item(s) and 1 cached photos" in again.stdout
+        assert {p.name for p in objects.rglob("*") if p.is_file()} == photos_before and len(photos_before) >= 12
         listed = subprocess.run([str(SCRIPT), "versions"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
         rows = [line for line in listed.stdout.splitlines() if line[2:4] in ("v1", "v2", "v3")]
         assert [row[2:4] for row in rows] == ["v3", "v2"], listed.stdout
