@@ -59,6 +59,7 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from facepipeline.errors import ImageError, PhotoFetchError
 from facepipeline.images import image_size, verify_complete
 from facepipeline.photo_policy import PhotoPolicy, PhotoRefused, resolve
+from facepipeline.versions import listing
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 LOCK_FILE = "cache.lock"
@@ -432,8 +433,8 @@ def unused_photos(
     kept_rows = {ref for ref, _, fetched_at in rows if ref in used_refs or fetched_at >= fetched_before}
     kept_shas = {sha for ref, sha, _ in rows if ref in kept_rows and sha} | used_sha256s
     sha256s, size = set(), 0
-    for shard in _listing(objects):
-        for path in _listing(shard):
+    for shard in listing(objects):
+        for path in listing(shard):
             if path.name in kept_shas or path.name.startswith(".incoming-"):
                 continue
             try:
@@ -464,13 +465,6 @@ def forget_photos(root: Path, unused: UnusedPhotos) -> int:
             continue
         freed += size
     return freed
-
-
-def _listing(folder: Path) -> list[Path]:
-    try:
-        return list(folder.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _source_stamp(ref: str) -> str | None:

@@ -51,7 +51,7 @@ from facepipeline.clustering import ClusterStore
 from facepipeline.index import IndexStore, IndexVersion
 from facepipeline.photos import UnusedPhotos, exclusive_use, forget_photos, unused_photos
 from facepipeline.tables import TableStore
-from facepipeline.versions import REMOVING_PREFIX, Version, remove_tree, tree_bytes
+from facepipeline.versions import REMOVING_PREFIX, Version, listing, remove_tree, tree_bytes
 
 DEFAULT_KEEP = 10
 INDEX_VERSION = "index version"
@@ -163,15 +163,15 @@ def plan_prune(
         v.name for v in _versions(clusterings, {v.version for v in clusterings[-keep:]}, CLUSTERING_VERSION, removals)
     ]
 
-    runs = {p.name: p for p in _children(outputs) if p.is_dir() and _RUN_ID.match(p.name)}
+    runs = {p.name: p for p in listing(outputs) if p.is_dir() and _RUN_ID.match(p.name)}
     kept[RUN_OUTPUTS] = _files(runs, keep, set(runs_kept), RUN_OUTPUTS, removals)
 
-    snapshot_files = {m.group(1): p for p in _children(snapshots.root) if (m := _SNAPSHOT.match(p.name))}
+    snapshot_files = {m.group(1): p for p in listing(snapshots.root) if (m := _SNAPSHOT.match(p.name))}
     needed = {v.manifest.get("dataset_fingerprint") for v in kept_index}
     kept[DATASET_SNAPSHOT] = _files(snapshot_files, keep, needed, DATASET_SNAPSHOT, removals)
 
     for folder in (index.root, clusters.root, outputs, snapshots.root):
-        for path in _children(folder):
+        for path in listing(folder):
             if path.name.startswith(REMOVING_PREFIX):
                 removals.append(Removal(LEFTOVER, path.name, path, tree_bytes(path)))
 
@@ -267,7 +267,7 @@ def _forget_photos(removal: Removal, *, index: IndexStore, snapshots: TableStore
             return
         # What is in use now: every snapshot and index version still there (the plan's others are
         # gone by now), and the current tables, which a retrain may have rewritten since the plan.
-        refs, shas = _photos_in_use([p for p in _children(snapshots.root) if _SNAPSHOT.match(p.name)]
+        refs, shas = _photos_in_use([p for p in listing(snapshots.root) if _SNAPSHOT.match(p.name)]
                                     + [v.path / "dataset.parquet" for v in index.versions()] + _current_tables(tables))
         now = unused_photos(root, refs, fetched_before=removal.fetched_before, used_sha256s=shas)
         going = UnusedPhotos(planned.sha256s & now.sha256s, planned.references & now.references, 0)
@@ -323,13 +323,6 @@ def _files(paths: dict[str, Path], keep: int, protected: set, kind: str, removal
         else:
             removals.append(Removal(kind, name, path, tree_bytes(path), mtime_ns=mtime_ns))
     return kept
-
-
-def _children(folder: Path) -> list[Path]:
-    try:
-        return list(folder.iterdir())
-    except FileNotFoundError:
-        return []
 
 
 def _newest_first(paths: dict[str, Path]) -> list[tuple[str, Path, int]]:

@@ -64,11 +64,8 @@ class VersionedStore(Generic[V]):
     def newest_first(self) -> Iterator[V]:
         """The complete versions, newest first, each manifest read only when it is reached: the
         newest one costs one read however many versions the store holds."""
-        try:
-            found = sorted(((int(m.group(1)), child) for child in self.root.iterdir() if (m := _VERSION_DIR.match(child.name))),
-                           reverse=True)
-        except (FileNotFoundError, NotADirectoryError):
-            return
+        found = sorted(((int(m.group(1)), child) for child in listing(self.root) if (m := _VERSION_DIR.match(child.name))),
+                       reverse=True)
         for number, path in found:
             try:
                 manifest = json.loads((path / "manifest.json").read_text())
@@ -143,6 +140,14 @@ class VersionedStore(Generic[V]):
                 return self.get(number)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def listing(folder: Path) -> list[Path]:
+    """The entries of ``folder``; none when it does not exist (or is not a folder)."""
+    try:
+        return list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def tree_bytes(path: Path) -> int:
