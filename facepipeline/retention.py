@@ -84,8 +84,9 @@ class Removal:
     mtime_ns: int | None = None
     """When a snapshot or a run's folder was last written, at the plan: written since, it is kept."""
     photos: UnusedPhotos | None = None
-    """For the cached photos: which, and the fetch time before which a photo counts as old."""
+    """For the cached photos: which photos and manifest rows."""
     fetched_before: float | None = None
+    """For the cached photos: the fetch time (``time.time()``) before which a photo counts as old."""
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,8 @@ def _photos_in_use(paths: Iterable[Path]) -> tuple[set[str], frozenset[str]]:
         if not path.is_file():
             continue
         try:
-            table = pq.read_table(path, columns=[c for c in ("photo_ref", "sha256") if c in pq.read_schema(path).names])
+            parquet = pq.ParquetFile(path)
+            table = parquet.read(columns=[c for c in ("photo_ref", "sha256") if c in parquet.schema_arrow.names])
             column = table.column("photo_ref")
         except (pa.ArrowException, KeyError) as exc:
             raise OSError(f"cannot read the photos in use from {path}: {exc}") from exc

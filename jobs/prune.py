@@ -2,10 +2,10 @@
 
 It removes old index and clustering versions, the step outputs of older runs, dataset snapshots
 no kept version needs and cached photos nothing kept uses (facepipeline.retention says which, and
-why the rest is kept). Runs still
-under way keep their outputs, and so do the runs they re-execute; the newest versions, the
-promoted one and those it can roll back to are never removed, and what a retrain writes while the
-prune runs is looked at again before anything goes. One prune at a time per home.
+why the rest is kept). Runs still under way keep their outputs, and so do the runs they
+re-execute; the newest versions, the promoted one and those it can roll back to are never
+removed, and what a retrain writes while the prune runs is looked at again before anything goes.
+One prune at a time per home.
 """
 
 from dagster import Config, DagsterInstance, Failure, MetadataValue, Nothing, OpExecutionContext, Out, Output, RunsFilter, job, op

@@ -7,8 +7,9 @@ CPU), so it is a deliberate choice, not a default. Its time is ``FACEPIPELINE_FU
 (default ``0 3 * * *``, 03:00 UTC every night).
 
 ``weekly_prune`` (Sundays 04:00 UTC, also stopped by default) runs the ``prune_home`` job with its
-default ``keep``: old index and clustering versions, older runs' step outputs and unneeded dataset
-snapshots go, so the home grows with the work, not with the number of runs (facepipeline.retention).
+default ``keep``: old index and clustering versions, older runs' step outputs, unneeded dataset
+snapshots and cached photos nothing kept uses go, so the home grows with the work, not with the
+number of runs (facepipeline.retention).
 """
 
 from dagster import DefaultScheduleStatus, ScheduleDefinition
