@@ -69,11 +69,11 @@ def test_a_few_faces_keep_every_worker_busy_and_embed_as_one_worker_would(face_m
         np.testing.assert_allclose(result.embedding, one[face_id].embedding, atol=1e-6)
 
 
-def test_a_model_that_cannot_import_insightface_fails_the_stage_not_each_face_simulated_unimportable(monkeypatch):
-    """A broken install (here: insightface's SCRFD module made unimportable, the one thing faked)
-    raises before any worker starts; it is not reported as one unexpected error per face."""
+def test_a_model_that_cannot_import_onnx_fails_the_stage_not_each_face_simulated_unimportable(monkeypatch):
+    """A broken install (here: the onnx package, which reads the graphs, made unimportable, the one
+    thing faked) raises before any worker starts; it is not reported as one unexpected error per face."""
     model = FaceModel.load(MODEL_ROOT, PACK)
-    monkeypatch.setitem(sys.modules, "insightface.model_zoo.scrfd", None)
+    monkeypatch.setitem(sys.modules, "onnx", None)
     data = (FACES / "Tony_Blair" / "Tony_Blair_0001.jpg").read_bytes()
     with pytest.raises(ImportError):
         list(embed_faces(model, [FaceJob("a", "p", None), FaceJob("b", "p", BBox(68, 68, 115, 115))], lambda _: data))

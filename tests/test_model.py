@@ -70,8 +70,8 @@ def test_each_cpu_worker_runs_its_calls_on_one_thread(workers):
     oversubscribe them when another step process embeds beside this one."""
     model = FaceModel.load(MODEL_ROOT, PACK, workers=workers)
     assert model.workers == workers
-    assert model.recognizer.session.get_session_options().intra_op_num_threads == 1
-    assert model.detector.session.get_session_options().intra_op_num_threads == 1
+    for session in model.sessions.values():
+        assert session.get_session_options().intra_op_num_threads == 1
 
 
 def test_an_embedding_does_not_depend_on_its_batch_mates(face_model):

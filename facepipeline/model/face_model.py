@@ -5,20 +5,16 @@ from __future__ import annotations
 import math
 import os
 import threading
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from facepipeline.geometry import BBox
+from facepipeline.model.alignment import norm_crop
 from facepipeline.model.pack import DETECTION, RECOGNITION, ModelPack, open_pack
-
-# insightface 2.1 calls a scikit-image API that warns on every alignment; the result is unchanged.
-warnings.filterwarnings("ignore", message=r"`estimate` is deprecated", category=FutureWarning)
+from facepipeline.model.scrfd import Scrfd
 
 # Around a known box the detector looks at a region 1.5 times the box's size (a quarter of the box
 # of margin on every side), resized so the face is about 85 px: SCRFD's sweet spot, and ~25x
@@ -28,12 +24,35 @@ REGION_SCALE = 1.5
 
 
 @dataclass(frozen=True)
+class RecognizerGraph:
+    """What the recognizer's ONNX graph says about how to call it."""
+
+    input_mean: float
+    input_std: float
+    """Pixels go in as ``(value - input_mean) / input_std``: 127.5 and 127.5 unless the graph
+    normalises them itself (a Sub and a Mul among its first nodes, as InsightFace's ArcFaceONNX
+    decides), then 0 and 1."""
+    dynamically_quantized: bool
+    """Its int8 scales are picked per call from the whole batch (DynamicQuantizeLinear)."""
+
+    @classmethod
+    def read(cls, path: Path) -> RecognizerGraph:
+        import onnx
+
+        nodes = onnx.load(str(path), load_external_data=False).graph.node
+        first = [node.name for node in nodes[:8]]
+        normalises = any(n.startswith(("Sub", "_minus")) for n in first) and any(n.startswith(("Mul", "_mul")) for n in first)
+        return cls(
+            input_mean=0.0 if normalises else 127.5,
+            input_std=1.0 if normalises else 127.5,
+            dynamically_quantized=any(node.op_type == "DynamicQuantizeLinear" for node in nodes),
+        )
+
+
+@dataclass(frozen=True)
 class _Runtime:
-    detector: Any
-    """insightface's SCRFD on our detector session."""
-    recognizer: Any
-    """insightface's ArcFaceONNX on our recognizer session."""
-    norm_crop: Callable[..., np.ndarray]
+    detector: Scrfd
+    recognizer: RecognizerGraph
     faces_per_call: int
 
 
@@ -121,26 +140,20 @@ class FaceModel:
         self._ready()
 
     def _ready(self) -> _Runtime:
-        """insightface's SCRFD and ArcFace wrappers on our sessions and its alignment, and how many
-        faces a recognizer call takes: made once, on first use. With SciPy and scikit-image behind
-        it, importing insightface costs ~0.5 s, which a process that loads the model only for its
-        fingerprint (a retrain with nothing new) never pays."""
+        """The detector's decoding and what the recognizer's graph says, read once, on first use:
+        a process that loads the model only for its fingerprint (a retrain with nothing new) never
+        reads the graphs."""
         if self._runtime is None:
             with self._runtime_lock:
                 if self._runtime is None:
-                    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
-                    from insightface.model_zoo.scrfd import SCRFD
-                    from insightface.utils import face_align
-
-                    detector = SCRFD(model_file=str(self.pack.detector.path), session=self.sessions[DETECTION])
-                    detector.prepare(0, det_thresh=self.det_thresh, input_size=(self.det_size, self.det_size))
-                    recognizer = ArcFaceONNX(model_file=str(self.pack.recognizer.path), session=self.sessions[RECOGNITION])
+                    detector = Scrfd(self.pack.detector.path, self.sessions[DETECTION], det_thresh=self.det_thresh)
+                    recognizer = RecognizerGraph.read(self.pack.recognizer.path)
                     # A dynamically quantised recognizer picks its int8 scales per call, from the
                     # whole batch: a face's embedding would then depend on its batch-mates (cosine
                     # down to 0.975 measured). Such a model runs one face per call, so an embedding
                     # depends on its face alone.
-                    per_call = 1 if is_dynamically_quantized(self.pack.recognizer.path) else self.batch_size
-                    self._runtime = _Runtime(detector, recognizer, face_align.norm_crop, per_call)
+                    per_call = 1 if recognizer.dynamically_quantized else self.batch_size
+                    self._runtime = _Runtime(detector, recognizer, per_call)
         return self._runtime
 
     @property
@@ -148,16 +161,12 @@ class FaceModel:
         return self._ready().faces_per_call
 
     @property
-    def detector(self):
+    def detector(self) -> Scrfd:
         return self._ready().detector
-
-    @property
-    def recognizer(self):
-        return self._ready().recognizer
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Every face on a whole photo."""
-        # Sizes come in steps of 160 px: insightface keeps one onnxruntime session per input size,
+        # Sizes come in steps of 160 px: the detector keeps one onnxruntime session per input size,
         # so a few steps bound the sessions, and a small photo is never blown up to 640.
         long_side = max(image.shape[:2])
         size = min(self.det_size, _round_up(long_side, 160))
@@ -191,7 +200,7 @@ class FaceModel:
         return self._detect(crop, self.region_det_size, offset=(float(x1), float(y1)))
 
     def _detect(self, image: np.ndarray, size: int, offset: tuple[float, float]) -> list[Detection]:
-        boxes, landmarks = self.detector.detect(image, input_size=(size, size))
+        boxes, landmarks = self.detector.detect(image, size)
         dx, dy = offset
         found = []
         for (x1, y1, x2, y2, score), points in zip(boxes, landmarks, strict=True):
@@ -208,28 +217,25 @@ class FaceModel:
 
     def align(self, image: np.ndarray, detection: Detection) -> np.ndarray:
         """The 112 x 112 crop ArcFace was trained on: a similarity transform of the five landmarks."""
-        runtime = self._ready()
-        return runtime.norm_crop(image, landmark=detection.landmarks, image_size=runtime.recognizer.input_size[0])
+        return norm_crop(image, detection.landmarks, self.input_size)
+
+    @property
+    def input_size(self) -> int:
+        """The recognizer's square input, in pixels."""
+        return int(self.sessions[RECOGNITION].get_inputs()[0].shape[3])
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """L2-normalised embeddings of aligned BGR crops, shape (N, 112, 112, 3) -> (N, dim)."""
         if len(crops) == 0:
             return np.empty((0, self.embedding_dim), dtype=np.float32)
+        runtime = self._ready()
+        session = self.sessions[RECOGNITION]
         blob = crops[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)
-        blob = np.ascontiguousarray((blob - self.recognizer.input_mean) / self.recognizer.input_std)
-        step = self.faces_per_call
-        raw = np.concatenate(
-            [self.recognizer.session.run(None, {self.recognizer.input_name: blob[i : i + step]})[0] for i in range(0, len(blob), step)]
-        )
+        blob = np.ascontiguousarray((blob - runtime.recognizer.input_mean) / runtime.recognizer.input_std)
+        name, step = session.get_inputs()[0].name, runtime.faces_per_call
+        raw = np.concatenate([session.run(None, {name: blob[i : i + step]})[0] for i in range(0, len(blob), step)])
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         return (raw / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def is_dynamically_quantized(path: Path) -> bool:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return any(node.op_type == "DynamicQuantizeLinear" for node in graph.node)
 
 
 def _nearest_centre(detections: list[Detection], width: int, height: int) -> Detection | None:
