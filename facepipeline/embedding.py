@@ -19,6 +19,7 @@ import numpy as np
 from facepipeline.errors import FacePipelineError
 from facepipeline.geometry import BBox
 from facepipeline.images import decode_image
+from facepipeline.model.alignment import AlignmentError
 from facepipeline.model.face_model import REGION_SCALE, Detection, FaceModel
 
 # A detection belongs to the verified box when they overlap this much (boxes from another
@@ -35,11 +36,12 @@ BOX_OUTSIDE_PHOTO = "box_outside_photo"
 NO_FACE_IN_BOX = "no_face_in_box"
 NO_FACE_ON_PHOTO = "no_face_on_photo"
 NON_FINITE_EMBEDDING = "non_finite_embedding"
+UNALIGNABLE_FACE = "unalignable_face"  # landmarks no similarity maps onto ArcFace's template
 UNEXPECTED_ERROR = "unexpected_error"
 # Failures that the same bytes, box and stage would repeat: not retried until one of them changes.
 # The others (a disk error, an unexpected exception) are retried on every run.
 PERMANENT_FAILURES = frozenset(
-    {PHOTO_UNREADABLE, BOX_OUTSIDE_PHOTO, NO_FACE_IN_BOX, NO_FACE_ON_PHOTO, NON_FINITE_EMBEDDING}
+    {PHOTO_UNREADABLE, BOX_OUTSIDE_PHOTO, NO_FACE_IN_BOX, NO_FACE_ON_PHOTO, NON_FINITE_EMBEDDING, UNALIGNABLE_FACE}
 )
 
 
@@ -203,8 +205,11 @@ def _find_faces(
             code, message = NO_FACE_IN_BOX, "no face found in the verified box"
         if detection is None:
             found.append(FaceEmbedding.failed(job.face_id, code, message))
-        else:
+            continue
+        try:
             found.append((job, detection, model.align(image, detection)))
+        except AlignmentError as exc:  # this face only; the photo's others go on
+            found.append(FaceEmbedding.failed(job.face_id, UNALIGNABLE_FACE, f"face cannot be aligned: {exc}", detection))
     return found
 
 

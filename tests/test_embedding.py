@@ -10,10 +10,12 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from facepipeline.embedding import FaceJob, embed_faces
+from facepipeline.embedding import PERMANENT_FAILURES, UNALIGNABLE_FACE, FaceJob, embed_faces
 from facepipeline.embedding_store import embedding_matrix, update_embeddings, usable
 from facepipeline.geometry import BBox
+from facepipeline.images import decode_image
 from facepipeline.model import FaceModel
+from facepipeline.model.alignment import AlignmentError
 from facepipeline.photos import PhotoCache
 from facepipeline.sources import FolderSource, open_source
 from tests.conftest import FACES, GROUP_PHOTOS, MODEL_ROOT, PACK
@@ -78,6 +80,30 @@ def test_a_model_that_cannot_import_onnx_fails_the_stage_not_each_face_simulated
     with pytest.raises(ImportError):
         list(embed_faces(model, [FaceJob("a", "p", None), FaceJob("b", "p", BBox(68, 68, 115, 115))], lambda _: data))
     assert list(embed_faces(model, [], lambda _: data)) == []  # nothing to embed: nothing to import
+
+
+def test_a_face_that_cannot_be_aligned_fails_alone_and_for_good_simulated_degenerate_landmarks(face_model, monkeypatch):
+    """Landmarks no similarity maps onto the template (faked: the first alignment raises, as NaN
+    landmarks would) fail that face with a permanent code, its detection kept; the photo's other
+    face is embedded."""
+    data = next(iter(sorted(GROUP_PHOTOS.glob("*.jpg")))).read_bytes()
+    [first, second, *_] = face_model.detect(decode_image(data))
+    real_align, calls = face_model.align, []
+
+    def align(image, detection):
+        calls.append(detection)
+        if len(calls) == 1:
+            raise AlignmentError("the landmarks are not all finite")
+        return real_align(image, detection)
+
+    monkeypatch.setattr(face_model, "align", align)
+    jobs = [FaceJob("a", "p", first.bbox), FaceJob("b", "p", second.bbox)]
+    results = {r.face_id: r for r in embed_faces(face_model, jobs, lambda _: data, workers=1)}
+    assert len(calls) == 2
+    assert results["a"].error_code == UNALIGNABLE_FACE and results["a"].detection is not None
+    assert "cannot be aligned" in results["a"].error and results["a"].embedding is None
+    assert results["b"].ok
+    assert UNALIGNABLE_FACE in PERMANENT_FAILURES
 
 
 def test_matches_whole_photo_detection_without_a_tight_crop(face_model):

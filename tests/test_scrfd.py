@@ -11,14 +11,18 @@ uses.
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from facepipeline.images import decode_image
 from facepipeline.model.alignment import AlignmentError, ARCFACE_TEMPLATE, norm_crop, similarity_transform
 from facepipeline.model.face_model import RecognizerGraph
 from facepipeline.model.pack import DETECTION, RECOGNITION
 from facepipeline.model.scrfd import NMS_THRESHOLD, Scrfd, ScrfdError, _suppress_overlaps
-from tests.conftest import FACES, GROUP_PHOTOS, SHARED
+from tests.conftest import FACES, GROUP_PHOTOS, MODEL_ROOT, SHARED
 
 insightface = pytest.importorskip("insightface")
 
@@ -71,6 +75,40 @@ def test_detections_and_crops_are_insightfaces_bit_for_bit(face_model, reference
     assert compared == len(photos) * len(SIZES) and faces > 150  # group photos bring many faces per call
 
 
+def test_a_fixed_size_batched_detector_is_insightfaces_too():
+    """scrfd_2.5g_kps takes a fixed 640 x 640 input and gives batched outputs: the other branches."""
+    from insightface.model_zoo.scrfd import SCRFD
+
+    path = MODEL_ROOT / "scrfd_2.5g_kps" / "scrfd_2.5g_kps.onnx"
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    ours = Scrfd(path, session)
+    theirs = SCRFD(model_file=str(path), session=session)
+    theirs.prepare(0, det_thresh=0.5, input_size=(640, 640))
+    assert ours.fixed_size == (640, 640) and ours.batched
+    photos = sample_photos()[::4]
+    found = 0
+    for image in photos:
+        boxes, points = ours.detect(image, 128)  # a fixed-size model ignores the size asked for
+        expected_boxes, expected_points = theirs.detect(image, input_size=(640, 640))
+        np.testing.assert_array_equal(boxes, expected_boxes)
+        np.testing.assert_array_equal(points, expected_points)
+        found += len(boxes)
+    assert found >= len(photos)
+
+
+def test_every_size_gets_a_fixed_shape_session_with_the_models_own_options(face_model):
+    """Single-threaded like the session the model was loaded with: a session spreading each call
+    over every core would oversubscribe them beside another step process."""
+    for size in (128, 160, 640):
+        session = face_model.detector.session_for(size)
+        assert session.get_inputs()[0].shape == [1, 3, size, size]
+        assert session.get_session_options().intra_op_num_threads == 1
+        assert session.get_providers() == face_model.sessions[DETECTION].get_providers()
+    assert face_model.detector.session_for(160) is face_model.detector.session_for(160)
+
+
 def test_overlap_suppression_keeps_what_insightfaces_keeps(reference):
     """Crowded random boxes, many near the threshold (where SCRFD's inclusive pixel areas matter)."""
     detector, _ = reference
@@ -91,6 +129,56 @@ def test_the_recognizer_graph_is_read_as_insightface_reads_it(face_model, refere
     assert graph.dynamically_quantized  # the int8 build of w600k_mbf quantises per call
 
 
+def test_the_recognizer_graphs_own_normalisation_is_read_as_insightface_reads_it(tmp_path):
+    """A graph that subtracts and scales its input itself (a Sub and a Mul among its first nodes)
+    takes raw pixels: mean 0, std 1, as InsightFace's ArcFaceONNX decides."""
+    import onnx
+    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Sub", ["input.1", "mean"], ["centred"], name="Sub_0"),
+            helper.make_node("Mul", ["centred", "scale"], ["scaled"], name="Mul_1"),
+            helper.make_node("GlobalAveragePool", ["scaled"], ["pooled"], name="pool"),
+            helper.make_node("Flatten", ["pooled"], ["embedding"], name="flat"),
+        ],
+        "normalising_recognizer",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 3])],
+        initializer=[numpy_helper.from_array(np.float32(127.5), "mean"), numpy_helper.from_array(np.float32(1 / 128), "scale")],
+    )
+    path = tmp_path / "recognizer.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=9), path)
+    read = RecognizerGraph.read(path)
+    reference = ArcFaceONNX(model_file=str(path), session=ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+    assert (read.input_mean, read.input_std) == (reference.input_mean, reference.input_std) == (0.0, 1.0)
+    assert not read.dynamically_quantized
+
+
+POINTS = arrays(np.float64, (5, 2), elements=st.floats(-500, 500, allow_nan=False, width=32))
+
+
+@settings(max_examples=300, deadline=None)
+@given(POINTS, POINTS, st.sampled_from(["as drawn", "collinear", "mirrored", "float32"]))
+def test_the_similarity_is_scikit_images_umeyama_bit_for_bit(src, dst, shape):
+    """Random, collinear (rank 1) and mirrored point sets: every branch of Umeyama's estimate."""
+    from skimage.transform._geometric import _umeyama
+
+    if shape == "collinear":
+        src = np.outer(np.linspace(-1, 1, 5), src[0]) + src[1]
+    elif shape == "mirrored":
+        dst = src * np.array([-1.0, 1.0]) + dst[0]
+    elif shape == "float32":
+        src, dst = src.astype(np.float32), dst.astype(np.float32)
+    expected = _umeyama(src, dst, True)
+    if np.isnan(expected).any():
+        with pytest.raises(AlignmentError):
+            similarity_transform(src, dst)
+    else:
+        np.testing.assert_array_equal(similarity_transform(src, dst), expected)
+
+
 def test_the_similarity_recovers_a_known_transform_and_refuses_degenerate_landmarks():
     angle, scale, shift = 0.3, 1.7, np.array([12.0, -5.0])
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -101,6 +189,8 @@ def test_the_similarity_recovers_a_known_transform_and_refuses_degenerate_landma
     np.testing.assert_allclose(matrix[:2, 2], shift, atol=1e-9)
     with pytest.raises(AlignmentError, match="one point"):
         similarity_transform(np.full((5, 2), 40.0, np.float32), ARCFACE_TEMPLATE)
+    with pytest.raises(AlignmentError, match="not all finite"):
+        similarity_transform(np.where(np.eye(5, 2, dtype=bool), np.nan, 40.0).astype(np.float32), ARCFACE_TEMPLATE)
     with pytest.raises(ValueError, match="multiple of 112"):
         norm_crop(np.zeros((200, 200, 3), np.uint8), ARCFACE_TEMPLATE, size=100)
 

@@ -26,6 +26,13 @@ class AlignmentError(ValueError):
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """The 3 x 3 similarity (rotation, uniform scale, translation) taking ``src`` points closest to
     ``dst`` in least squares: Umeyama, PAMI 1991, eq. 38-43."""
+    if not (np.isfinite(src).all() and np.isfinite(dst).all()):
+        raise AlignmentError("the landmarks are not all finite")
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a degenerate set is refused below
+        return _umeyama(src, dst)
+
+
+def _umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     num, dim = src.shape
     src_mean = src.mean(axis=0)
     dst_mean = dst.mean(axis=0)

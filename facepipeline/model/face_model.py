@@ -147,6 +147,7 @@ class FaceModel:
             with self._runtime_lock:
                 if self._runtime is None:
                     detector = Scrfd(self.pack.detector.path, self.sessions[DETECTION], det_thresh=self.det_thresh)
+                    detector.session_for(self.region_det_size)  # the size every verified box uses
                     recognizer = RecognizerGraph.read(self.pack.recognizer.path)
                     # A dynamically quantised recognizer picks its int8 scales per call, from the
                     # whole batch: a face's embedding would then depend on its batch-mates (cosine

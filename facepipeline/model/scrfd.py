@@ -52,6 +52,8 @@ class Scrfd:
                 f"{model_path.name} is not an SCRFD detector with landmarks ({len(outputs)} outputs; "
                 f"expected 9 or 15)"
             )
+        if len(session.get_inputs()[0].shape) != 4 or any(len(output.shape) not in (2, 3) for output in outputs):
+            raise ScrfdError(f"{model_path.name} is not an SCRFD detector: its input is not NCHW or an output is not 2-D or 3-D")
         self.model_path = Path(model_path)
         self.session = session
         self.det_thresh = det_thresh
@@ -123,6 +125,10 @@ class Scrfd:
                 self._centres[key] = centres
         return centres
 
+    def session_for(self, size: int) -> ort.InferenceSession:
+        """The session that serves ``size`` x ``size`` inputs, made now if it is not yet."""
+        return self._session_for(self.fixed_size or (size, size))
+
     def _session_for(self, input_size: tuple[int, int]) -> ort.InferenceSession:
         with self._lock:
             session = self._sessions.get(input_size)
@@ -150,12 +156,21 @@ class Scrfd:
             _set_dim(dims[-1], _COMPONENT_WIDTHS[index // levels])
         providers = self.session.get_providers()
         options = self.session.get_provider_options()
-        return ort.InferenceSession(
+        session = ort.InferenceSession(
             model.SerializeToString(),
             sess_options=self.session.get_session_options(),
             providers=providers,
             provider_options=[dict(options.get(provider, {})) for provider in providers],
         )
+        # onnxruntime falls back to the CPU, with a warning only, when a provider cannot start.
+        if session.get_providers() != providers:
+            raise ScrfdError(
+                f"the detector's {width}x{height} session runs on {session.get_providers()}, not {providers} "
+                f"as the model was loaded"
+            )
+        if _fixed_size(session.get_inputs()[0].shape) != input_size:
+            raise ScrfdError(f"the detector's {width}x{height} session does not take a fixed {width}x{height} input")
+        return session
 
 
 def _fixed_size(shape) -> tuple[int, int] | None:
