@@ -93,6 +93,8 @@ class FaceModel:
         self.region_det_size = region_det_size
         self.batch_size = batch_size
         self.embedding_dim = int(sessions[RECOGNITION].get_outputs()[0].shape[-1])
+        self.input_size = int(sessions[RECOGNITION].get_inputs()[0].shape[3])
+        """The recognizer's square input, in pixels."""
         self._runtime_lock = threading.Lock()
         self._runtime: _Runtime | None = None
 
@@ -219,11 +221,6 @@ class FaceModel:
     def align(self, image: np.ndarray, detection: Detection) -> np.ndarray:
         """The 112 x 112 crop ArcFace was trained on: a similarity transform of the five landmarks."""
         return norm_crop(image, detection.landmarks, self.input_size)
-
-    @property
-    def input_size(self) -> int:
-        """The recognizer's square input, in pixels."""
-        return int(self.sessions[RECOGNITION].get_inputs()[0].shape[3])
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """L2-normalised embeddings of aligned BGR crops, shape (N, 112, 112, 3) -> (N, dim)."""

@@ -85,12 +85,11 @@ class Scrfd:
         scores, boxes, points = self._forward(canvas)
         if scores.size == 0:
             return np.empty((0, 5), dtype=np.float32), np.empty((0, 5, 2), dtype=np.float32)
+        # Best score first, ties in anchor order. (InsightFace sorts once more over all its input
+        # sizes; with one size that stable sort of sorted scores changes nothing.)
         order = np.argsort(-scores.ravel(), kind="stable")
         candidates = np.hstack((boxes / scale, scores)).astype(np.float32, copy=False)[order]
         points = (points / scale)[order]
-        # InsightFace sorts again over all its input sizes (one here), then suppresses overlaps.
-        order = np.argsort(-candidates[:, 4], kind="stable")
-        candidates, points = candidates[order], points[order]
         keep = _suppress_overlaps(candidates, NMS_THRESHOLD)
         return candidates[keep], points[keep]
 
