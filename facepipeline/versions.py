@@ -64,9 +64,7 @@ class VersionedStore(Generic[V]):
     def newest_first(self) -> Iterator[V]:
         """The complete versions, newest first, each manifest read only when it is reached: the
         newest one costs one read however many versions the store holds."""
-        found = sorted(((int(m.group(1)), child) for child in listing(self.root) if (m := _VERSION_DIR.match(child.name))),
-                       reverse=True)
-        for number, path in found:
+        for number, path in sorted(self._numbered(), reverse=True):
             try:
                 manifest = json.loads((path / "manifest.json").read_text())
             except (FileNotFoundError, NotADirectoryError):
@@ -115,10 +113,13 @@ class VersionedStore(Generic[V]):
     def latest(self) -> V | None:
         return next(self.newest_first(), None)
 
+    def _numbered(self) -> list[tuple[int, Path]]:
+        """Every ``vN`` folder, complete or not, with its number."""
+        return [(int(m.group(1)), child) for child in listing(self.root) if (m := _VERSION_DIR.match(child.name))]
+
     def _taken_numbers(self) -> list[int]:
         """Every ``vN`` folder, complete or not, and every retired version: a number once used is never reused."""
-        present = [int(m.group(1)) for child in self.root.iterdir() if (m := _VERSION_DIR.match(child.name))]
-        return present + [record["version"] for record in self.retired()]
+        return [number for number, _ in self._numbered()] + [record["version"] for record in self.retired()]
 
     def _publish(self, write: Callable[[Path], None], manifest: dict) -> V:
         """``write(folder)`` the version's files, then publish them as the next ``vN`` with ``manifest``
