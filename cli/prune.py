@@ -26,8 +26,7 @@ def run(args: argparse.Namespace) -> int:
         "removals": [{"kind": r.kind, "name": r.name, "path": str(r.path), "bytes": r.bytes} for r in plan.removals],
     }
     if report is not None:
-        summary.update(removed=report.items, photos_removed=report.photos, bytes_freed=report.bytes, kept_after_all=report.kept,
-                       failed=report.failed)
+        summary.update(report.as_dict())
     if args.json:
         print_json(summary)
     else:

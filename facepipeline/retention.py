@@ -132,6 +132,11 @@ class PruneReport:
         """Cached photos removed."""
         return sum(len(r.photos.sha256s) for r in self.removed if r.photos)
 
+    def as_dict(self) -> dict:
+        """What came of a prune, as the CLI's JSON and the job's metadata give it."""
+        return {"removed": self.items, "photos_removed": self.photos, "bytes_freed": self.bytes,
+                "kept_after_all": self.kept, "failed": self.failed}
+
     def line(self) -> str:
         text = f"removed {self.items} item(s)"
         text += f" and {self.photos} cached photos, {_mib(self.bytes)} freed" if self.photos else f", {_mib(self.bytes)} freed"

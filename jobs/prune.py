@@ -84,8 +84,7 @@ def prune(context: OpExecutionContext, config: PruneConfig, artifacts: ArtifactS
     }
     if report is not None:
         context.log.info(report.line())
-        metadata.update(removed=report.items, photos_removed=report.photos, bytes_freed=report.bytes, kept_after_all=MetadataValue.json(report.kept),
-                        failed=MetadataValue.json(report.failed))
+        metadata.update(report.as_dict())  # its two dicts become JSON metadata
         if report.failed:
             raise Failure(description=f"{report.line()}: {report.failed}", metadata=metadata)
     yield Output(None, metadata=metadata)
