@@ -1,11 +1,17 @@
 """Named Parquet tables on disk, replaced atomically (a reader never sees half a file).
 
-Reads are remembered per process: the steps of one in-process run read the same few tables many
+Tables are remembered per process: the steps of one in-process run read the same few tables many
 times (the verified faces and the embeddings feed most of them), and decoding 5,000 embeddings
-costs ~40 ms a time. A remembered table is handed out only while its file is the very file it was
-read from (same device, inode, size, modification and change times; every write through the store
-replaces the file, and forgets what this process remembered of it), and the tables remembered
-together stay under a byte budget, so a big gallery is read from disk as before.
+costs 50-70 ms a time. A table the store writes is remembered as written, so the next step of the
+run does not decode the file it just wrote; one it reads, as read. A remembered table is handed
+out only while its file is the very file it was written or read as (same device, inode, size,
+modification and change times), and the tables remembered together stay under a byte budget, so
+a big gallery is read from disk as before.
+
+Floating-point columns (the embeddings, boxes and scores) are written without Parquet's dictionary
+encoding: their values hardly repeat, so the dictionary the writer builds first is thrown away
+again. Measured on 5,900 embeddings: written in half the time (0.06 s instead of 0.12 s), read in
+three quarters, and a file 5 % smaller.
 """
 
 from __future__ import annotations
@@ -49,6 +55,16 @@ class _RecentTables:
         if _identity(path) == identity:  # not replaced while it was read
             self._keep(key, identity, table)
         return table
+
+    def written(self, path: Path, table: pa.Table, inode: tuple[int, int]) -> None:
+        """``table`` was just written to ``path`` as the file ``inode`` (device, inode): remember it
+        as the content of ``path`` while that file is still the one there (another process may have
+        replaced it already)."""
+        identity = _identity(path)
+        if identity is None or identity[:2] != inode:
+            self.forget(path)
+        else:
+            self._keep(str(path), identity, table)
 
     def _keep(self, key: str, identity: tuple[int, ...], table: pa.Table) -> None:
         with self._lock:
@@ -98,12 +114,26 @@ class TableStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".parquet")
         os.close(fd)
+        RECENT_TABLES.forget(target)
         try:
-            pq.write_table(table, tmp, compression="zstd")
+            pq.write_table(table, tmp, compression="zstd", use_dictionary=_dictionary_columns(table.schema))
+            # What a read would give: the file's own schema (a list's values are Parquet's
+            # "element"), the same buffers.
+            as_read = table.cast(pq.read_schema(tmp))
+            ours = os.stat(tmp)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        finally:  # even a file that only looks unchanged (a reused inode, the same size and tick) is read anew
-            RECENT_TABLES.forget(target)
+        RECENT_TABLES.written(target, as_read, (ours.st_dev, ours.st_ino))
         return target
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth Parquet's dictionary encoding: all but floating-point ones (and lists of them)."""
+    def floating(type_: pa.DataType) -> bool:
+        while pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_):
+            type_ = type_.value_type
+        return pa.types.is_floating(type_)
+
+    return [field.name for field in schema if not floating(field.type)]

@@ -24,6 +24,51 @@ def test_a_table_read_twice_is_decoded_once(tmp_path):
     assert first.equals(_table([1, 2, 3]))
 
 
+def test_a_table_written_is_handed_back_as_written_and_equals_its_file(tmp_path):
+    """The next step of a run does not decode the file the step before just wrote."""
+    store = TableStore(tmp_path)
+    table = pa.table({"face_id": ["a", "b"], "embedding": pa.array([[0.5, 0.25], [1.0, 2.0]], pa.list_(pa.float32(), 2))})
+    table = table.replace_schema_metadata({b"facepipeline.kind": b"test"})
+    store.write("faces", table)
+    kept = store.read("faces")
+    assert store.read("faces") is kept
+    assert kept.column("embedding").chunk(0).values.buffers()[1].address == table.column("embedding").chunk(0).values.buffers()[1].address
+    read = pq.read_table(store.path("faces"))
+    assert kept.equals(read, check_metadata=True) and kept.schema.equals(read.schema, check_metadata=True)
+    assert kept.schema.metadata == {b"facepipeline.kind": b"test"}
+
+
+def test_a_table_replaced_right_after_it_was_written_is_not_handed_out_simulated_race(tmp_path, monkeypatch):
+    """Another process replaces the file between this write's rename and its look at the file."""
+    import facepipeline.tables as tables
+
+    store = TableStore(tmp_path)
+    real_replace = os.replace
+
+    def replace_then_another_writer(source, target):
+        real_replace(source, target)
+        pq.write_table(_table([7, 8, 9]), tmp_path / "other.parquet")
+        real_replace(tmp_path / "other.parquet", target)
+
+    monkeypatch.setattr(tables.os, "replace", replace_then_another_writer)
+    store.write("faces", _table([1, 2, 3]))
+    assert store.read("faces").equals(_table([7, 8, 9]))
+
+
+def test_floating_point_columns_are_not_dictionary_encoded(tmp_path):
+    """Embeddings hardly repeat: a dictionary page for them is built, then thrown away."""
+    store = TableStore(tmp_path)
+    table = pa.table({
+        "face_id": ["a", "b", "a"],
+        "score": [0.5, 0.25, 0.5],
+        "embedding": pa.array([[0.5, 0.25]] * 3, pa.list_(pa.float32(), 2)),
+    })
+    metadata = pq.ParquetFile(store.write("faces", table)).metadata.row_group(0)
+    encodings = {metadata.column(i).path_in_schema: metadata.column(i).encodings for i in range(metadata.num_columns)}
+    assert "RLE_DICTIONARY" in encodings["face_id"]
+    assert "RLE_DICTIONARY" not in encodings["score"] and "RLE_DICTIONARY" not in encodings["embedding.list.element"]
+
+
 def test_a_rewritten_table_is_read_anew(tmp_path):
     store = TableStore(tmp_path)
     store.write("faces", _table([1, 2, 3]))
