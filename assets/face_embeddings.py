@@ -12,6 +12,8 @@ in the middle loses at most a batch of faces, and the next run resumes from the 
 another retrain stops there, before writing anything.
 """
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import (
@@ -34,7 +36,14 @@ from assets.metadata import counts_table, markdown_table
 from facepipeline.embedding import Progress, stage_fingerprint
 from facepipeline.embedding_journal import EmbeddingJournal
 from facepipeline.embedding_shards import combine, plan_shards, total_report
-from facepipeline.embedding_store import EmbeddingReport, faces_to_embed, reusable_keys, update_embeddings
+from facepipeline.embedding_store import (
+    EmbeddingReport,
+    embeddings_schema,
+    faces_to_embed,
+    read_keys,
+    reusable_keys,
+    update_embeddings,
+)
 from facepipeline.faces import VerifiedFace, table_to_faces
 from facepipeline.model.face_model import FaceModel
 from facepipeline.photos import records_by_ref
@@ -74,7 +83,8 @@ def split_by_event(
     with failures_explained():
         model, mode = face_model.load(), retrain_options.options().mode
     faces = table_to_faces(verified_faces)
-    previous, journal = _previous(artifacts), journal_of(artifacts, model)
+    previous = read_keys(_published(artifacts), embeddings_schema(model.embedding_dim))  # not the vectors: combine reads those
+    journal = journal_of(artifacts, model)
     pruned = journal.prune(reusable_keys(previous), compact=True)  # no step of this stage is writing yet
     journalled = journal.rows()
     if pruned or journalled:
@@ -140,6 +150,10 @@ def _previous(artifacts: ArtifactStoreResource) -> pa.Table | None:
     return artifacts.tables().read(table_name(FACE_EMBEDDINGS))
 
 
+def _published(artifacts: ArtifactStoreResource) -> Path:
+    return artifacts.tables().path(table_name(FACE_EMBEDDINGS))
+
+
 def journal_of(artifacts: ArtifactStoreResource, model: FaceModel | None) -> EmbeddingJournal:
     """The embedding journal of ``model``'s stage; with no model, of every stage (to prune it)."""
     return EmbeddingJournal(artifacts.root / JOURNAL_DIR, stage_fingerprint(model) if model is not None else None)
@@ -147,12 +161,7 @@ def journal_of(artifacts: ArtifactStoreResource, model: FaceModel | None) -> Emb
 
 def published_keys(artifacts: ArtifactStoreResource) -> set[str]:
     """The reusable keys of the published face_embeddings table (only its key columns are read)."""
-    import pyarrow.parquet as pq
-
-    path = artifacts.tables().path(table_name(FACE_EMBEDDINGS))
-    if not path.is_file():
-        return set()
-    return reusable_keys(pq.read_table(path, columns=["face_id", "embed_key", "status", "error_code"]))
+    return reusable_keys(read_keys(_published(artifacts)))
 
 
 def _update(

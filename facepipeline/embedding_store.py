@@ -19,11 +19,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from facepipeline.errors import FacePipelineError
 from facepipeline.embedding import PERMANENT_FAILURES, PHOTO_UNAVAILABLE, FaceJob, Progress, embed_faces, stage_fingerprint
@@ -36,6 +38,8 @@ Mode = Literal["full", "incremental"]
 OK, FAILED = "ok", "failed"
 # Columns that come from the verified face, not from embedding it: refreshed on every reuse.
 LABEL_COLUMNS = ("face_id", "person_id", "person_name", "photo_ref", "event_id")
+KEY_COLUMNS = ("face_id", "embed_key", "status", "error_code")
+"""What deciding whether a face's earlier row is reused needs of an earlier table."""
 
 
 def embeddings_schema(dim: int) -> pa.Schema:
@@ -237,16 +241,34 @@ def faces_to_embed(
     model: FaceModel,
     faces: Sequence[VerifiedFace],
     photos: Mapping[str, PhotoRecord],
-    previous: pa.Table | None,
+    previous_keys: pa.Table | None,
     *,
     mode: Mode = "incremental",
     journal: EmbeddingJournal | None = None,
 ) -> list[str]:
-    """The ids of the faces ``update_embeddings`` would run the model on; the others it reuses or fails at once."""
+    """The ids of the faces ``update_embeddings`` would run the model on; the others it reuses or fails at once.
+
+    ``previous_keys`` is what :func:`read_keys` reads of the published table (in today's layout):
+    deciding needs its :data:`KEY_COLUMNS`, not its vectors.
+    """
     if mode not in ("full", "incremental"):
         raise ValueError(f"mode must be 'full' or 'incremental', got {mode!r}")
-    previous, _ = _earlier_table(previous, journal, embeddings_schema(model.embedding_dim), mode)
-    return [job.face_id for job in _plan(model, faces, photos, previous, datetime.now(UTC)).jobs]
+    journalled = _conformed(journal.read(), embeddings_schema(model.embedding_dim)) if journal is not None else None
+    parts = [table.select(list(KEY_COLUMNS)) for table in (None if mode == "full" else previous_keys, journalled)
+             if table is not None and table.num_rows]
+    earlier = pa.concat_tables(parts) if parts else None
+    return [job.face_id for job in _plan(model, faces, photos, earlier, datetime.now(UTC)).jobs]
+
+
+def read_keys(path: Path, schema: pa.Schema | None = None) -> pa.Table | None:
+    """The :data:`KEY_COLUMNS` of the embeddings table at ``path``, without decoding its vectors (a
+    few milliseconds instead of ~0.1 s for 5,000 faces). None when there is no such file, or, given
+    ``schema``, when the table is not in that layout (``update_embeddings`` would not reuse it)."""
+    if not path.is_file():
+        return None
+    if schema is not None and not _castable(pq.read_schema(path), schema):
+        return None
+    return pq.read_table(path, columns=list(KEY_COLUMNS))
 
 
 def _plan(
@@ -290,18 +312,35 @@ def reusable_keys(table: pa.Table | None) -> set[str]:
     """The keys of the rows of an embeddings table that a later run reuses: embedded, or failed for good."""
     if table is None or "embed_key" not in table.schema.names:
         return set()
-    _, by_key = _earlier_rows(table.select(["face_id", "embed_key", "status", "error_code"]))
+    _, by_key = _earlier_rows(table.select(list(KEY_COLUMNS)))
     return set(by_key)
 
 
 def _conformed(table: pa.Table | None, schema: pa.Schema) -> pa.Table | None:
     """The earlier table in today's schema, or None when it cannot be (another model or layout)."""
-    if table is None or table.schema.names != schema.names:
+    if table is None or not _castable(table.schema, schema):
         return None
     try:
         return table.cast(schema)
-    except (pa.ArrowException, TypeError, ValueError):  # e.g. 512-d vectors where 256-d are wanted
+    except (pa.ArrowException, TypeError, ValueError):
         return None
+
+
+def _castable(layout: pa.Schema, schema: pa.Schema) -> bool:
+    """Whether a table laid out as ``layout`` can be read as ``schema``: the same columns, vectors of
+    the same dimension (not 256-d where 512-d are wanted), types that cast."""
+    if layout.names != schema.names:
+        return False
+    for have, want in zip(layout, schema, strict=True):
+        if pa.types.is_fixed_size_list(want.type) and not (
+            pa.types.is_fixed_size_list(have.type) and have.type.list_size == want.type.list_size
+        ):
+            return False
+    try:
+        layout.empty_table().cast(schema)
+    except (pa.ArrowException, TypeError, ValueError):
+        return False
+    return True
 
 
 def _earlier_rows(table: pa.Table | None) -> tuple[dict[str, tuple[int, str]], dict[str, int]]:
@@ -311,7 +350,7 @@ def _earlier_rows(table: pa.Table | None) -> tuple[dict[str, tuple[int, str]], d
     """
     if table is None:
         return {}, {}
-    columns = (table.column(name).to_pylist() for name in ("face_id", "embed_key", "status", "error_code"))
+    columns = (table.column(name).to_pylist() for name in KEY_COLUMNS)
     by_face, by_key = {}, {}
     for row, (face_id, key, status, code) in enumerate(zip(*columns, strict=True)):
         if status == OK or code in PERMANENT_FAILURES:

@@ -261,11 +261,54 @@ def test_an_earlier_table_from_a_model_with_another_dimension_is_set_aside(face_
     from facepipeline.embedding_store import embeddings_schema
 
     faces = FolderSource(small_faces).verified_faces()[:2]
-    other_model = pa.Table.from_pylist([], schema=embeddings_schema(256))
-    _, report = build(face_model, tmp_path, faces, previous=other_model)
-    assert (report.embedded, report.reused) == (2, 0)
+    first, _ = build(face_model, tmp_path, faces)
+    row = {**first.slice(0, 1).to_pylist()[0], "embedding": [0.0625] * 256}  # the same face and key, a 256-d vector
+    for other_model in (pa.Table.from_pylist([], schema=embeddings_schema(256)), pa.Table.from_pylist([row], schema=embeddings_schema(256))):
+        _, report = build(face_model, tmp_path, faces, previous=other_model)
+        assert (report.embedded, report.reused) == (2, 0)
     empty, report = build(face_model, tmp_path, [])
     assert empty.num_rows == 0 and report.faces_total == 0
+
+
+def test_the_faces_to_embed_are_decided_from_the_key_columns_alone_as_the_stage_decides(face_model, tmp_path, small_faces, monkeypatch):
+    """split_by_event reads only the published table's key columns; what it plans is what
+    update_embeddings then embeds (a box moved, faces added, a permanent failure kept)."""
+    import pyarrow.parquet as pq
+
+    import facepipeline.embedding_store as store
+    from facepipeline.embedding_store import KEY_COLUMNS, embeddings_schema, faces_to_embed, read_keys
+
+    person = next(p for p in sorted(small_faces.iterdir()) if p.is_dir())
+    (person / "blank.jpg").write_bytes(BLANK)
+    everyone = FolderSource(small_faces).verified_faces()
+    blank = next(f for f in everyone if f.photo_ref.endswith("blank.jpg"))
+    first_faces = [f for f in everyone if f is not blank][:8] + [blank]
+    first, _ = build(face_model, tmp_path, first_faces)
+    published = tmp_path / "face_embeddings.parquet"
+    pq.write_table(first, published)
+
+    faces = [replace(first_faces[0], bbox=BBox(60, 60, 130, 130)), *first_faces[1:], *[f for f in everyone if f not in first_faces][:2]]
+    keys = read_keys(published, embeddings_schema(512))
+    assert keys.column_names == list(KEY_COLUMNS) and keys.num_rows == 9
+    with PhotoCache(tmp_path / "cache") as cache:
+        records = {r.ref: r for r in cache.fetch_all(f.photo_ref for f in faces)}
+        planned = faces_to_embed(face_model, faces, records, keys)
+        embedded: list[str] = []
+        real_embed_faces = store.embed_faces
+
+        def spied(model, jobs, *args, **kwargs):  # the real call, its jobs noted
+            jobs = list(jobs)
+            embedded.extend(job.face_id for job in jobs)
+            return real_embed_faces(model, jobs, *args, **kwargs)
+
+        monkeypatch.setattr(store, "embed_faces", spied)
+        _, report = update_embeddings(face_model, faces, records, cache.read, pq.read_table(published))
+    assert sorted(planned) == sorted(embedded) == sorted([faces[0].face_id, *(f.face_id for f in faces[-2:])])
+    assert (report.embedded, report.reused, report.failed_before) == (3, 7, 1)
+    assert read_keys(tmp_path / "none.parquet") is None
+    pq.write_table(pa.Table.from_pylist([], schema=embeddings_schema(256)), tmp_path / "other.parquet")
+    assert read_keys(tmp_path / "other.parquet", embeddings_schema(512)) is None  # another model's layout: not reused
+    assert read_keys(tmp_path / "other.parquet").num_rows == 0
 
 
 def test_the_journal_keeps_each_batch_and_a_rerun_embeds_only_the_faces_it_lacks(face_model, tmp_path, small_faces):
