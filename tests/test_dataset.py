@@ -50,6 +50,17 @@ def test_table_round_trip_keeps_boxes_and_missing_boxes():
     assert table_to_faces(faces_to_table(faces)) == faces
 
 
+def test_the_same_table_is_converted_once_and_each_caller_gets_a_list_of_its_own():
+    table = faces_to_table(faces_for({"a": 3}))
+    first, second = table_to_faces(table), table_to_faces(table)
+    assert all(a is b for a, b in zip(first, second, strict=True))  # the same frozen faces, not converted again
+    first.append("changed by its caller")
+    second.pop()
+    assert table_to_faces(table) == first[:3] and len(first) == 4 and len(second) == 2
+    same_content = faces_to_table(faces_for({"a": 3}))
+    assert table_to_faces(same_content) == first[:3] and table_to_faces(same_content)[0] is not first[0]
+
+
 def test_a_table_from_before_photo_id_and_event_date_still_reads_but_one_without_a_required_column_does_not():
     faces = faces_for({"a": 2})
     older = faces_to_table(faces).drop_columns(["photo_id", "event_date"])
