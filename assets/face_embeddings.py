@@ -109,7 +109,8 @@ def embed_event(
     """Detect, align and embed one shard's faces on their cached photos: (shard key, rows, report)."""
     shard = verified_faces.filter(pc.is_in(verified_faces.column("face_id"), pa.array(face_ids, pa.string())))
     faces = table_to_faces(shard)  # this shard's rows only: 25 new faces need not convert 5,000
-    table, report = _update(context, faces, cached_photos, face_model, artifacts, retrain_options)
+    # split_by_event found nothing to reuse for these in the published table: only the journal counts.
+    table, report = _update(context, faces, cached_photos, face_model, artifacts, retrain_options, previous=None)
     context.log.info(f"{report.line()} in {report.seconds:.1f}s ({report.faces_per_second:.1f} faces/s)")
     return Output((context.get_mapping_key(), table, report), metadata={"faces_embedded": report.embedded, "faces_resumed": report.resumed,
                                              "faces_failed": report.failed,
@@ -130,7 +131,7 @@ def combine_embeddings(
     faces = table_to_faces(verified_faces)
     embedded = {face_id for _, table, _ in shards for face_id in table.column("face_id").to_pylist()}
     rest = [face for face in faces if face.face_id not in embedded]  # reused, or failed for want of a photo
-    rest_table, rest_report = _update(context, rest, cached_photos, face_model, artifacts, retrain_options)
+    rest_table, rest_report = _update(context, rest, cached_photos, face_model, artifacts, retrain_options, previous=_previous(artifacts))
     table = combine([part for _, part, _ in shards] + [rest_table], faces)
     report = total_report([shard_report for _, _, shard_report in shards] + [rest_report])
     report.faces_total = len(faces)
@@ -171,6 +172,8 @@ def _update(
     face_model: FaceModelResource,
     artifacts: ArtifactStoreResource,
     retrain_options: RetrainOptionsResource,
+    *,
+    previous: pa.Table | None,
 ) -> tuple[pa.Table, EmbeddingReport]:
     with failures_explained():
         model, mode = face_model.load(), retrain_options.options().mode
@@ -180,7 +183,7 @@ def _update(
 
     with artifacts.photo_cache() as cache:
         return update_embeddings(
-            model, faces, records_by_ref(cached_photos), cache.read, _previous(artifacts), mode=mode, progress=progress,
+            model, faces, records_by_ref(cached_photos), cache.read, previous, mode=mode, progress=progress,
             journal=journal_of(artifacts, model),
         )
 
