@@ -215,11 +215,10 @@ def test_cached_scores_give_the_numbers_a_fresh_evaluation_gives_and_only_change
         assert _everything(vectors, people, faces, cached) == _everything(vectors, people, faces, fresh)
         return cached
 
-    # Five new faces of the last person: their rows and that person's column are new, the rest is reused.
-    # (A face whose listed best people were all that person loses its list's proof and is computed
-    # in full: a few of them.)
+    # Five new faces of the last person: their rows and that person's column are new, the rest is
+    # reused, that person's earlier faces too (their own score comes with the new column).
     grown = check(vectors, people, faces)
-    assert 5 * len(grown.people) + len(vectors) - 5 <= grown.computed < grown.pairs // 10
+    assert grown.computed == 5 * len(grown.people) + (len(vectors) - 5) * 1
     # The same faces again: everything is reused.
     assert check(vectors, people, faces).computed == 0
     # A face relabelled: its old and new person's columns are computed again, and its own row.
