@@ -21,12 +21,14 @@ from dagster import (
     Config,
     DynamicOut,
     DynamicOutput,
+    HookContext,
     MetadataValue,
     OpExecutionContext,
     Out,
     Output,
     graph_asset,
     op,
+    success_hook,
 )
 from pydantic import Field
 
@@ -140,11 +142,21 @@ def combine_embeddings(
     return Output(table, metadata={**_metadata(report, retrain_options.options().mode, model), **_shard_metadata(shards)})
 
 
+@success_hook(required_resource_keys={"artifacts"})
+def prune_embedding_journal(context: HookContext) -> None:
+    """Once ``combine_embeddings`` succeeded (its table written by the IO manager), the journal rows
+    that table holds are dropped."""
+    artifacts = context.resources.artifacts
+    dropped = journal_of(artifacts, None).prune(published_keys(artifacts))
+    if dropped:
+        context.log.info(f"embedding journal: {dropped} rows dropped, the published face_embeddings table holds them")
+
+
 @graph_asset(group_name="retrain", code_version="3", kinds={"python", "onnx", "parquet"})
 def face_embeddings(verified_faces: pa.Table, cached_photos: pa.Table) -> pa.Table:
     """Detect each verified face on its photo, align it, embed it; reuse what is unchanged; events side by side."""
     shards = split_by_event(verified_faces, cached_photos).map(lambda ids: embed_event(ids, verified_faces, cached_photos))
-    return combine_embeddings(shards.collect(), verified_faces, cached_photos)
+    return combine_embeddings.with_hooks({prune_embedding_journal})(shards.collect(), verified_faces, cached_photos)
 
 
 def _previous(artifacts: ArtifactStoreResource) -> pa.Table | None:

@@ -1,28 +1,11 @@
 """Jobs: named selections of assets that a person, a schedule or a sensor launches."""
 
-from dagster import AssetSelection, HookContext, define_asset_job, success_hook
+from dagster import AssetSelection, define_asset_job
 
 from assets.sessions import RETRAIN_JOB, mark_session_failed
 
 RETRAIN_GROUP = "retrain"
 RETRAIN_TAG = "facepipeline/retrain"
-PUBLISH_EMBEDDINGS_STEP = "face_embeddings.combine_embeddings"
-
-
-@success_hook(required_resource_keys={"artifacts"})
-def prune_embedding_journal(context: HookContext) -> None:
-    """Once the step that publishes ``face_embeddings`` succeeded (its table written), the journal
-    rows that table holds are dropped. Runs outside this job leave them for the next embedding
-    stage, which prunes them before it starts."""
-    if context.step_key != PUBLISH_EMBEDDINGS_STEP:
-        return
-    from assets.face_embeddings import journal_of, published_keys  # the assets import this package
-
-    artifacts = context.resources.artifacts
-    dropped = journal_of(artifacts, None).prune(published_keys(artifacts))
-    if dropped:
-        context.log.info(f"embedding journal: {dropped} rows dropped, the published face_embeddings table holds them")
-
 
 retrain_job = define_asset_job(
     name=RETRAIN_JOB,
@@ -31,7 +14,7 @@ retrain_job = define_asset_job(
         "Read verified faces, cache photos, embed, build a new index version, evaluate and promote it, write the "
         "descriptors back and record the training session."
     ),
-    hooks={mark_session_failed, prune_embedding_journal},
+    hooks={mark_session_failed},
     # One retrain at a time: the instance's run queue admits one run with this tag (cli/environment.py
     # writes the limit into dagster.yaml), and the CLI waits for none but refuses to start beside one.
     tags={RETRAIN_TAG: "true"},

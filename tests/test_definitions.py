@@ -46,7 +46,11 @@ def test_the_code_location_has_the_pipeline_we_expect():
     for name in ("auto_retrain", "retrain_run_failed", "retrain_run_canceled", "evaluation_reports"):
         assert defs.resolve_sensor_def(name).default_status.value == "RUNNING"
     job = defs.resolve_job_def("retrain")
-    assert {hook.name for hook in job.hook_defs} == {"mark_session_failed", "prune_embedding_journal"}
+    assert {hook.name for hook in job.hook_defs} == {"mark_session_failed"}
+    embedding_steps = defs.get_assets_def("face_embeddings").node_def  # the journal is pruned after the table is published
+    assert {n.name: {hook.name for hook in n.hook_defs} for n in embedding_steps.nodes} == {
+        "split_by_event": set(), "embed_event": set(), "combine_embeddings": {"prune_embedding_journal"},
+    }
     assert job.tags["facepipeline/retrain"] == "true"  # the run queue's one-at-a-time limit keys on it
     checks = {(key.asset_key.to_user_string(), key.name) for key in job.asset_layer.asset_graph.asset_check_keys}
     assert checks == {("verified_faces", "dataset_valid"), ("face_embeddings", "embeddings_sane"),
