@@ -14,8 +14,8 @@ never holding the faces x people table, so memory stays flat as the gallery grow
 
 A :class:`ScoreCache` keeps, per face, its ``own`` score and, per group, its ``TOP_K`` best other
 people with their scores and a *bound* (no other person of the group, unlisted, scores above it).
-Everything is keyed by content: a face by the exact bytes of its vector, a person (column) by the
-exact vectors of their gallery faces and their group. On the next evaluation, a face whose vector
+Everything is keyed by content: a face by the exact bytes of its vector and its person, a person
+(column) by who they are, the exact vectors of their gallery faces and their group. On the next evaluation, a face whose vector
 and person are unchanged keeps its listed people that are unchanged, gains the scores of the
 people that changed (computed for every face: one column each; its own person's among them when
 that person's gallery changed, which gives its own score anew), and is answered from the list
@@ -148,7 +148,7 @@ class ScoreCache:
         self.path = Path(path)
 
     def load(self) -> dict[str, np.ndarray] | None:
-        names = ("rows", "own_people", "own_score", "columns", "list_columns", "list_scores", "bound")
+        names = ("rows", "own_people", "own_score", "columns", "column_people", "list_columns", "list_scores", "bound")
         try:
             with np.load(self.path, allow_pickle=False) as data:
                 cached = {name: data[name] for name in names}
@@ -157,7 +157,8 @@ class ScoreCache:
         faces = len(cached["rows"])
         if (cached["list_columns"].shape[0] != faces or cached["list_columns"].shape[2:] != (TOP_K,)
                 or cached["list_scores"].shape != cached["list_columns"].shape or cached["bound"].shape != cached["list_columns"].shape[:2]
-                or cached["own_people"].shape != (faces,) or cached["own_score"].shape != (faces,)):
+                or cached["own_people"].shape != (faces,) or cached["own_score"].shape != (faces,)
+                or cached["column_people"].shape != cached["columns"].shape):
             return None
         return cached
 
@@ -211,14 +212,15 @@ def gallery_scores(
     computed = 0
     cached = cache.load() if cache is not None and reuse else None
     if cached is not None and cached["list_columns"].shape[1] == n_groups and len(people):
-        kept, changed = _reuse(cached, row_keys, person_keys[own], column_keys, scan, own_score, lists)
+        kept, changed = _reuse(cached, row_keys, person_keys, column_keys, scan, own_score, lists)
         fresh, computed = ~kept, int(kept.sum()) * changed
     rows = np.flatnonzero(fresh)
     computed += len(rows) * len(people)
     scan.rows(rows, np.arange(len(people)), own_score, lists, merge=False)
     if cache is not None:
         cache.save(rows=row_keys, own_people=person_keys[own] if len(people) else np.array([], dtype="S32"),
-                   own_score=own_score, columns=column_keys, list_columns=lists.columns, list_scores=lists.scores, bound=lists.bound)
+                   own_score=own_score, columns=column_keys, column_people=person_keys, list_columns=lists.columns, list_scores=lists.scores,
+                   bound=lists.bound)
     stranger = lists.scores[:, :, 0].copy()
     best_group = stranger.argmax(axis=1) if n_groups else np.zeros(len(vectors), dtype=np.int64)
     stranger_column = lists.columns[np.arange(len(vectors)), best_group, 0] if len(vectors) else np.array([], dtype=np.int64)
@@ -227,15 +229,18 @@ def gallery_scores(
 
 
 def _reuse(
-    cached: dict, row_keys: np.ndarray, own_people: np.ndarray, column_keys: np.ndarray, scan: _Scan, own_score: np.ndarray, lists: _Lists
+    cached: dict, row_keys: np.ndarray, person_keys: np.ndarray, column_keys: np.ndarray, scan: _Scan, own_score: np.ndarray, lists: _Lists
 ) -> tuple[np.ndarray, int]:
     """Fill ``own_score`` and ``lists`` for the faces the cache answers: which ones, and how many people were new to them."""
-    column_at = {key: i for i, key in enumerate(column_keys.tolist())}
-    now = np.array([column_at.get(key, _NONE) for key in cached["columns"].tolist()] + [_NONE], dtype=np.int64)  # old column -> new
+    # A column is the same when the same person has the same gallery faces: a person merged into
+    # another can take over exactly the other's old gallery, which is then a new column.
+    column_at = {column: i for i, column in enumerate(zip(column_keys.tolist(), person_keys.tolist(), strict=True))}
+    old_columns = zip(cached["columns"].tolist(), cached["column_people"].tolist(), strict=True)
+    now = np.array([column_at.get(column, _NONE) for column in old_columns] + [_NONE], dtype=np.int64)  # old column -> new
     row_at = {key: i for i, key in enumerate(cached["rows"].tolist())}
     was = np.array([row_at.get(key, _NONE) for key in row_keys.tolist()], dtype=np.int64)
     candidates = np.flatnonzero(was >= 0)
-    candidates = candidates[cached["own_people"][was[candidates]] == own_people[candidates]]  # same vector, same person
+    candidates = candidates[cached["own_people"][was[candidates]] == person_keys[scan.own[candidates]]]  # same vector, same person
     if not len(candidates):
         return np.zeros(len(row_keys), dtype=bool), 0
     old = was[candidates]

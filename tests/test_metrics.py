@@ -236,6 +236,30 @@ def test_cached_scores_give_the_numbers_a_fresh_evaluation_gives_and_only_change
     assert other_split.computed > 0
 
 
+def test_a_person_merged_into_another_whose_old_gallery_they_take_over_is_computed_anew(tmp_path):
+    """Person B's faces relabelled as A, whose one face becomes a probe: A's new gallery is B's old
+    one, the same vectors in the same group, and still another person's column."""
+    from facepipeline.metrics import ScoreCache, gallery_scores
+    from facepipeline.person_scores import split_gallery_probes
+
+    vectors, entries = clustered(10, 7, spread=1.2, seed=5)
+    people, faces = entries.column("person_id").to_pylist(), entries.column("face_id").to_pylist()
+    b = people[0]
+    b_rows = [i for i, p in enumerate(people) if p == b]
+    config = EvaluationConfig()
+    b_gallery, _ = split_gallery_probes([b] * 7, config, [faces[i] for i in b_rows])
+    a_face = next(  # an id for A's face that the merged person holds out, with B's old probe
+        f"a{n}" for n in range(10_000)
+        if sorted(split_gallery_probes([b] * 8, config, [faces[i] for i in b_rows] + [f"a{n}"])[0].tolist()) == b_gallery.tolist()
+    )
+    vectors = np.vstack([vectors, -vectors[b_rows[0]]])  # A's face: nobody's look-alike
+    faces = faces + [a_face]
+    cache = ScoreCache(tmp_path / "scores.npz")
+    gallery_scores(vectors, people + ["A"], config, faces, cache=cache)
+    merged = ["A" if p == b else p for p in people] + ["A"]
+    _same(gallery_scores(vectors, merged, config, faces, cache=cache), gallery_scores(vectors, merged, config, faces))
+
+
 def test_cached_scores_stay_exact_through_a_long_random_history_of_gallery_edits(tmp_path):
     """Faces added, removed, relabelled and re-embedded, people merged and new: after each edit the
     cached scores are the fresh ones, and the cache answers most faces once the gallery is large."""
