@@ -130,10 +130,13 @@ class TableStore:
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:
-    """The columns worth Parquet's dictionary encoding: all but floating-point ones (and lists of them)."""
-    def floating(type_: pa.DataType) -> bool:
+    """The Parquet columns worth dictionary encoding, by path: all but floating-point ones. A list's
+    values are the column ``<name>.list.element`` (struct and map columns get none)."""
+    paths = []
+    for field in schema:
+        path, type_ = field.name, field.type
         while pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_):
-            type_ = type_.value_type
-        return pa.types.is_floating(type_)
-
-    return [field.name for field in schema if not floating(field.type)]
+            path, type_ = f"{path}.list.element", type_.value_type
+        if not (pa.types.is_floating(type_) or pa.types.is_struct(type_) or pa.types.is_map(type_)):
+            paths.append(path)
+    return paths

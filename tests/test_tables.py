@@ -62,10 +62,11 @@ def test_floating_point_columns_are_not_dictionary_encoded(tmp_path):
         "face_id": ["a", "b", "a"],
         "score": [0.5, 0.25, 0.5],
         "embedding": pa.array([[0.5, 0.25]] * 3, pa.list_(pa.float32(), 2)),
+        "people": [["p1", "p2"], ["p1"], []],
     })
     metadata = pq.ParquetFile(store.write("faces", table)).metadata.row_group(0)
     encodings = {metadata.column(i).path_in_schema: metadata.column(i).encodings for i in range(metadata.num_columns)}
-    assert "RLE_DICTIONARY" in encodings["face_id"]
+    assert "RLE_DICTIONARY" in encodings["face_id"] and "RLE_DICTIONARY" in encodings["people.list.element"]
     assert "RLE_DICTIONARY" not in encodings["score"] and "RLE_DICTIONARY" not in encodings["embedding.list.element"]
 
 
