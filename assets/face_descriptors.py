@@ -24,7 +24,9 @@ def face_descriptors(
     """insightface_descriptor, _confidence, _bbox, training_used and training_context, per face.
 
     Batched, one transaction per batch; only verified rows still labelled and boxed as they were
-    read are written, and only when a value changes, so a rerun writes nothing. Rows the gallery
+    read are written, and only when a value changes, so a rerun writes nothing. A row the last
+    write-back left as this update wants it, untouched since (the ledger, facepipeline.gallery.ledger),
+    is not even read back. Rows the gallery
     deleted, un-verified, relabelled or re-boxed during the run are skipped and counted by reason;
     the next run reads them as they are then. A database lost, refusing or timing out part-way
     fails the step with the counts of the batches committed before; the next run writes the rest.
@@ -51,7 +53,9 @@ def face_descriptors(
 
     with failures_explained():
         try:
-            report = gallery.write_descriptors(updates, batch_size=face_source.write_batch_size, progress=progress)
+            report = gallery.write_descriptors(
+                updates, batch_size=face_source.write_batch_size, progress=progress, ledger=artifacts.writeback_ledger(gallery.description)
+            )
         except WriteBackFailed as exc:  # a Failure that also says how far it got
             metadata = {"status": "interrupted", **exc.report.as_dict(), "left": exc.report.left,
                         "skipped_by_reason": MetadataValue.json(exc.report.skipped_by_reason)}
@@ -59,7 +63,7 @@ def face_descriptors(
     if report.skipped_ids:
         changed = [f"{face_id} ({report.skip_reason_of.get(face_id, 'changed')})" for face_id in report.skipped_ids]
         context.log.warning(one_line(f"{len(changed)} face(s) changed in the gallery during the run, not written", changed))
-    context.log.info(report.line())
+    context.log.info(f"{report.line()}; {report.compared} rows compared, the others known to be up to date")
     result = {"status": "written", **report.as_dict(), "skipped_by_reason": report.skipped_by_reason, "left_out": dict(left_out)}
     return Output(
         result,
@@ -67,6 +71,7 @@ def face_descriptors(
             "status": "written",
             "summary": report.line(),
             **report.as_dict(),
+            "rows_compared": report.compared,
             "skipped_by_reason": counts_table("reason", report.skipped_by_reason, "rows"),
             "left_out": counts_table("reason", left_out, "faces"),
             "training_session_id": session.id if session else "none",

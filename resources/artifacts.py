@@ -6,6 +6,7 @@ from pydantic import Field
 
 from facepipeline.clustering import ClusterStore
 from facepipeline.gallery.config import ConfigStore
+from facepipeline.gallery.ledger import WriteBackLedger
 from facepipeline.index import IndexStore
 from facepipeline.sessions import SessionHistory
 from facepipeline.photo_policy import PHOTO_HOSTS_ENV, PhotoPolicy, parse_hosts, policy_for_source
@@ -79,6 +80,11 @@ class ArtifactStoreResource(ConfigurableResource):
     def history(self) -> SessionHistory:
         """The local ledger of training sessions (readable while the database is down)."""
         return SessionHistory(self.root / "history")
+
+    def writeback_ledger(self, gallery: str) -> WriteBackLedger:
+        """Which rows of the gallery at ``gallery`` (its address) hold what the last write-back left
+        there (facepipeline.gallery.ledger); a cache: removing it costs one full comparison."""
+        return WriteBackLedger(self.root / "cache", gallery)
 
     def config_store(self, source: str, gallery=None) -> ConfigStore:
         return ConfigStore(self.root / "config", source, gallery)

@@ -370,3 +370,56 @@ def test_only_rows_whose_values_differ_are_sent_and_written(gallery):
         "select insightface_descriptor::text from photo_faces where id = %s", [faces[3].face_id]
     ).fetchone()[0]
     assert np.array_equal(np.array(eval(stored), dtype=np.float32), updates[3].descriptor)
+
+
+def test_with_a_ledger_a_rerun_compares_no_row_and_a_row_edited_since_is_compared_again(gallery, tmp_path):
+    """The ledger vouches for rows left as the last write-back found or wrote them (same update, same
+    row version); a row the gallery touched since, or a face with a new update, is compared again."""
+    from facepipeline.gallery.ledger import WriteBackLedger
+
+    ids = _three_people(gallery)
+    source = PostgresGallery(gallery.dsn)
+    ledger = WriteBackLedger(tmp_path, source.description)
+    faces = source.read(FaceFilters()).faces
+    updates = [_update(f, seed=i) for i, f in enumerate(faces)]
+    first = source.write_descriptors(updates, batch_size=3, ledger=ledger)
+    assert (first.written, first.compared) == (8, 8) and set(ledger.load()) == {f.face_id for f in faces}
+
+    before = gallery.rows()
+    again = source.write_descriptors([_update(f, session="s2", seed=i) for i, f in enumerate(faces)], ledger=ledger)
+    assert (again.written, again.unchanged, again.compared) == (0, 8, 0)
+    assert gallery.rows() == before
+
+    # The gallery clears one descriptor and relabels another face; a third face is re-embedded.
+    gallery.conn.execute("update photo_faces set insightface_descriptor = null where id = %s", [faces[0].face_id])
+    someone_else = ids["ada"] if faces[1].person_id != ids["ada"] else ids["bob"]
+    gallery.conn.execute("update photo_faces set person_id = %s where id = %s", [someone_else, faces[1].face_id])
+    updates[2] = _update(faces[2], seed=99)
+    before = gallery.rows()
+    third = source.write_descriptors(updates, ledger=ledger)
+    assert (third.written, third.unchanged, third.skipped, third.compared) == (2, 5, 1, 3)
+    assert third.skip_reason_of == {faces[1].face_id: "relabelled"}
+    after = gallery.rows()
+    assert {face_id for face_id in after if after[face_id] != before[face_id]} == {faces[0].face_id, faces[2].face_id}
+    assert set(ledger.load()) == {f.face_id for f in faces} - {faces[1].face_id}  # a skipped row is not vouched for
+
+    fourth = source.write_descriptors(updates, ledger=ledger)
+    assert (fourth.written, fourth.unchanged, fourth.skipped, fourth.compared) == (0, 7, 1, 1)
+
+
+def test_a_ledger_of_another_gallery_or_one_that_cannot_be_read_vouches_for_nothing(gallery, tmp_path):
+    from facepipeline.gallery.ledger import WriteBackLedger
+
+    _three_people(gallery)
+    source = PostgresGallery(gallery.dsn)
+    updates = [_update(f, seed=i) for i, f in enumerate(source.read(FaceFilters()).faces)]
+    source.write_descriptors(updates, ledger=WriteBackLedger(tmp_path, "postgres://someone@elsewhere:5432/gallery"))
+    assert WriteBackLedger(tmp_path, source.description).load() == {}
+    report = source.write_descriptors(updates, ledger=WriteBackLedger(tmp_path, source.description))
+    assert (report.unchanged, report.compared) == (8, 8)  # compared, found up to date, and now vouched for
+
+    (tmp_path / "writeback_ledger.parquet").write_bytes(b"not a table")
+    ledger = WriteBackLedger(tmp_path, source.description)
+    assert ledger.load() == {}
+    report = source.write_descriptors(updates, ledger=ledger)
+    assert (report.unchanged, report.compared) == (8, 8) and len(ledger.load()) == 8

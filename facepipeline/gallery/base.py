@@ -14,13 +14,16 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from facepipeline.errors import SourceError
 from facepipeline.geometry import BBox
 from facepipeline.sources.base import FaceSource
+
+if TYPE_CHECKING:
+    from facepipeline.gallery.ledger import WriteBackLedger
 
 DESCRIPTOR_DIM = 512
 SESSION_STATUSES = ("running", "completed", "failed")
@@ -172,6 +175,8 @@ class WriteBackReport:
     skipped: int = 0
     """Rows no longer verified, relabelled, re-boxed or deleted since the read: left alone."""
     batches_committed: int = 0
+    compared: int = 0
+    """Rows read back and compared with their update; the others the write-back's ledger vouched for."""
     skipped_ids: list[str] = field(default_factory=list)
     skip_reasons: dict[str, int] = field(default_factory=dict)
     """Why rows were skipped, for the transports that can tell (see :data:`SKIP_REASONS`)."""
@@ -405,8 +410,14 @@ class Gallery(FaceSource, Protocol):
         *,
         batch_size: int = 500,
         progress: Callable[[WriteBackReport], None] | None = None,
+        ledger: WriteBackLedger | None = None,
     ) -> WriteBackReport:
-        """Write descriptors back in batches, each one transaction; only rows that changed are touched."""
+        """Write descriptors back in batches, each one transaction; only rows that changed are touched.
+
+        With a ``ledger`` (facepipeline.gallery.ledger), rows it vouches for are not compared, and
+        once the write-back completes it holds what this one left. A gallery that cannot tell a
+        row's version (the REST API) compares every row and leaves the ledger alone.
+        """
         ...
 
     def create_session(self, fields: Mapping[str, Any], *, session_id: str | None = None) -> str:

@@ -80,6 +80,7 @@ from facepipeline.gallery.base import (
     session_fields,
     write_in_batches,
 )
+from facepipeline.gallery.ledger import WriteBackLedger, update_digest
 from facepipeline.gallery.secrets import redact
 from facepipeline.geometry import BBox, BBoxError
 from facepipeline.sources.base import FaceFilters, FaceRead, RejectedFace, select_people
@@ -123,7 +124,7 @@ with incoming as (
 eligible as (
     -- Locked, so a concurrent edit by the gallery is waited for and the conditions are checked
     -- again on the row as it is then (READ COMMITTED re-checks a locking read).
-    select f.id from photo_faces f join incoming i on i.id = f.id
+    select f.id, f.xmin from photo_faces f join incoming i on i.id = f.id
     where f.verified and f.person_id = i.person_id and f.bbox @> i.bbox
     for no key update of f
 ),
@@ -143,9 +144,11 @@ written as (
            or f.training_used is distinct from true
            or (f.training_context - 'training_session_id') is distinct from (i.context - 'training_session_id')
            or (f.training_context ->> 'training_session_id' is null and i.context ->> 'training_session_id' is not null))
-    returning f.id
+    returning f.id, f.xmin
 )
-select (select array_agg(id::text) from eligible), (select count(*) from written)
+-- Each eligible row, the version that holds its values now, and whether this batch wrote it.
+select e.id::text, coalesce(w.xmin, e.xmin)::text, w.id is not null
+from eligible e left join written w on w.id = e.id
 """
 
 # Which offered rows are eligible (as in _WRITE_BATCH; when not, why: the first of its conditions
@@ -167,10 +170,14 @@ select i.n,
                 and f.training_used is not distinct from true
                 and (f.training_context - 'training_session_id') is not distinct from (i.context - 'training_session_id')
                 and not (f.training_context ->> 'training_session_id' is null and i.context ->> 'training_session_id' is not null),
-                false)
+                false),
+       f.xmin::text
 from incoming i left join photo_faces f on f.id = i.id
 order by i.n
 """
+
+# The version (xmin) of each row the ledger says held its update: unchanged, it still does.
+_ROW_VERSIONS = "select id::text, xmin::text from photo_faces where id = any(%(ids)s::uuid[])"
 COMPARE_BATCH_SIZE = 5000
 
 # Why rows a batch did not write were not eligible, asked after the batch's own statement and in its
@@ -504,11 +511,27 @@ class PostgresGallery:
         *,
         batch_size: int = 500,
         progress: Callable[[WriteBackReport], None] | None = None,
+        ledger: WriteBackLedger | None = None,
     ) -> WriteBackReport:
-        return write_in_batches(
-            updates, batch_size=batch_size, progress=progress, connect=self._connection, write_batch=_write_batch,
-            to_write=_changed_rows,
+        held: dict[str, str] = {}  # face id -> the version (xmin) of its row that holds its update now
+        known = ledger.load() if ledger is not None else {}
+        digests = {u.face_id: update_digest(u) for u in updates} if ledger is not None else {}
+
+        def to_write(conn: psycopg.Connection, updates: Sequence[DescriptorUpdate], report: WriteBackReport) -> list[DescriptorUpdate]:
+            vouched = _still_held(conn, updates, known, digests) if known else {}
+            held.update(vouched)
+            report.unchanged += len(vouched)
+            return _changed_rows(conn, [u for u in updates if u.face_id not in vouched], report, held)
+
+        def write_batch(conn: psycopg.Connection, batch: Sequence[DescriptorUpdate], report: WriteBackReport) -> None:
+            _write_batch(conn, batch, report, held)
+
+        report = write_in_batches(
+            updates, batch_size=batch_size, progress=progress, connect=self._connection, write_batch=write_batch, to_write=to_write,
         )
+        if ledger is not None:
+            ledger.save({face_id: (digests[face_id], version) for face_id, version in held.items()})
+        return report
 
     def create_session(self, fields: Mapping[str, Any], *, session_id: str | None = None) -> str:
         columns = session_fields(fields) or {"status": "running"}
@@ -623,14 +646,17 @@ def _suggestion_params(batch: Sequence[SuggestionRow]) -> dict[str, list]:
     }
 
 
-def _write_batch(conn: psycopg.Connection, batch: Sequence[DescriptorUpdate], report: WriteBackReport) -> None:
+def _write_batch(conn: psycopg.Connection, batch: Sequence[DescriptorUpdate], report: WriteBackReport, held: dict[str, str]) -> None:
+    """Write one batch in one transaction; ``held`` gets the version of every row that holds its update after it."""
     with conn.transaction():
-        eligible, written = conn.execute(_WRITE_BATCH, _batch_params(batch)).fetchone()
-        eligible = set(eligible or ())
+        rows = conn.execute(_WRITE_BATCH, _batch_params(batch)).fetchall()
+        eligible = {face_id for face_id, _, _ in rows}
         skipped = [u for u in batch if u.face_id not in eligible]
         reasons = dict(conn.execute(_SKIP_REASONS, _identity_params(skipped)).fetchall()) if skipped else {}
+    written = sum(1 for _, _, wrote in rows if wrote)
     report.written += written
     report.unchanged += len(eligible) - written
+    held.update((face_id, version) for face_id, version, _ in rows)
     for update in skipped:
         report.skip(update.face_id, reasons.get(update.face_id, "changed"))
 
@@ -641,11 +667,24 @@ def descriptor_digest(vector: np.ndarray) -> str:
     return hashlib.md5(struct.pack(">HH", len(vector), 0) + vector.astype(">f4").tobytes(), usedforsecurity=False).hexdigest()
 
 
+def _still_held(
+    conn: psycopg.Connection, updates: Sequence[DescriptorUpdate], known: Mapping[str, tuple[str, str]], digests: Mapping[str, str]
+) -> dict[str, str]:
+    """The faces whose row is still at the version the ledger recorded for this very update (same
+    digest): face id -> that version. Their rows hold the update; no need to compare them."""
+    expected = {u.face_id: known[u.face_id][1] for u in updates if u.face_id in known and known[u.face_id][0] == digests[u.face_id]}
+    if not expected:
+        return {}
+    versions = dict(conn.execute(_ROW_VERSIONS, {"ids": list(expected)}).fetchall())
+    return {face_id: version for face_id, version in expected.items() if versions.get(face_id) == version}
+
+
 def _changed_rows(
-    conn: psycopg.Connection, updates: Sequence[DescriptorUpdate], report: WriteBackReport
+    conn: psycopg.Connection, updates: Sequence[DescriptorUpdate], report: WriteBackReport, held: dict[str, str]
 ) -> list[DescriptorUpdate]:
-    """The updates that would change their row; the others are counted unchanged, or skipped when
-    the row is no longer as read (the write would skip it too)."""
+    """The updates that would change their row; the others are counted unchanged (``held`` gets
+    their row's version), or skipped when the row is no longer as read (the write would skip it too)."""
+    report.compared += len(updates)
     changed = []
     for start in range(0, len(updates), COMPARE_BATCH_SIZE):
         batch = updates[start : start + COMPARE_BATCH_SIZE]
@@ -656,13 +695,14 @@ def _changed_rows(
              "confidence": float(u.confidence), "detected_bbox": u.detected_bbox.to_json(), "context": u.context}
             for n, u in enumerate(batch)
         ]
-        state = {n: (reason, same) for n, reason, same in conn.execute(_COMPARE_BATCH, {"rows": Jsonb(rows, dumps=json_text)})}
+        state = {n: (reason, same, version) for n, reason, same, version in conn.execute(_COMPARE_BATCH, {"rows": Jsonb(rows, dumps=json_text)})}
         for n, update in enumerate(batch):
-            reason, same = state[n]
+            reason, same, version = state[n]
             if reason is not None:
                 report.skip(update.face_id, reason)
             elif same:
                 report.unchanged += 1
+                held[update.face_id] = version
             else:
                 changed.append(update)
     return changed

@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -60,6 +60,9 @@ from facepipeline.gallery.postgres import exact_json
 from facepipeline.gallery.secrets import redact
 from facepipeline.geometry import BBox, BBoxError
 from facepipeline.sources.base import FaceFilters, FaceRead, RejectedFace, select_people
+
+if TYPE_CHECKING:
+    from facepipeline.gallery.ledger import WriteBackLedger
 
 _PEOPLE = "people!inner(real_name,telegram_name,telegram_nickname)"
 _CURRENT = (
@@ -238,7 +241,9 @@ class RestGallery:
         *,
         batch_size: int = 500,
         progress: Callable[[WriteBackReport], None] | None = None,
+        ledger: WriteBackLedger | None = None,
     ) -> WriteBackReport:
+        """``ledger`` is not used: PostgREST does not show a row's version (``xmin``), so every row is compared."""
         return write_in_batches(
             updates, batch_size=batch_size, progress=progress, connect=nullcontext, write_batch=self._write_batch
         )
@@ -247,6 +252,7 @@ class RestGallery:
         """Read the batch's rows, compare as the SQL does, PATCH the changed ones (each guarded)."""
         contexts = [finite_json(u.context) for u in batch]
         current = self._current_rows([u.face_id for u in batch])
+        report.compared += len(batch)
         for update, context in zip(batch, contexts, strict=True):
             row = current.get(update.face_id.lower())
             eligible = row is not None and _eligible(row, update)
