@@ -423,3 +423,21 @@ def test_a_ledger_of_another_gallery_or_one_that_cannot_be_read_vouches_for_noth
     assert ledger.load() == {}
     report = source.write_descriptors(updates, ledger=ledger)
     assert (report.unchanged, report.compared) == (8, 8) and len(ledger.load()) == 8
+
+
+def test_an_update_digest_changes_with_everything_compared_but_the_session_id_itself():
+    from facepipeline.gallery.ledger import update_digest
+
+    face = type("Face", (), {"face_id": "f1", "person_id": "p1", "bbox": BBox(68, 68, 115, 115), "event_id": "e1"})
+    base = _update(face, session="s1")
+    assert update_digest(base) == update_digest(_update(face, session="s2"))  # a later session, the same row
+    variants = [
+        _update(face, session=None),  # no session: a row without one gets it written
+        replace(base, person_id="p2"),
+        replace(base, bbox=BBox(68, 68, 115, 116)),
+        replace(base, descriptor=np.roll(base.descriptor, 1)),
+        replace(base, confidence=0.88),
+        replace(base, detected_bbox=BBox(70.5, 66.25, 110, 119)),
+        replace(base, context={**base.context, "co_occurring_people": ["p3"]}),
+    ]
+    assert len({update_digest(base), *(update_digest(v) for v in variants)}) == len(variants) + 1
