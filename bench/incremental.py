@@ -26,6 +26,10 @@ bytecode cache of their own (``PYTHONPYCACHEPREFIX`` under the work folder; the 
 (c) incremental  ``facepipeline retrain`` (mode incremental), timed the same way.
 (d) nothing new  ``facepipeline retrain`` again (skipped with ``--no-empty``).
 
+(b)-(d) are repeated ``--repeats`` times (3), each time with ``--new`` faces of their own (held back
+together, before (a)): these 2-core machines are noisy (one incremental command took 4.0 s in one
+bench and 5.3 s in the next), so the ratios are medians.
+
 ``--photo-latency-ms 30-80`` serves the photos from ``bench/photo_cache.py``'s server instead, with
 that time to first byte per photo (uniform, fixed per path): what fetching from a storage bucket over
 the internet costs, which the local server leaves out. Every photo's URL is pointed at it before (a).
@@ -43,11 +47,11 @@ run and its events).
 
 Progress goes to stderr, results to stdout; the last line is
 ``incremental_ratio=0.0XX run_ratio=0.0YY full_s=... incremental_s=... floor_ratio=0.0ZZ``: the
-incremental command's wall time over the full one's, the same for the Dagster runs alone (start to
-end, as the UI shows them: without the command's Python start, imports and instance opening), and
-the floor's command over the full one's.
+median incremental command's wall time over the full one's, the same for the Dagster runs alone
+(start to end, as the UI shows them: without the command's Python start, imports and instance
+opening), and the floor's command over the full one's.
 
-    .venv/bin/python bench/incremental.py [--new 25] [--min-faces-per-person 2] [--photo-latency-ms 30-80]
+    .venv/bin/python bench/incremental.py [--new 25] [--repeats 3] [--min-faces-per-person 2] [--photo-latency-ms 30-80]
         [--keep] [--json out.json]
 """
 
@@ -269,7 +273,8 @@ def parse_args() -> argparse.Namespace:
                         help="person folders to seed the gallery from")
     parser.add_argument("--model-root", type=Path, default=SHARED / "models")
     parser.add_argument("--pack", default="buffalo_sc")
-    parser.add_argument("--new", type=int, default=25, help="faces held back, then verified for the incremental run")
+    parser.add_argument("--new", type=int, default=25, help="faces held back, then verified for each incremental run")
+    parser.add_argument("--repeats", type=int, default=3, help="incremental runs (each with --new faces of its own), and runs with nothing new")
     parser.add_argument("--min-faces-per-person", type=int, default=2)
     parser.add_argument("--no-empty", action="store_true", help="skip (d), the incremental retrain with nothing new")
     parser.add_argument("--workdir", type=Path, help="default: a new folder under /tmp, removed afterwards")
@@ -332,61 +337,32 @@ def main() -> int:
         first_folder = {p.name for p in args.data[0].resolve().iterdir() if p.is_dir()}
         if args.photo_latency_ms:
             slow_server = serve_photos_slowly(dsn, seed, args.photo_latency_ms)
-        new_ids = hold_back(dsn, args.new, first_folder, args.min_faces_per_person)
-        log(f"held back {len(new_ids)} unverified faces of people of {args.data[0].name}/ already verified")
+        held = hold_back(dsn, args.new * args.repeats, first_folder, args.min_faces_per_person)
+        batches = [held[k * args.new : (k + 1) * args.new] for k in range(args.repeats)]
+        log(f"held back {len(held)} unverified faces of people of {args.data[0].name}/ already verified, {args.new} per incremental run")
 
         full = retrain("full", "full", args, env, workdir)
         f = full["summary"]
         expect(f["faces_embedded"] + f["faces_failed"] == f["faces_total"] and f["faces_total"] >= 5000,
                f"the full retrain should embed >= 5,000 faces: {figures_of(full)}")
 
-        verified = verify(dsn, new_ids)
-        expect(verified == len(new_ids), f"verified {verified} of the {len(new_ids)} held-back faces")
-        log(f"verified {verified} held-back faces in the gallery (SQL)")
-        before = tuple_versions(dsn)
-
-        incremental = retrain("incremental", "incremental", args, env, workdir)
-        i = incremental["summary"]
-        after = tuple_versions(dsn)
-        changed = sorted(face_id for face_id, xmin in after.items() if before.get(face_id) != xmin)
-        kept = kept_verified_faces(dsn, args.min_faces_per_person)
-        indexed = index_face_ids(i["index_path"])
-        checks = {
-            "photos_fetched": (i["photos_fetched"], len(new_ids)),
-            "faces_embedded": (i["faces_embedded"], len(new_ids)),
-            "faces_reused": (i["faces_reused"], f["faces_embedded"]),
-            "rows_written": (i["write_back"].get("written"), len(new_ids)),
-            "rows_changed_in_gallery (xmin)": (len(changed), len(new_ids)),
-            "rows_changed_are_the_new_faces": (sorted(changed) == sorted(new_ids), True),
-            "rows_with_the_session_id": (rows_of_session(dsn, i["training_session"]["id"]), len(new_ids)),
-            "index_faces": (len(indexed), f["faces_total"] - f["faces_failed"] + len(new_ids)),
-            "index_is_every_kept_verified_face": (set(indexed) == kept and len(indexed) == len(kept), True),
-            "index_holds_the_new_faces": (set(new_ids) <= set(indexed), True),
-            "promoted": (i["promoted_index"], i["index_version"]),
-        }
-        for name, (got, wanted) in checks.items():
-            log(f"  check {name}: {got} (expected {wanted})")
-        wrong = {name: value for name, value in checks.items() if value[0] != value[1]}
-        expect(not wrong, f"the incremental run did not do only the new work: {wrong}")
-
-        runs = [full, incremental]
-        if not args.no_empty:
-            before = tuple_versions(dsn)
-            empty = retrain("nothing-new", "incremental", args, env, workdir)
-            e = empty["summary"]
-            unchanged_rows = tuple_versions(dsn) == before
-            log(f"  check nothing new: fetched {e['photos_fetched']}, embedded {e['faces_embedded']}, "
-                f"written {e['write_back'].get('written')}, no tuple changed: {unchanged_rows}")
-            expect((e["photos_fetched"], e["faces_embedded"], e["write_back"].get("written"), unchanged_rows) == (0, 0, 0, True),
-                   f"a retrain with nothing new did work: {figures_of(empty)}")
-            runs.append(empty)
+        incrementals, empties, checks = [], [], {}
+        for k, new_ids in enumerate(batches, start=1):
+            incremental, checks = incremental_run(f"incremental-{k}", dsn, new_ids, full, k, args, env, workdir)
+            incrementals.append(incremental)
+            if not args.no_empty:
+                empties.append(nothing_new_run(f"nothing-new-{k}", dsn, args, env, workdir))
+        runs = [full, *incrementals, *empties]
         report(runs)
+        incremental = median_run(incrementals)
         ratio = incremental["seconds"] / full["seconds"]
-        run_ratio = incremental["run_s"] / full["run_s"]
-        if not args.no_empty:
-            floor = runs[2]["seconds"]
-            print(f"a retrain with nothing new takes {floor:.1f} s here: the fixed cost of a run; the {len(new_ids)} new faces "
-                  f"added {incremental['seconds'] - floor:+.1f} s to it")
+        run_ratio = statistics.median(r["run_s"] for r in incrementals) / full["run_s"]
+        print(f"incremental commands: {_times(incrementals, 'seconds')} s, median {incremental['seconds']:.2f} s "
+              f"({ratio:.3f} of the full retrain); their Dagster runs: {_times(incrementals, 'run_s')} s (median {run_ratio:.3f})")
+        if empties:
+            floor = statistics.median(r["seconds"] for r in empties)
+            print(f"a retrain with nothing new takes {floor:.1f} s here (median of {_times(empties, 'seconds')}): "
+                  f"the fixed cost of a run; the {args.new} new faces added {incremental['seconds'] - floor:+.1f} s to it")
         steps = len(incremental["steps"])
         log(f"Dagster's floor: a chain of {steps} assets that do nothing, as a command on this instance (bench/dagster_floor.py), 3 times ...")
         floor_runs, floor_ratio = [], None
@@ -404,14 +380,14 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(
                 {"seed": {"people": people, "photos": photos}, "bytecode_cache": args.bytecode_cache,
-                 "photo_latency_ms": args.photo_latency_ms, "new_faces": new_ids, "checks": {k: list(v) for k, v in checks.items()},
+                 "photo_latency_ms": args.photo_latency_ms, "new_faces": batches, "checks": {k: list(v) for k, v in checks.items()},
                  "runs": [{**{k: v for k, v in r.items() if k != "summary"}, "figures": figures_of(r), "summary": r["summary"]} for r in runs],
                  "incremental_ratio": ratio, "run_ratio": run_ratio, "dagster_floor_s": floor_runs, "floor_ratio": floor_ratio},
                 indent=2, default=str,
             ))
             log(f"wrote {args.json}")
         print(f"incremental_ratio={ratio:.3f} run_ratio={run_ratio:.3f} full_s={full['seconds']:.1f} "
-              f"incremental_s={incremental['seconds']:.1f} floor_ratio={'none' if floor_ratio is None else f'{floor_ratio:.3f}'}")
+              f"incremental_s={incremental['seconds']:.2f} floor_ratio={'none' if floor_ratio is None else f'{floor_ratio:.3f}'}")
         return 0
     except BenchError as exc:
         log(f"bench failed: {exc}")
@@ -428,6 +404,64 @@ def main() -> int:
             log(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def incremental_run(
+    label: str, dsn: str, new_ids: list[str], full: dict, k: int, args: argparse.Namespace, env: dict[str, str], workdir: Path
+) -> tuple[dict, dict]:
+    """Verify ``new_ids`` in the gallery, retrain incrementally, and check it did only that new work
+    (the ``k``-th such run: the faces of the ``k - 1`` before are reused)."""
+    verified = verify(dsn, new_ids)
+    expect(verified == len(new_ids), f"verified {verified} of the {len(new_ids)} held-back faces")
+    log(f"verified {verified} held-back faces in the gallery (SQL)")
+    before = tuple_versions(dsn)
+    incremental = retrain(label, "incremental", args, env, workdir)
+    i, f = incremental["summary"], full["summary"]
+    after = tuple_versions(dsn)
+    changed = sorted(face_id for face_id, xmin in after.items() if before.get(face_id) != xmin)
+    kept = kept_verified_faces(dsn, args.min_faces_per_person)
+    indexed = index_face_ids(i["index_path"])
+    checks = {
+        "photos_fetched": (i["photos_fetched"], len(new_ids)),
+        "faces_embedded": (i["faces_embedded"], len(new_ids)),
+        "faces_reused": (i["faces_reused"], f["faces_embedded"] + (k - 1) * len(new_ids)),
+        "rows_written": (i["write_back"].get("written"), len(new_ids)),
+        "rows_changed_in_gallery (xmin)": (len(changed), len(new_ids)),
+        "rows_changed_are_the_new_faces": (sorted(changed) == sorted(new_ids), True),
+        "rows_with_the_session_id": (rows_of_session(dsn, i["training_session"]["id"]), len(new_ids)),
+        "index_faces": (len(indexed), f["faces_total"] - f["faces_failed"] + k * len(new_ids)),
+        "index_is_every_kept_verified_face": (set(indexed) == kept and len(indexed) == len(kept), True),
+        "index_holds_the_new_faces": (set(new_ids) <= set(indexed), True),
+        "promoted": (i["promoted_index"], i["index_version"]),
+    }
+    for name, (got, wanted) in checks.items():
+        log(f"  check {name}: {got} (expected {wanted})")
+    wrong = {name: value for name, value in checks.items() if value[0] != value[1]}
+    expect(not wrong, f"{label} did not do only the new work: {wrong}")
+    return incremental, checks
+
+
+def nothing_new_run(label: str, dsn: str, args: argparse.Namespace, env: dict[str, str], workdir: Path) -> dict:
+    """Retrain incrementally with nothing new, and check it fetched, embedded and wrote nothing."""
+    before = tuple_versions(dsn)
+    empty = retrain(label, "incremental", args, env, workdir)
+    e = empty["summary"]
+    unchanged_rows = tuple_versions(dsn) == before
+    log(f"  check nothing new: fetched {e['photos_fetched']}, embedded {e['faces_embedded']}, "
+        f"written {e['write_back'].get('written')}, no tuple changed: {unchanged_rows}")
+    expect((e["photos_fetched"], e["faces_embedded"], e["write_back"].get("written"), unchanged_rows) == (0, 0, 0, True),
+           f"a retrain with nothing new did work: {figures_of(empty)}")
+    return empty
+
+
+def _times(runs: list[dict], key: str) -> str:
+    return " ".join(f"{run[key]:.2f}" for run in runs)
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run whose command took the median time (the lower middle one of an even number)."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def _short(step: str) -> str:
