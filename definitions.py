@@ -7,6 +7,7 @@ secrets (SUPABASE_DB_URL, SUPABASE_SERVICE_ROLE_KEY) reach the source resource o
 resolved when a run starts, shown in the UI by name, never by value.
 """
 
+import functools
 import os
 
 import facepipeline  # noqa: F401  (first: it chooses Arrow's memory allocator before pyarrow loads)
@@ -82,8 +83,15 @@ def build_definitions(settings: Settings) -> Definitions:
 
 def retrain_job_from_environment():
     """The retrain job of the code location the environment describes: what the CLI runs, as a
-    ``reconstructable`` job, so that ``execute_job`` keeps no step's output in memory."""
-    return build_definitions(Settings.from_env()).resolve_job_def(retrain_job.name)
+    ``reconstructable`` job, so that ``execute_job`` keeps no step's output in memory. Dagster asks
+    for it several times per run: it is built once per process and settings."""
+    secrets_set = tuple(name for name in SECRET_SETTINGS.values() if os.environ.get(name))  # face_source_resource reads them
+    return _retrain_job(Settings.from_env(), secrets_set)
+
+
+@functools.lru_cache(maxsize=1)
+def _retrain_job(settings: Settings, secrets_set: tuple[str, ...]):
+    return build_definitions(settings).resolve_job_def(retrain_job.name)
 
 
 load_env_files()  # the checkout's facepipeline.env defaults; real environment variables win

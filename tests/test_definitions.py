@@ -60,6 +60,21 @@ def test_the_code_location_has_the_pipeline_we_expect():
     assert schedule.cron_schedule == "0 3 * * *" and schedule.default_status.value == "STOPPED"
 
 
+def test_the_clis_retrain_job_is_built_once_per_settings_and_secrets_set(tmp_path, monkeypatch):
+    """Dagster asks a reconstructable job for its definition several times per run."""
+    from definitions import retrain_job_from_environment
+
+    monkeypatch.setenv("FACEPIPELINE_HOME", str(tmp_path / "a"))
+    monkeypatch.delenv("SUPABASE_DB_URL", raising=False)
+    first = retrain_job_from_environment()
+    assert retrain_job_from_environment() is first and first.name == "retrain"
+    monkeypatch.setenv("SUPABASE_DB_URL", "postgresql://user:secret@127.0.0.1:9/db")
+    with_secret = retrain_job_from_environment()
+    assert with_secret is not first  # the face source now reads the connection string, by name
+    monkeypatch.setenv("FACEPIPELINE_HOME", str(tmp_path / "b"))
+    assert retrain_job_from_environment() is not with_secret  # another home: another job
+
+
 def test_every_schedules_run_config_is_valid_and_means_what_it_says():
     from dagster import build_schedule_context, validate_run_config
 
