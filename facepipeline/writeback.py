@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from facepipeline.embedding_store import usable_batches
 from facepipeline.faces import VerifiedFace
-from facepipeline.gallery.base import CoOccurrence, DescriptorUpdate
+from facepipeline.gallery.base import SESSION_KEY, CoOccurrence, DescriptorUpdate
 from facepipeline.geometry import BBox
 
 
@@ -49,7 +49,7 @@ def descriptor_updates(
                         context={
                             "event_id": face.event_id,
                             "co_occurring_people": co_occurrence.on_same_photo(face.photo_id, face.person_id),
-                            "training_session_id": session_id,
+                            SESSION_KEY: session_id,
                         },
                     )
                 )

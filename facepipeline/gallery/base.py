@@ -141,6 +141,20 @@ class FaceLabel:
     person_id: str
 
 
+SESSION_KEY = "training_session_id"
+"""The key of a written row's ``training_context`` naming the session that wrote it: not compared,
+so a rerun does not rewrite a row only for its new session."""
+
+
+def without_session(context: Any) -> Any:
+    """jsonb ``context - 'training_session_id'``: what of a context the write-back compares."""
+    if isinstance(context, Mapping):
+        return {k: v for k, v in context.items() if k != SESSION_KEY}
+    if isinstance(context, list):
+        return [v for v in context if v != SESSION_KEY]
+    return context
+
+
 @dataclass(frozen=True)
 class DescriptorUpdate:
     """What facepipeline writes back for one verified face, and what the row must still be."""

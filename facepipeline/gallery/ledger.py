@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from facepipeline.gallery.base import DescriptorUpdate
+from facepipeline.gallery.base import SESSION_KEY, DescriptorUpdate, without_session
 from facepipeline.tables import TableStore
 
-SESSION_KEY = "training_session_id"
 _FORMAT = b"1"
 
 
@@ -38,7 +37,7 @@ def update_digest(update: DescriptorUpdate) -> str:
     context's training session, only whether there is one (a rerun does not rewrite a row for its
     new session id, as the comparison does not). Numbers go in exactly (``repr``): a digest that
     differs where the stored values would not costs one comparison, never a missed write."""
-    context = {key: value for key, value in update.context.items() if key != SESSION_KEY}
+    context = without_session(update.context)
     box, detected = update.bbox, update.detected_bbox
     head = (
         f"{update.person_id}|{box.x!r},{box.y!r},{box.width!r},{box.height!r}|{float(update.confidence)!r}|"

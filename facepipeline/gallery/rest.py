@@ -54,6 +54,7 @@ from facepipeline.gallery.base import (
     finite_json,
     photos_fingerprint,
     session_fields,
+    without_session,
     write_in_batches,
 )
 from facepipeline.gallery.postgres import exact_json
@@ -80,7 +81,6 @@ _SUGGESTION_CURRENT = (
 _IDS_PER_REQUEST = 100
 # PostgREST's own "cannot reach the database" codes, and gateway statuses with a non-JSON body.
 _UNAVAILABLE = {"PGRST000", "PGRST001", "PGRST002", "502", "503", "504", "520", "521", "522", "523", "524"}
-_SESSION_KEY = "training_session_id"
 
 
 class RestGallery:
@@ -614,15 +614,6 @@ def _vector(value: Any) -> np.ndarray | None:
         return None
 
 
-def _without_session(context: Any) -> Any:
-    """jsonb ``context - 'training_session_id'``."""
-    if isinstance(context, dict):
-        return {k: v for k, v in context.items() if k != _SESSION_KEY}
-    if isinstance(context, list):
-        return [v for v in context if v != _SESSION_KEY]
-    return context
-
-
 def _changed(row: Mapping[str, Any], update: DescriptorUpdate, context: Mapping[str, Any]) -> bool:
     """Whether any written column ``is distinct from`` what the row holds."""
     stored = _vector(row.get("insightface_descriptor"))
@@ -635,4 +626,4 @@ def _changed(row: Mapping[str, Any], update: DescriptorUpdate, context: Mapping[
         return True
     if row.get("training_used") is not True:
         return True
-    return not _json_equal(_without_session(row.get("training_context")), _without_session(dict(context)))
+    return not _json_equal(without_session(row.get("training_context")), without_session(dict(context)))
