@@ -85,13 +85,13 @@ def split_by_event(
     with failures_explained():
         model, mode = face_model.load(), retrain_options.options().mode
     faces = table_to_faces(verified_faces)
-    previous = read_keys(_published(artifacts), embeddings_schema(model.embedding_dim))  # not the vectors: combine reads those
+    previous_keys = read_keys(_published(artifacts), embeddings_schema(model.embedding_dim))  # not the vectors: combine reads those
     journal = journal_of(artifacts, model)
-    pruned = journal.prune(reusable_keys(previous), compact=True)  # no step of this stage is writing yet
+    pruned = journal.prune(reusable_keys(previous_keys), compact=True)  # no step of this stage is writing yet
     journalled = journal.rows()
     if pruned or journalled:
         context.log.info(f"embedding journal: {pruned} rows already published dropped, {journalled} rows of an unfinished run to resume from")
-    pending = faces_to_embed(model, faces, records_by_ref(cached_photos), previous, mode=mode, journal=journal)
+    pending = faces_to_embed(model, faces, records_by_ref(cached_photos), previous_keys, mode=mode, journal=journal)
     shards = plan_shards(faces, pending, config.max_shards, config.min_faces_per_shard)
     context.log.info(f"{len(pending)} of {len(faces)} faces to embed ({mode}), in {len(shards)} step(s) by event")
     for shard in shards:

@@ -15,14 +15,14 @@ never holding the faces x people table, so memory stays flat as the gallery grow
 A :class:`ScoreCache` keeps, per face, its ``own`` score and, per group, its ``TOP_K`` best other
 people with their scores and a *bound* (no other person of the group, unlisted, scores above it).
 Everything is keyed by content: a face by the exact bytes of its vector and its person, a person
-(column) by who they are, the exact vectors of their gallery faces and their group. On the next evaluation, a face whose vector
-and person are unchanged keeps its listed people that are unchanged, gains the scores of the
-people that changed (computed for every face: one column each; its own person's among them when
-that person's gallery changed, which gives its own score anew), and is answered from the list
-when its best entry is still above its bound: exactly the number a fresh computation gives (up to
-BLAS's rounding, ~1e-7). Any other face is computed again in full. Adding 25 faces to 5,000 then
+(column) by who they are, the exact vectors of their gallery faces and their group. On the next
+evaluation, a face whose vector and person are unchanged keeps its listed people that are
+unchanged, gains the scores of the people that changed (computed for every face: one column each;
+its own person's among them when that person's gallery changed, which gives its own score anew),
+and is answered from the list when its best entry is still above its bound: exactly the number a
+fresh computation gives (up to BLAS's rounding, ~1e-7). Any other face is computed again in full. Adding 25 faces to 5,000 then
 costs the 25 new rows and the columns of the people they join (a face joining a person with 500
-faces does not make those 500 faces new: measured, 0.15 M face-person scores instead of 1.5 M).
+faces does not make those 500 faces new: measured, 0.17 M face-person scores instead of 1.5 M).
 """
 
 from __future__ import annotations
