@@ -348,7 +348,8 @@ def main() -> int:
 
         incrementals, empties, checks = [], [], {}
         for k, new_ids in enumerate(batches, start=1):
-            incremental, checks = incremental_run(f"incremental-{k}", dsn, new_ids, full, k, args, env, workdir)
+            label = f"incremental-{k}"
+            incremental, checks[label] = incremental_run(label, dsn, new_ids, full, k, args, env, workdir)
             incrementals.append(incremental)
             if not args.no_empty:
                 empties.append(nothing_new_run(f"nothing-new-{k}", dsn, args, env, workdir))
@@ -380,7 +381,7 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(
                 {"seed": {"people": people, "photos": photos}, "bytecode_cache": args.bytecode_cache,
-                 "photo_latency_ms": args.photo_latency_ms, "new_faces": batches, "checks": {k: list(v) for k, v in checks.items()},
+                 "photo_latency_ms": args.photo_latency_ms, "new_faces": batches, "checks": {run: {k: list(v) for k, v in run_checks.items()} for run, run_checks in checks.items()},
                  "runs": [{**{k: v for k, v in r.items() if k != "summary"}, "figures": figures_of(r), "summary": r["summary"]} for r in runs],
                  "incremental_ratio": ratio, "run_ratio": run_ratio, "dagster_floor_s": floor_runs, "floor_ratio": floor_ratio},
                 indent=2, default=str,
