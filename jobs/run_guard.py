@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -133,9 +134,11 @@ def claim_retrain(instance: DagsterInstance, run_id: str) -> None:
     """Claim the retrain assets for run ``run_id``, or raise :class:`RetrainBusy` before it writes.
 
     Called at the start of the first retrain step a run executes, and again by later ones (a run
-    that holds the claim passes at once). See the module's docstring.
+    that holds the claim passes at once: one the process claimed or saw holding it, without reading
+    the run storage again). See the module's docstring.
     """
-    if CLAIM_TAG in _fresh(instance, run_id).tags:
+    if run_id in _HELD or CLAIM_TAG in _fresh(instance, run_id).tags:
+        _held(run_id)
         return
     root = Path(instance.root_directory)
     root.mkdir(parents=True, exist_ok=True)
@@ -151,6 +154,18 @@ def claim_retrain(instance: DagsterInstance, run_id: str) -> None:
                 "(wait for that one, or cancel it in the Dagster UI)"
             )
         instance.add_run_tags(run_id, {CLAIM_TAG: "true"})
+    _held(run_id)
+
+
+_HELD: OrderedDict[str, None] = OrderedDict()
+"""Runs known in this process to hold the claim (a run keeps it until it ends): the latest few."""
+
+
+def _held(run_id: str) -> None:
+    _HELD[run_id] = None
+    _HELD.move_to_end(run_id)
+    while len(_HELD) > 64:
+        _HELD.popitem(last=False)
 
 
 def _fresh(instance: DagsterInstance, run_id: str) -> DagsterRun:

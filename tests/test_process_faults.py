@@ -360,3 +360,28 @@ def test_the_claim_admits_one_run_at_a_time_and_is_freed_when_that_run_ends_or_i
         record = sessions.history.for_run(dead.run_id)
         assert record.status == "failed" and "is gone: it was killed or crashed" in record.error
         assert close_orphaned_sessions(instance, sessions, later.run_id) == []  # closed once
+
+
+def test_a_run_this_process_saw_holding_the_claim_passes_without_reading_the_run_storage_again(tmp_path):
+    import uuid
+
+    from dagster import DagsterRun
+
+    from facepipeline.errors import FacePipelineError
+    from jobs.run_guard import CLAIM_TAG, claim_retrain
+
+    (tmp_path / "dagster").mkdir()
+    with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        def run(tags: dict) -> DagsterRun:
+            return instance.add_run(DagsterRun(job_name="retrain", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED, tags=tags))
+
+        claimed_here = run({})
+        claim_retrain(instance, claimed_here.run_id)  # tags it
+        claimed_elsewhere, never_seen = run({CLAIM_TAG: "true"}), run({})
+        claim_retrain(instance, claimed_elsewhere.run_id)  # reads the tag
+        for held in (claimed_here, claimed_elsewhere, never_seen):
+            instance.delete_run(held.run_id)  # the storage can no longer tell
+        claim_retrain(instance, claimed_here.run_id)
+        claim_retrain(instance, claimed_elsewhere.run_id)
+        with pytest.raises(FacePipelineError, match="is not in the instance's run storage"):
+            claim_retrain(instance, never_seen.run_id)
