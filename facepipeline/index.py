@@ -170,12 +170,13 @@ class FaceIndex:
         vectors[labels.astype(np.int64)] = np.ascontiguousarray(rows[:, data_at : data_at + 4 * self.dim]).view(np.float32)
         return vectors
 
-    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Labels and cosine similarities of the ``k`` nearest entries, best first."""
+    def search(self, queries: np.ndarray, k: int = 1, *, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and cosine similarities of the ``k`` nearest entries, best first; ``ef``: another
+        beam than the index's own (``params.ef_for``), for a search that does not need its recall."""
         k = min(k, len(self))
         if k == 0:
             return np.empty((len(queries), 0), dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
-        self._index.set_ef(max(self.params.ef_for(len(self)), k))
+        self._index.set_ef(max(ef if ef is not None else self.params.ef_for(len(self)), k))
         labels, distances = self._index.knn_query(queries, k=k)
         return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
 

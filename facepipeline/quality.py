@@ -32,6 +32,10 @@ NORM_TOLERANCE = 1e-3
 """How far from 1 an embedding's length may be (float32 ArcFace vectors are within 1e-6)."""
 SELF_MATCH_SAMPLE = 512
 """Index rows queried for themselves: enough to see a broken index, cheap at any size."""
+SELF_MATCH_FIRST_EF = 16
+"""The sample is searched with this small beam first, and only the faces it misses with the index's
+own: a sound graph finds nearly every face at once (at 5,700 faces: 4 missed with a beam of 16, 0
+with the index's 128), in a quarter of the time."""
 REGRESSION_METRICS = ("rank1_accuracy", "rank1_accuracy_macro")
 
 
@@ -128,14 +132,21 @@ def index_gate(index: FaceIndex, embeddings: pa.Table, sample: int = SELF_MATCH_
     if gap > 1e-4:
         return GateResult(False, f"indexed vectors differ from the embeddings by up to {gap:.2g}", figures)
     picked = np.random.default_rng(0).choice(len(index), size=min(sample, len(index)), replace=False)
-    labels, sims = index.search(expected(picked), k=1)
-    # A face is its own nearest neighbour, or ties with an identical vector (the same photo twice).
-    found = (labels[:, 0] == picked) | (sims[:, 0] >= 1 - 1e-5)
+    queries = expected(picked)
+    found = _finds_itself(index, queries, picked, ef=min(SELF_MATCH_FIRST_EF, index.params.ef_for(len(index))))
+    if not found.all():  # the index's own search decides for those
+        found[~found] = _finds_itself(index, queries[~found], picked[~found])
     figures |= {"self_match_queries": len(picked), "self_match_rate": round(float(found.mean()), 4)}
     if not found.all():
         return GateResult(False, f"{int((~found).sum())} of {len(picked)} sampled faces do not find themselves", figures)
     return GateResult(True, f"{len(index)} vectors = the usable embeddings, each with its label, "
                             f"{len(picked)} sampled faces find themselves", figures)
+
+
+def _finds_itself(index: FaceIndex, queries: np.ndarray, labels: np.ndarray, ef: int | None = None) -> np.ndarray:
+    """Whether each query's nearest entry is its own label, or ties with it (the same photo twice)."""
+    found, sims = index.search(queries, k=1, ef=ef)
+    return (found[:, 0] == labels) | (sims[:, 0] >= 1 - 1e-5)
 
 
 def regression_gate(candidate: Mapping, baseline: Mapping | None, *, baseline_name: str | None, tolerance: float) -> GateResult:

@@ -11,8 +11,16 @@ from facepipeline.embedding_store import embeddings_schema, usable
 from facepipeline.errors import FacePipelineError
 from facepipeline.faces import VerifiedFace
 from facepipeline.gallery.config import GalleryConfig
-from facepipeline.index import FaceIndex, IndexStore
-from facepipeline.quality import dataset_gate, embeddings_gate, index_gate, regression_gate
+from facepipeline.index import FaceIndex, IndexParams, IndexStore
+from facepipeline.quality import (
+    SELF_MATCH_FIRST_EF,
+    SELF_MATCH_SAMPLE,
+    _finds_itself,
+    dataset_gate,
+    embeddings_gate,
+    index_gate,
+    regression_gate,
+)
 
 
 def faces(counts: dict[str, int]) -> list[VerifiedFace]:
@@ -81,6 +89,23 @@ def test_the_index_gate_catches_missing_mislabelled_and_altered_vectors():
     altered = vectors.copy()
     altered[5] = -altered[5]
     assert "indexed vectors differ" in index_gate(FaceIndex.build(altered, rows), table).summary
+
+
+def test_the_index_gate_lets_the_index_s_own_search_decide_about_the_faces_a_small_beam_misses():
+    table = embeddings(2000, 64)
+    rows = usable(table)
+    vectors = np.asarray(rows.column("embedding").to_pylist(), np.float32)
+    picked = np.random.default_rng(0).choice(len(vectors), size=SELF_MATCH_SAMPLE, replace=False)  # the gate's sample
+    # Graphs built on one thread are the same every time (hnswlib's parallel inserts are not).
+    sparse = FaceIndex.build(vectors, rows, IndexParams(M=6, ef_construction=20), threads=1)  # a small beam misses faces here
+    assert not _finds_itself(sparse, vectors[picked], picked, ef=SELF_MATCH_FIRST_EF).all()
+    gate = index_gate(sparse, table)
+    assert gate.passed and gate.figures["self_match_rate"] == 1.0  # the index's own beam (128) finds them all
+    # An index searched with a beam narrower than the first one: its own search is what the gate judges.
+    narrow = FaceIndex.build(vectors, rows, IndexParams(M=16, ef_construction=100, ef_search=2), threads=1)
+    assert _finds_itself(narrow, vectors[picked], picked, ef=SELF_MATCH_FIRST_EF).all()
+    failed = index_gate(narrow, table)
+    assert not failed.passed and "sampled faces do not find themselves" in failed.summary
 
 
 def test_the_regression_gate_compares_like_with_like_within_the_tolerance():
