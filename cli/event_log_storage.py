@@ -118,14 +118,16 @@ class LocalEventLogStorage(SqliteEventLogStorage):
                 if revision is not None and revision == scripts.get_current_head():
                     return
                 if revision is None and not db.inspect(conn).get_table_names():
-                    conn.rollback()  # out of the inspection's transaction: WAL cannot be set inside one
+                    conn.rollback()  # ends SQLAlchemy's transaction of the reads (SQLite began none)
                     conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                    # Each CREATE commits on its own (pysqlite), as in Dagster's code: not atomic, and an
+                    # unstamped database a kill left behind is stamped by Dagster's code next time.
                     SqlEventLogStorageMetadata.create_all(conn)
                     MigrationContext.configure(conn).stamp(scripts, "head")
                     conn.commit()
                     return
         except (db.exc.DatabaseError, sqlite3.DatabaseError):
-            pass  # another process is making it ("already exists", "locked"): Dagster's code waits and retries
+            pass  # another process is making it ("already exists", "locked"), or worse: Dagster's code retries or raises
         super()._initdb(engine, for_index_shard)
 
     def has_secondary_index(self, name: str) -> bool:
