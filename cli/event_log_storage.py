@@ -22,10 +22,10 @@ retrain that adds 25 faces, more than any of its steps.
   retrain opens (the index and its run's own). Here a database at the newest revision is left as it
   is, and a new, empty one is made as Dagster makes it (its tables, WAL, stamped at the newest
   revision), with the scripts read once; anything else goes to Dagster's own code.
-- **A built secondary index is remembered**: Dagster asks the index database whether one is built
-  before every read of asset records (25 queries in a retrain, ~1 ms each), as its own
-  ``ConsolidatedSqliteEventLogStorage`` does not: it caches the answer. Here only a yes is kept (an
-  index, once built, stays; one not built yet may be built by another process).
+- **A built secondary index is remembered**: Dagster's per-run storage asks the index database
+  whether one is built before every read of asset records (25 queries in a retrain, ~1 ms each);
+  its ``ConsolidatedSqliteEventLogStorage`` caches the answer, and so does this one, keeping only a
+  yes (an index, once built, stays; one not built yet may be built by another process).
 
 Since the log is checkpointed when it fills (SQLite's ``wal_autocheckpoint``), not after every
 event, a run's new events reach its ``-wal`` file first: the UI's live view of a run (Dagster's

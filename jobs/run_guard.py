@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,7 +136,9 @@ def claim_retrain(instance: DagsterInstance, run_id: str) -> None:
     that holds the claim passes at once: one the process claimed or saw holding it, without reading
     the run storage again). See the module's docstring.
     """
-    if run_id in _HELD or CLAIM_TAG in _fresh(instance, run_id).tags:
+    if run_id in _HELD:
+        return
+    if CLAIM_TAG in _fresh(instance, run_id).tags:
         _held(run_id)
         return
     root = Path(instance.root_directory)
@@ -157,15 +158,14 @@ def claim_retrain(instance: DagsterInstance, run_id: str) -> None:
     _held(run_id)
 
 
-_HELD: OrderedDict[str, None] = OrderedDict()
-"""Runs known in this process to hold the claim (a run keeps it until it ends): the latest few."""
+_HELD: dict[str, None] = {}
+"""Runs known in this process to hold the claim (a run keeps it until it ends): the latest 64."""
 
 
 def _held(run_id: str) -> None:
     _HELD[run_id] = None
-    _HELD.move_to_end(run_id)
-    while len(_HELD) > 64:
-        _HELD.popitem(last=False)
+    if len(_HELD) > 64:
+        del _HELD[next(iter(_HELD))]  # the one known longest
 
 
 def _fresh(instance: DagsterInstance, run_id: str) -> DagsterRun:
