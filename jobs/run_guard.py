@@ -20,6 +20,11 @@ ever. Its runs carry the process that executes them (host, pid, start time): a r
 is gone is reported failed (:func:`release_stale_runs`), and its training session, which nobody
 closed, is closed ``failed`` by the next retrain's claim (:func:`close_orphaned_sessions`; the
 run-failure sensor does the same where the daemon runs).
+
+A re-execution (the UI's "Re-execute", Dagster's run retries) copies its parent's tags, these two
+included. So the claim tag holds the id of the run that claimed, and counts only on that run; the
+process tag counts only on a run that is not a re-execution (the CLI never re-executes). A
+re-execution of a claimed run claims again, and one of a killed CLI run is not taken for dead.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ from facepipeline.sessions import TrainingSessions
 
 PROCESS_TAG = "facepipeline/process"
 CLAIM_TAG = "facepipeline/writes_retrain_assets"
-"""Set on a run by :func:`claim_retrain`: this run writes the retrain assets; no other may meanwhile."""
+"""Set on a run by :func:`claim_retrain`, to the run's own id: this run writes the retrain assets; no
+other may meanwhile. A re-execution inherits its parent's value, which is not its own id."""
 CLAIM_LOCK = "facepipeline-retrain-claim.lock"
 IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 UNDER_WAY = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, *IN_PROGRESS]
@@ -102,14 +108,26 @@ def _process_gone(process: str) -> bool:
     return started not in ("?", _start_time(pid))
 
 
+def holds_claim(run: DagsterRun) -> bool:
+    """Whether ``run`` claimed the retrain assets itself (a re-execution's copied tag does not count)."""
+    return run.tags.get(CLAIM_TAG) == run.run_id
+
+
+def _claimants(instance: DagsterInstance) -> list[DagsterRun]:
+    # In-progress runs are few; the claim tag's value differs per run, so the filter is here.
+    return [run for run in instance.get_runs(RunsFilter(statuses=IN_PROGRESS)) if holds_claim(run)]
+
+
+def _own_process(run: DagsterRun) -> str | None:
+    """The process executing ``run``, where the run's tag names it (not one copied from a parent)."""
+    return run.tags.get(PROCESS_TAG) if run.parent_run_id is None else None
+
+
 def release_stale_runs(instance: DagsterInstance) -> list[DagsterRun]:
     """Report failed every in-progress retrain whose CLI process is gone; returns those runs."""
-    candidates = {
-        run.run_id: run
-        for runs_filter in (RunsFilter(job_name=RETRAIN_JOB, statuses=IN_PROGRESS), RunsFilter(tags={CLAIM_TAG: "true"}, statuses=IN_PROGRESS))
-        for run in instance.get_runs(runs_filter)
-    }
-    stale = [run for run in candidates.values() if PROCESS_TAG in run.tags and _process_gone(run.tags[PROCESS_TAG])]
+    candidates = {run.run_id: run for run in instance.get_runs(RunsFilter(job_name=RETRAIN_JOB, statuses=IN_PROGRESS))}
+    candidates.update((run.run_id, run) for run in _claimants(instance))
+    stale = [run for run in candidates.values() if (process := _own_process(run)) and _process_gone(process)]
     for run in stale:
         instance.report_run_failed(run, f"its process ({run.tags[PROCESS_TAG]}) is gone: it was killed or crashed")
     return stale
@@ -119,14 +137,18 @@ def retrain_under_way(instance: DagsterInstance, statuses: list[DagsterRunStatus
     """A retrain run queued or in progress, or any run writing the retrain assets (after releasing
     those whose process died), or None."""
     release_stale_runs(instance)
-    runs = instance.get_runs(RunsFilter(job_name=RETRAIN_JOB, statuses=statuses), limit=1)
-    runs = runs or instance.get_runs(RunsFilter(tags={CLAIM_TAG: "true"}, statuses=IN_PROGRESS), limit=1)
+    runs = instance.get_runs(RunsFilter(job_name=RETRAIN_JOB, statuses=statuses), limit=1) or _claimants(instance)
     return runs[0] if runs else None
 
 
+def _trigger(run: DagsterRun) -> str:
+    if run.parent_run_id is not None:
+        return f"a re-execution of run {run.parent_run_id}"  # its trigger tag, if any, is its parent's
+    return run.tags.get("facepipeline/trigger") or run.tags.get("dagster/sensor_name") or "the UI or a CLI"
+
+
 def _describe(run: DagsterRun) -> str:
-    trigger = run.tags.get("facepipeline/trigger") or run.tags.get("dagster/sensor_name") or "the UI or a CLI"
-    return f"run {run.run_id} ({run.job_name}, {trigger}) is {run.status.value.lower()}"
+    return f"run {run.run_id} ({run.job_name}, {_trigger(run)}) is {run.status.value.lower()}"
 
 
 def claim_retrain(instance: DagsterInstance, run_id: str) -> None:
@@ -138,23 +160,20 @@ def claim_retrain(instance: DagsterInstance, run_id: str) -> None:
     """
     if run_id in _HELD:
         return
-    if CLAIM_TAG in _fresh(instance, run_id).tags:
+    if holds_claim(_fresh(instance, run_id)):
         _held(run_id)
         return
     root = Path(instance.root_directory)
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(root / CLAIM_LOCK, timeout=120):
         release_stale_runs(instance)
-        others = [
-            run for run in instance.get_runs(RunsFilter(tags={CLAIM_TAG: "true"}, statuses=IN_PROGRESS))
-            if run.run_id != run_id
-        ]
+        others = [run for run in _claimants(instance) if run.run_id != run_id]
         if others:
             raise RetrainBusy(
                 f"{BUSY}: {_describe(others[0])}; this run stopped before writing anything "
                 "(wait for that one, or cancel it in the Dagster UI)"
             )
-        instance.add_run_tags(run_id, {CLAIM_TAG: "true"})
+        instance.add_run_tags(run_id, {CLAIM_TAG: run_id})
     _held(run_id)
 
 
@@ -215,10 +234,9 @@ def one_retrain_at_a_time(home: Path, instance: DagsterInstance) -> Iterator[dic
     try:
         running = retrain_under_way(instance, IN_PROGRESS)
         if running is not None:
-            trigger = running.tags.get("facepipeline/trigger") or running.tags.get("dagster/sensor_name") or "the UI or a CLI"
             what = "retrain run" if running.job_name == RETRAIN_JOB else f"run {running.job_name}"
             raise RetrainBusy(
-                f"{BUSY}: {what} {running.run_id} ({trigger}) is {running.status.value.lower()}: "
+                f"{BUSY}: {what} {running.run_id} ({_trigger(running)}) is {running.status.value.lower()}: "
                 "wait for it, or cancel it in the Dagster UI"
             )
         yield {PROCESS_TAG: this_process(), "facepipeline/trigger": "cli"}

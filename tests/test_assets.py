@@ -232,9 +232,10 @@ def test_each_writing_asset_alone_is_refused_beside_a_retrain_that_holds_the_cla
 
     assert run(settings, instance).success
     resources = build_definitions(settings).resources
+    holder_id = str(uuid.uuid4())
     holder = instance.add_run(DagsterRun(
-        job_name="retrain", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
-        tags={PROCESS_TAG: this_process(), CLAIM_TAG: "true"},  # this process is alive: the claim is held
+        job_name="retrain", run_id=holder_id, status=DagsterRunStatus.STARTED,
+        tags={PROCESS_TAG: this_process(), CLAIM_TAG: holder_id},  # this process is alive: the claim is held
     ))
     for asset in (cached_photos, face_index, index_metrics, promoted_index, face_descriptors, training_session):
         refused = materialize(retrain_assets, resources=resources, instance=instance, selection=[asset], raise_on_error=False)

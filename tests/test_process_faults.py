@@ -294,7 +294,7 @@ def test_an_ad_hoc_run_of_the_retrain_assets_beside_a_retrain_in_progress_is_ref
     try:
         with DagsterInstance.from_config(str(home / "dagster")) as instance:
             [running] = instance.get_runs(RunsFilter(job_name="retrain"))
-            assert running.status == DagsterRunStatus.STARTED and running.tags[CLAIM_TAG] == "true"
+            assert running.status == DagsterRunStatus.STARTED and running.tags[CLAIM_TAG] == running.run_id
             settings = Settings(home=home.resolve(), model_root=MODEL_ROOT, model_pack=PACK, source="postgres",
                                 providers=("CPUExecutionProvider",))
             defs = build_definitions(settings)
@@ -350,7 +350,7 @@ def test_the_claim_admits_one_run_at_a_time_and_is_freed_when_that_run_ends_or_i
         instance.report_run_failed(instance.get_run_by_id(ad_hoc.run_id), "test over")
 
         dead = run("__ASSET_JOB", {PROCESS_TAG: f"{this_process().split(':')[0]}:999999999:1"})
-        instance.add_run_tags(dead.run_id, {CLAIM_TAG: "true"})  # it claimed, then its process was killed
+        instance.add_run_tags(dead.run_id, {CLAIM_TAG: dead.run_id})  # it claimed, then its process was killed
         later = run("retrain", {})
         sessions = TrainingSessions(SessionHistory(tmp_path / "history"), None, "folder:x")
         left_running = sessions.start(dead.run_id, {"training_mode": "incremental"})
@@ -377,7 +377,8 @@ def test_a_run_this_process_saw_holding_the_claim_passes_without_reading_the_run
 
         claimed_here = run({})
         claim_retrain(instance, claimed_here.run_id)  # tags it
-        claimed_elsewhere, never_seen = run({CLAIM_TAG: "true"}), run({})
+        claimed_elsewhere, never_seen = run({}), run({})
+        instance.add_run_tags(claimed_elsewhere.run_id, {CLAIM_TAG: claimed_elsewhere.run_id})
         claim_retrain(instance, claimed_elsewhere.run_id)  # reads the tag
         for held in (claimed_here, claimed_elsewhere, never_seen):
             instance.delete_run(held.run_id)  # the storage can no longer tell
@@ -385,3 +386,46 @@ def test_a_run_this_process_saw_holding_the_claim_passes_without_reading_the_run
         claim_retrain(instance, claimed_elsewhere.run_id)
         with pytest.raises(FacePipelineError, match="is not in the instance's run storage"):
             claim_retrain(instance, never_seen.run_id)
+
+
+def test_a_re_execution_inherits_its_parents_tags_but_neither_its_claim_nor_its_process(tmp_path):
+    """The UI's "Re-execute" and Dagster's run retries copy the parent's tags (``use_parent_run_tags``):
+    a copied claim does not let the re-execution write beside another retrain, and a copied process
+    tag (its parent was a CLI retrain, since killed) does not get the running re-execution failed."""
+    import uuid
+
+    from dagster import DagsterRun
+    from dagster._core.storage.tags import PARENT_RUN_ID_TAG, ROOT_RUN_ID_TAG
+
+    from jobs.run_guard import CLAIM_TAG, PROCESS_TAG, RetrainBusy, claim_retrain, release_stale_runs, this_process
+
+    (tmp_path / "dagster").mkdir()
+    with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        def run(tags: dict, parent: DagsterRun | None = None) -> DagsterRun:
+            lineage = {} if parent is None else {
+                "parent_run_id": parent.run_id, "root_run_id": parent.run_id,
+                "tags": {**parent.tags, PARENT_RUN_ID_TAG: parent.run_id, ROOT_RUN_ID_TAG: parent.run_id},
+            }
+            return instance.add_run(DagsterRun(job_name="retrain", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
+                                               **{"tags": tags, **lineage}))
+
+        killed_cli = run({PROCESS_TAG: f"{this_process().split(':')[0]}:999999999:1", "facepipeline/trigger": "cli"})
+        instance.add_run_tags(killed_cli.run_id, {CLAIM_TAG: killed_cli.run_id})  # it claimed, then its process was killed
+        instance.report_run_failed(instance.get_run_by_id(killed_cli.run_id), "its process is gone")
+        reexecution = run({}, parent=instance.get_run_by_id(killed_cli.run_id))
+        assert reexecution.tags[CLAIM_TAG] == killed_cli.run_id and PROCESS_TAG in reexecution.tags  # as Dagster copies them
+
+        assert release_stale_runs(instance) == []  # its parent's process is gone; its own (the run launcher's) is not known
+        holder = run({})
+        claim_retrain(instance, holder.run_id)  # the copied claim does not count: the claim is free
+        with pytest.raises(RetrainBusy, match=f"another retrain is in progress: run {holder.run_id} \\(retrain, the UI or a CLI\\)"):
+            claim_retrain(instance, reexecution.run_id)
+        assert instance.get_run_by_id(reexecution.run_id).tags[CLAIM_TAG] == killed_cli.run_id  # refused: not tagged
+        assert instance.get_run_by_id(reexecution.run_id).status == DagsterRunStatus.STARTED
+
+        instance.report_run_failed(instance.get_run_by_id(holder.run_id), "test over")
+        claim_retrain(instance, reexecution.run_id)
+        assert instance.get_run_by_id(reexecution.run_id).tags[CLAIM_TAG] == reexecution.run_id
+        later = run({})
+        with pytest.raises(RetrainBusy, match=f"run {reexecution.run_id} \\(retrain, a re-execution of run {killed_cli.run_id}\\)"):
+            claim_retrain(instance, later.run_id)
