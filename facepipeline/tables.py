@@ -11,7 +11,9 @@ a big gallery is read from disk as before.
 Floating-point columns (the embeddings, boxes and scores) are written without Parquet's dictionary
 encoding: their values hardly repeat, so the dictionary the writer builds first is thrown away
 again. Measured on 5,900 embeddings: written in half the time (0.06 s instead of 0.12 s), read in
-three quarters, and a file 5 % smaller.
+three quarters, and a file 5 % smaller. Vector columns (lists of floats) are not compressed either:
+their bytes are noise to zstd. Measured on 5,700 embeddings: a file 8 % bigger, written in 29 ms
+instead of 38 ms, read in 15 ms instead of 24 ms. Every other column is compressed with zstd.
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ class TableStore:
         os.close(fd)
         RECENT_TABLES.forget(target)
         try:
-            pq.write_table(table, tmp, compression="zstd", use_dictionary=_dictionary_columns(table.schema))
+            dictionary, compression = _encodings(table.schema)
+            pq.write_table(table, tmp, compression=compression, use_dictionary=dictionary)
             # What a read would give: the file's own schema (a list's values are Parquet's
             # "element"), the same buffers.
             as_read = table.cast(pq.read_schema(tmp))
@@ -129,14 +132,24 @@ class TableStore:
         return target
 
 
-def _dictionary_columns(schema: pa.Schema) -> list[str]:
-    """The Parquet columns worth dictionary encoding, by path: all but floating-point ones. A list's
-    values are the column ``<name>.list.element`` (struct and map columns get none)."""
-    paths = []
+def _encodings(schema: pa.Schema) -> tuple[list[str], str | dict[str, str]]:
+    """The Parquet columns worth dictionary encoding, by path, and each column's compression.
+
+    All but floating-point columns are dictionary encoded; all but vectors (lists of floats) are
+    compressed. A list's values are the column ``<name>.list.element``. Struct and map columns get
+    no dictionary, and a table that has any is compressed whole (their columns' paths are not
+    spelled out here).
+    """
+    dictionary, compression, nested = [], {}, False
     for field in schema:
-        path, type_ = field.name, field.type
+        path, type_, listed = field.name, field.type, False
         while pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_):
-            path, type_ = f"{path}.list.element", type_.value_type
-        if not (pa.types.is_floating(type_) or pa.types.is_struct(type_) or pa.types.is_map(type_)):
-            paths.append(path)
-    return paths
+            path, type_, listed = f"{path}.list.element", type_.value_type, True
+        if pa.types.is_struct(type_) or pa.types.is_map(type_):
+            nested = True
+            continue
+        floating = pa.types.is_floating(type_)
+        if not floating:
+            dictionary.append(path)
+        compression[path] = "none" if floating and listed else "zstd"
+    return dictionary, "zstd" if nested else compression

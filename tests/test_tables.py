@@ -55,8 +55,9 @@ def test_a_table_replaced_right_after_it_was_written_is_not_handed_out_simulated
     assert store.read("faces").equals(_table([7, 8, 9]))
 
 
-def test_floating_point_columns_are_not_dictionary_encoded(tmp_path):
-    """Embeddings hardly repeat: a dictionary page for them is built, then thrown away."""
+def test_floating_point_columns_are_not_dictionary_encoded_and_vectors_not_compressed(tmp_path):
+    """Embeddings hardly repeat: a dictionary page for them is built, then thrown away; and zstd
+    cannot shrink their bytes much."""
     store = TableStore(tmp_path)
     table = pa.table({
         "face_id": ["a", "b", "a"],
@@ -68,6 +69,16 @@ def test_floating_point_columns_are_not_dictionary_encoded(tmp_path):
     encodings = {metadata.column(i).path_in_schema: metadata.column(i).encodings for i in range(metadata.num_columns)}
     assert "RLE_DICTIONARY" in encodings["face_id"] and "RLE_DICTIONARY" in encodings["people.list.element"]
     assert "RLE_DICTIONARY" not in encodings["score"] and "RLE_DICTIONARY" not in encodings["embedding.list.element"]
+    compression = {metadata.column(i).path_in_schema: metadata.column(i).compression for i in range(metadata.num_columns)}
+    assert compression == {"face_id": "ZSTD", "score": "ZSTD", "embedding.list.element": "UNCOMPRESSED", "people.list.element": "ZSTD"}
+    assert store.read("faces").equals(table)
+
+
+def test_a_table_with_struct_columns_is_compressed_whole(tmp_path):
+    table = pa.table({"face_id": ["a"], "box": [{"x": 1.5, "y": 2.5}], "embedding": pa.array([[0.5, 0.25]], pa.list_(pa.float32(), 2))})
+    metadata = pq.ParquetFile(TableStore(tmp_path).write("faces", table)).metadata.row_group(0)
+    assert {metadata.column(i).compression for i in range(metadata.num_columns)} == {"ZSTD"}
+    assert TableStore(tmp_path).read("faces").equals(table)
 
 
 def test_a_rewritten_table_is_read_anew(tmp_path):
