@@ -43,13 +43,16 @@ instance's event log (step durations; "outside steps" is the rest of the command
 Beside them, ``bench/dagster_floor.py`` times a chain of as many assets as the incremental run had
 steps, assets that do nothing, run the same way on the same instance in a fresh process: what any
 run of that shape costs here, whatever it does (Python's start, Dagster's imports, the instance, the
-run and its events).
+run and its events). It is timed twice, right after (a) and after the last (d): these machines have slow
+spells of minutes in which a short command (Python's start and imports) takes up to 1.7 times as
+long while the full retrain's ONNX work hardly changes. ``floor_drift`` (after / before) says whether
+one fell between the full retrain and the incremental ones: then their ratio is not the code's.
 
 Progress goes to stderr, results to stdout; the last line is
-``incremental_ratio=0.0XX run_ratio=0.0YY full_s=... incremental_s=... floor_ratio=0.0ZZ``: the
-median incremental command's wall time over the full one's, the same for the Dagster runs alone
+``incremental_ratio=0.0XX run_ratio=0.0YY full_s=... incremental_s=... floor_ratio=0.0ZZ floor_drift=X.XX``:
+the median incremental command's wall time over the full one's, the same for the Dagster runs alone
 (start to end, as the UI shows them: without the command's Python start, imports and instance
-opening), and the floor's command over the full one's.
+opening), the floor's command over the full one's, and the floor after over the floor before.
 
     .venv/bin/python bench/incremental.py [--new 25] [--repeats 3] [--min-faces-per-person 2] [--photo-latency-ms 30-80]
         [--keep] [--json out.json]
@@ -288,10 +291,21 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def dagster_floor(steps: int, repeat: int, env: dict[str, str]) -> list[float]:
+FLOOR_STEPS = 11
+"""Steps of the floor timed right after the full retrain (on its instance): an incremental run's."""
+DRIFT_TOLERANCE = 0.15
+
+
+def machine_floor(when: str, steps: int, env: dict[str, str]) -> list[float]:
+    """Dagster's floor for ``steps`` steps, 3 times; none when it cannot run (the retrains' figures stand without it)."""
     from dagster_floor import measure
 
-    return measure(steps, repeat, env)
+    log(f"Dagster's floor {when}: a chain of {steps} assets that do nothing, as a command on this instance (bench/dagster_floor.py), 3 times ...")
+    try:
+        return measure(steps, 3, env)
+    except RuntimeError as exc:
+        log(f"Dagster's floor not measured: {exc}")
+        return []
 
 
 def latency_range(text: str) -> tuple[float, float]:
@@ -342,6 +356,7 @@ def main() -> int:
         log(f"held back {len(held)} unverified faces of people of {args.data[0].name}/ already verified, {args.new} per incremental run")
 
         full = retrain("full", "full", args, env, workdir)
+        floor_before = machine_floor("right after the full retrain", FLOOR_STEPS, env)
         f = full["summary"]
         expect(f["faces_embedded"] + f["faces_failed"] == f["faces_total"] and f["faces_total"] >= 5000,
                f"the full retrain should embed >= 5,000 faces: {figures_of(full)}")
@@ -365,12 +380,7 @@ def main() -> int:
             print(f"a retrain with nothing new takes {floor:.1f} s here (median of {_times(empties, 'seconds')}): "
                   f"the fixed cost of a run; the {args.new} new faces added {incremental['seconds'] - floor:+.1f} s to it")
         steps = len(incremental["steps"])
-        log(f"Dagster's floor: a chain of {steps} assets that do nothing, as a command on this instance (bench/dagster_floor.py), 3 times ...")
-        floor_runs, floor_ratio = [], None
-        try:
-            floor_runs = dagster_floor(steps, 3, env)
-        except RuntimeError as exc:  # the retrains' figures stand without it
-            log(f"Dagster's floor not measured: {exc}")
+        floor_runs, floor_ratio, drift = machine_floor("after the incremental retrains", steps, env), None, None
         if floor_runs:
             dagster_floor_s = statistics.median(floor_runs)
             floor_ratio = dagster_floor_s / full["seconds"]
@@ -378,17 +388,26 @@ def main() -> int:
                   f"({' '.join(f'{s:.2f}' for s in floor_runs)}), {floor_ratio:.3f} of the full retrain; "
                   f"the incremental retrain's own work is the other {incremental['seconds'] - dagster_floor_s:.1f} s "
                   f"({(incremental['seconds'] - dagster_floor_s) / full['seconds']:.3f})")
+        if floor_runs and floor_before and steps == FLOOR_STEPS:
+            drift = statistics.median(floor_runs) / statistics.median(floor_before)
+            verdict = ("the machine ran short commands at one speed throughout" if abs(drift - 1) <= DRIFT_TOLERANCE else
+                       f"the machine's speed for short commands changed by more than {DRIFT_TOLERANCE:.0%} between the full "
+                       "retrain and the incremental ones: their ratio is the machine's as much as the code's; run the bench again")
+            print(f"floor right after the full retrain {statistics.median(floor_before):.2f} s, after the incremental ones "
+                  f"{statistics.median(floor_runs):.2f} s (x{drift:.2f}): {verdict}")
         if args.json:
             args.json.write_text(json.dumps(
                 {"seed": {"people": people, "photos": photos}, "bytecode_cache": args.bytecode_cache,
                  "photo_latency_ms": args.photo_latency_ms, "new_faces": batches, "checks": {run: {k: list(v) for k, v in run_checks.items()} for run, run_checks in checks.items()},
                  "runs": [{**{k: v for k, v in r.items() if k != "summary"}, "figures": figures_of(r), "summary": r["summary"]} for r in runs],
-                 "incremental_ratio": ratio, "run_ratio": run_ratio, "dagster_floor_s": floor_runs, "floor_ratio": floor_ratio},
+                 "incremental_ratio": ratio, "run_ratio": run_ratio, "dagster_floor_s": floor_runs, "floor_ratio": floor_ratio,
+                 "dagster_floor_before_s": floor_before, "floor_drift": drift},
                 indent=2, default=str,
             ))
             log(f"wrote {args.json}")
         print(f"incremental_ratio={ratio:.3f} run_ratio={run_ratio:.3f} full_s={full['seconds']:.1f} "
-              f"incremental_s={incremental['seconds']:.2f} floor_ratio={'none' if floor_ratio is None else f'{floor_ratio:.3f}'}")
+              f"incremental_s={incremental['seconds']:.2f} floor_ratio={'none' if floor_ratio is None else f'{floor_ratio:.3f}'} "
+              f"floor_drift={'none' if drift is None else f'{drift:.2f}'}")
         return 0
     except BenchError as exc:
         log(f"bench failed: {exc}")
