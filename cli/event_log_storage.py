@@ -223,8 +223,12 @@ class _RunWatcher(SqliteEventLogStorageWatchdog):
 
 @functools.cache
 def _migration_scripts() -> ScriptDirectory:
-    """Dagster's alembic scripts, as its own ``_initdb`` reads them (the same ``alembic.ini``)."""
-    return ScriptDirectory.from_config(get_alembic_config(sqlite_event_log.__file__))
+    """Dagster's alembic scripts, as its own ``_initdb`` reads them (the same ``alembic.ini``), with
+    their revision map built here: alembic builds it on first use, without a lock, and the storages
+    of one process (the webserver's threads) share this object."""
+    scripts = ScriptDirectory.from_config(get_alembic_config(sqlite_event_log.__file__))
+    scripts.get_current_head()
+    return scripts
 
 
 def _commit_without_fsync(dbapi_connection: Any, _record: Any) -> None:
