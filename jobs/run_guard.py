@@ -109,8 +109,13 @@ def _process_gone(process: str) -> bool:
 
 
 def holds_claim(run: DagsterRun) -> bool:
-    """Whether ``run`` claimed the retrain assets itself (a re-execution's copied tag does not count)."""
-    return run.tags.get(CLAIM_TAG) == run.run_id
+    """Whether ``run`` claimed the retrain assets itself (a re-execution's copied tag does not count).
+
+    Runs claimed before the tag held the run's id carry ``"true"``: one that is not a re-execution
+    claimed itself, so a run still in progress across an upgrade keeps its claim.
+    """
+    value = run.tags.get(CLAIM_TAG)
+    return value == run.run_id or (value == "true" and run.parent_run_id is None)
 
 
 def _claimants(instance: DagsterInstance) -> list[DagsterRun]:

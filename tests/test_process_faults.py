@@ -429,3 +429,15 @@ def test_a_re_execution_inherits_its_parents_tags_but_neither_its_claim_nor_its_
         later = run({})
         with pytest.raises(RetrainBusy, match=f"run {reexecution.run_id} \\(retrain, a re-execution of run {killed_cli.run_id}\\)"):
             claim_retrain(instance, later.run_id)
+        instance.report_run_failed(instance.get_run_by_id(reexecution.run_id), "test over")
+
+        # A run claimed by the code before the tag held the run's id ("true") keeps its claim; its re-execution does not inherit it.
+        claimed_before = run({CLAIM_TAG: "true"})
+        with pytest.raises(RetrainBusy, match=f"run {claimed_before.run_id} "):
+            claim_retrain(instance, later.run_id)
+        claim_retrain(instance, claimed_before.run_id)  # passes: it holds the claim
+        assert instance.get_run_by_id(claimed_before.run_id).tags[CLAIM_TAG] == "true"  # nothing rewritten
+        instance.report_run_failed(instance.get_run_by_id(claimed_before.run_id), "test over")
+        its_reexecution = run({}, parent=instance.get_run_by_id(claimed_before.run_id))
+        claim_retrain(instance, its_reexecution.run_id)
+        assert instance.get_run_by_id(its_reexecution.run_id).tags[CLAIM_TAG] == its_reexecution.run_id
