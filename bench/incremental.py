@@ -303,7 +303,8 @@ def cpu_model() -> str:
         names = {line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")}
     except OSError:
         names = set()
-    return f"{', '.join(sorted(names)) or 'unknown CPU'}, {len(os.sched_getaffinity(0))} cores"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{', '.join(sorted(names)) or 'unknown CPU'}, {cores} cores"
 
 
 def machine_floor(when: str, steps: int, env: dict[str, str]) -> list[float]:
@@ -400,7 +401,10 @@ def main() -> int:
                   f"({' '.join(f'{s:.2f}' for s in floor_runs)}), {floor_ratio:.3f} of the full retrain; "
                   f"the incremental retrain's own work is the other {incremental['seconds'] - dagster_floor_s:.1f} s "
                   f"({(incremental['seconds'] - dagster_floor_s) / full['seconds']:.3f})")
-        if floor_runs and floor_before and steps == FLOOR_STEPS:
+        if floor_runs and floor_before and steps != FLOOR_STEPS:
+            print(f"floor drift not computed: the incremental runs had {steps} steps, the floor right after the full "
+                  f"retrain {FLOOR_STEPS}")
+        elif floor_runs and floor_before:
             drift = statistics.median(floor_runs) / statistics.median(floor_before)
             verdict = ("the machine ran short commands at one speed throughout" if abs(drift - 1) <= DRIFT_TOLERANCE else
                        f"the machine's speed for short commands changed by more than {DRIFT_TOLERANCE:.0%} between the full "
