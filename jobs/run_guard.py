@@ -130,9 +130,8 @@ def _own_process(run: DagsterRun) -> str | None:
 
 def release_stale_runs(instance: DagsterInstance) -> list[DagsterRun]:
     """Report failed every in-progress retrain whose CLI process is gone; returns those runs."""
-    candidates = {run.run_id: run for run in instance.get_runs(RunsFilter(job_name=RETRAIN_JOB, statuses=IN_PROGRESS))}
-    candidates.update((run.run_id, run) for run in _claimants(instance))
-    stale = [run for run in candidates.values() if (process := _own_process(run)) and _process_gone(process)]
+    candidates = [run for run in instance.get_runs(RunsFilter(statuses=IN_PROGRESS)) if run.job_name == RETRAIN_JOB or holds_claim(run)]
+    stale = [run for run in candidates if (process := _own_process(run)) and _process_gone(process)]
     for run in stale:
         instance.report_run_failed(run, f"its process ({run.tags[PROCESS_TAG]}) is gone: it was killed or crashed")
     return stale
