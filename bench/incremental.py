@@ -348,7 +348,8 @@ def main() -> int:
     try:
         missing = [str(path) for path in (*args.data, args.model_root / args.pack) if not path.is_dir()]
         expect(not missing, f"missing: {', '.join(missing)} (../shared beside the checkout, or --data / --model-root)")
-        log(f"machine: {cpu_model()}")
+        machine = cpu_model()
+        log(f"machine: {machine}")
         people, photos = build_seed_folder(seed, [d.resolve() for d in args.data])
         log(f"seed folder {seed}: {people} people, {photos} photos (hard links)")
         if args.bytecode_cache:
@@ -385,7 +386,7 @@ def main() -> int:
         incremental = median_run(incrementals)
         ratio = incremental["seconds"] / full["seconds"]
         run_ratio = statistics.median(r["run_s"] for r in incrementals) / full["run_s"]
-        print(f"machine: {cpu_model()}")
+        print(f"machine: {machine}")
         print(f"incremental commands: {_times(incrementals, 'seconds')} s, median {incremental['seconds']:.2f} s "
               f"({ratio:.3f} of the full retrain); their Dagster runs: {_times(incrementals, 'run_s')} s (median {run_ratio:.3f})")
         if empties:
@@ -413,7 +414,7 @@ def main() -> int:
                   f"{statistics.median(floor_runs):.2f} s (x{drift:.2f}): {verdict}")
         if args.json:
             args.json.write_text(json.dumps(
-                {"machine": cpu_model(), "seed": {"people": people, "photos": photos}, "bytecode_cache": args.bytecode_cache,
+                {"machine": machine, "seed": {"people": people, "photos": photos}, "bytecode_cache": args.bytecode_cache,
                  "photo_latency_ms": args.photo_latency_ms, "new_faces": batches, "checks": {run: {k: list(v) for k, v in run_checks.items()} for run, run_checks in checks.items()},
                  "runs": [{**{k: v for k, v in r.items() if k != "summary"}, "figures": figures_of(r), "summary": r["summary"]} for r in runs],
                  "incremental_ratio": ratio, "run_ratio": run_ratio, "dagster_floor_s": floor_runs, "floor_ratio": floor_ratio,
